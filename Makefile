@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both create the virtual environment.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds that lie on this machine's disk (no 3 GB download); torchaudio from PyPI
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" "torchaudio==2.11.1" || $(BIN)/pip install -q torch torchvision torchaudio
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tasks.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) runs lightning_logs

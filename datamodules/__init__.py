@@ -1,0 +1,1 @@
+"""One LightningDataModule per dataset, reading the real on-disk format."""

@@ -1,0 +1,1 @@
+"""Lightning tasks (one per task family) and the ``sharezoo`` CLI."""

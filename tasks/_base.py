@@ -1,0 +1,82 @@
+"""``ZooTask``: the LightningModule base every task builds on.
+
+It owns the network built through :func:`zoo.create_model`, the ``compile`` switch (the compiled wrapper is
+kept outside the module tree so checkpoints keep clean keys), and the data links: model kwargs such as
+``num_classes`` that, when the config leaves them out, are read from the datamodule in ``setup`` and written
+back into the hyperparameters so ``load_from_checkpoint`` needs no config.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+import zoo
+
+
+class ZooTask(pl.LightningModule):
+    """Base task.
+
+    Args:
+        model: registered model name (``zoo.list_models()``), ``name.tag``, ``hf-hub:`` or ``local-dir:``.
+        pretrained: False, True, a weight tag, or a local weight file/folder.
+        model_kwargs: constructor overrides for the model.
+        compile: compile the network with ``torch.compile`` (False, True, or a mode such as 'max-autotune').
+    """
+
+    #: model kwargs that are taken from the datamodule (same attribute name) when not given
+    data_links: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        model: str,
+        pretrained: bool | str = False,
+        model_kwargs: dict[str, Any] | None = None,
+        compile: bool | str = False,
+    ) -> None:
+        super().__init__()
+        self.model_name = model
+        self.pretrained = pretrained
+        self.model_kwargs = dict(model_kwargs or {})
+        self.compile_mode = compile
+        self.net: nn.Module | None = None
+        object.__setattr__(self, "_compiled", None)
+        if all(k in self.model_kwargs for k in self.data_links):
+            self._build()
+
+    # ----------------------------------------------------------------------------------------------- build
+    def _build(self) -> None:
+        self.net = zoo.create_model(self.model_name, pretrained=self.pretrained, **self.model_kwargs)
+        if self.compile_mode:
+            mode = None if self.compile_mode is True else str(self.compile_mode)
+            object.__setattr__(self, "_compiled", torch.compile(self.net, mode=mode))
+        self.on_net_built()
+
+    def on_net_built(self) -> None:
+        """Hook for subclasses: build what depends on the network (metrics sized by num_classes, EMA, ...)."""
+
+    def setup(self, stage: str) -> None:
+        if self.net is None:
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            missing = [k for k in self.data_links if k not in self.model_kwargs]
+            if dm is None or any(not hasattr(dm, k) for k in missing):
+                raise ValueError(
+                    f"{type(self).__name__} needs model_kwargs {missing} or a datamodule that provides them"
+                )
+            for k in missing:
+                self.model_kwargs[k] = getattr(dm, k)
+            if "model_kwargs" in self.hparams:
+                self.hparams["model_kwargs"] = dict(self.model_kwargs)
+            self._build()
+
+    @property
+    def network(self) -> nn.Module:
+        """The network to call: the compiled wrapper when ``compile`` is on, else the plain module."""
+        if self.net is None:
+            raise RuntimeError("the network is built in setup(); pass the data-linked model_kwargs to build it now")
+        return self._compiled if self._compiled is not None else self.net  # type: ignore[return-value]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.network(*args, **kwargs)

@@ -1,0 +1,1 @@
+"""Companion module for the LLM-side papers (shared prefixes, KV caches, shared weights)."""

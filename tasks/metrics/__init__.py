@@ -1,0 +1,1 @@
+"""Metrics not in torchmetrics, each tested against an independent computation."""

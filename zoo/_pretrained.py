@@ -1,0 +1,246 @@
+"""Weight manifest entries, offline-first resolution, sha256 verification and safetensors loading.
+
+Resolution order for a weight (DESIGN.md "Weights"): explicit path -> cache dir (``cache_dir=`` ->
+``$SHAREZOO_CACHE`` -> the Hugging Face hub cache) -> download, never when ``HF_HUB_OFFLINE`` or
+``SHAREZOO_OFFLINE`` is set (read at call time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_logger = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """A weight could not be resolved, verified or loaded."""
+
+
+@dataclass
+class PretrainedCfg:
+    """One weight in the manifest.
+
+    Args:
+        sha256: hex digest of the safetensors file (required).
+        file: file name of the weight (inside the hub repo, at the url, and in the cache).
+        hf_hub_id: Hugging Face hub repo holding ``file``.
+        url: direct download location of ``file``.
+        preprocessing: what the weight expects (image ``input_size``/``mean``/``std``/``interpolation``;
+            signal ``fs``/``leads``/``band``; ...).
+        license: licence of the weight.
+        source: where the weight came from (paper repo, our training run, conversion of ...).
+        metrics: reported metrics of this weight, e.g. ``{'market1501': {'mAP': 91.7, 'rank1': 96.3}}``.
+        classifier: state-dict key prefixes of the classification heads (dropped when num_classes differs).
+        model_kwargs: constructor kwargs the weight needs (e.g. ``num_classes``).
+        notes: free text.
+    """
+
+    sha256: str
+    file: str = "model.safetensors"
+    hf_hub_id: str | None = None
+    url: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    license: str = "unknown"
+    source: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    classifier: tuple[str, ...] = ()
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def validate(self, key: str) -> None:
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower()):
+            raise ValueError(f"{key}: sha256 must be a 64-character hex digest")
+        if not self.file.endswith(".safetensors"):
+            raise ValueError(f"{key}: weights must be safetensors, got {self.file!r}")
+        if not (self.hf_hub_id or self.url):
+            raise ValueError(f"{key}: needs hf_hub_id or url")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["classifier"] = list(self.classifier)
+        return d
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``SHAREZOO_OFFLINE`` is set (read now, not at import)."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "SHAREZOO_OFFLINE"))
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("SHAREZOO_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sharezoo"
+
+
+def cache_path(name: str, cfg: PretrainedCfg, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``name`` (``arch.tag``) lives in the sharezoo cache: ``<cache>/<arch.tag>/<file>``."""
+    return default_cache_dir(cache_dir) / name / cfg.file
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, name: str) -> None:
+    got = sha256_file(path)
+    if got != expected.lower():
+        raise PretrainedWeightsError(
+            f"sha256 mismatch for {name}: {path} has {got}, the manifest expects {expected}. "
+            f"Refusing to load. Delete the file and re-fetch it with `sharezoo download {name}`."
+        )
+
+
+def _hf_cached(cfg: PretrainedCfg) -> Path | None:
+    if not cfg.hf_hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(cfg.hf_hub_id, cfg.file)
+    except Exception:  # noqa: BLE001 - a broken hub cache is a miss, not a crash
+        return None
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def _download(name: str, cfg: PretrainedCfg, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.hf_hub_id:
+        from huggingface_hub import hf_hub_download
+
+        src = Path(hf_hub_download(cfg.hf_hub_id, cfg.file))
+        shutil.copyfile(src, dest)
+        return dest
+    assert cfg.url
+    from tqdm.auto import tqdm
+
+    with urllib.request.urlopen(cfg.url) as r, tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        total = int(r.headers.get("Content-Length", 0)) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+            while block := r.read(1 << 20):
+                tmp.write(block)
+                bar.update(len(block))
+    os.replace(tmp.name, dest)
+    return dest
+
+
+def resolve_pretrained_file(
+    name: str, cfg: PretrainedCfg, cache_dir: str | os.PathLike | None = None, download: bool = True
+) -> Path:
+    """Find (or fetch) the verified weight file for ``name`` = ``arch.tag``.
+
+    Raises:
+        PretrainedWeightsError: offline cache miss, download failure or sha256 mismatch.
+    """
+    local = cache_path(name, cfg, cache_dir)
+    candidates = [local]
+    hf = _hf_cached(cfg)
+    if hf is not None:
+        candidates.append(hf)
+    for cand in candidates:
+        if cand.is_file():
+            verify_sha256(cand, cfg.sha256, name)
+            return cand
+    if is_offline() or not download:
+        raise PretrainedWeightsError(
+            f"weight {name} is not cached and downloads are off (HF_HUB_OFFLINE/SHAREZOO_OFFLINE). "
+            f"Expected the file {local} (or {cfg.file} of {cfg.hf_hub_id or cfg.url} in the HF hub cache). "
+            f"On a machine with network run `sharezoo download {name}` (and copy {local.parent} here), "
+            f"or pass pretrained=<path to {cfg.file}>."
+        )
+    try:
+        path = _download(name, cfg, local)
+    except Exception as e:  # noqa: BLE001
+        raise PretrainedWeightsError(f"downloading {name} from {cfg.hf_hub_id or cfg.url} failed: {e}") from e
+    try:
+        verify_sha256(path, cfg.sha256, name)
+    except PretrainedWeightsError:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors, or (upstream checkpoints) a torch file with ``weights_only=True``.
+
+    A ``{'state_dict': ...}`` / ``{'model': ...}`` wrapper is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsError(f"weight file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise PretrainedWeightsError(f"cannot read weights from {path}: {e}") from e
+    for key in ("state_dict", "model", "module", "net"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise PretrainedWeightsError(f"{path} does not hold a state dict (got {type(sd).__name__})")
+    return sd
+
+
+def load_into(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    classifier: tuple[str, ...] = (),
+    strict: bool = True,
+) -> None:
+    """Load ``state_dict`` into ``model``; classifier keys whose shape differs are dropped with a warning.
+
+    Any other missing/unexpected key or shape mismatch raises (``strict=True``), naming ``source``.
+    """
+    own = model.state_dict()
+    state_dict = dict(state_dict)
+    for k in list(state_dict):
+        if k in own and own[k].shape != state_dict[k].shape and any(k.startswith(p) for p in classifier):
+            _logger.warning("%s: dropping %s (shape %s != model %s; num_classes differs)",
+                            source, k, tuple(state_dict[k].shape), tuple(own[k].shape))
+            del state_dict[k]
+    bad = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    if bad:
+        details = ", ".join(f"{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:5])
+        raise PretrainedWeightsError(f"{source}: shape mismatch ({details})")
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not any(k.startswith(p) for p in classifier)]
+    if strict and (missing or unexpected):
+        raise PretrainedWeightsError(
+            f"{source}: state dict does not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
+
+
+def try_pretrained_backbone(create, description: str):
+    """Build a backbone with its library's pretrained weights when reachable (online or cached), else random.
+
+    ``create(pretrained: bool)`` builds it (timm/open_clip/...); a failure to fetch logs a warning and falls
+    back to random init, so offline machines still build the architecture.
+    """
+    try:
+        return create(pretrained=True)
+    except Exception as e:  # noqa: BLE001
+        _logger.warning("pretrained weights for %s unavailable (%s: %s); using random init",
+                        description, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return create(pretrained=False)

@@ -1,0 +1,1 @@
+"""dens3r family (in progress)."""

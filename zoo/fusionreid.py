@@ -1,0 +1,1 @@
+"""fusionreid family (in progress)."""

@@ -1,0 +1,1 @@
+"""pepsi family (in progress)."""

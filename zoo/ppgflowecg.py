@@ -1,0 +1,1 @@
+"""ppgflowecg family (in progress)."""

@@ -80,3 +80,12 @@ class ZooTask(pl.LightningModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.network(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------- benchmark hooks
+    def example_batch(self, batch_size: int) -> Any:
+        """A synthetic training batch of the real shapes for ``training_step`` (used by ``sharezoo bench``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define example_batch() for benchmarking")
+
+    def example_inputs(self, batch_size: int) -> tuple:
+        """Synthetic positional inputs of the real shapes for ``self.network(*inputs)`` (inference benchmark)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define example_inputs() for benchmarking")

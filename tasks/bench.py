@@ -1,0 +1,397 @@
+"""``sharezoo bench``: the benchmark harness shared by every family.
+
+It builds a model's task (from ``--config``, or the config its model card names), feeds synthetic on-device
+batches of the right shapes (``task.example_batch(n)`` / ``task.example_inputs(n)``) or the real datamodule,
+and measures throughput, step time (median, p90; CUDA events on GPU), peak memory, FLOPs per sample
+(``torch.utils.flop_counter``) and MFU against the GPU's dense peak. Every run appends one JSON line with the
+exact command, git commit, machine and versions to ``benchmarks/results/<name>.jsonl``; ``sharezoo bench
+report`` regenerates the table in ``benchmarks/README.md`` from those files.
+
+Side by side: ``--reference FILE.py`` loads a driver exposing ``make_step(batch_size, precision, device, task)
+-> (step_fn, samples_per_step)``, typically wrapping a paper's official code fetched into the git-ignored
+``.upstream/``; it is timed the same way in the same process and reported as a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: dense peak FLOP/s per GPU by (name fragment, dtype); sparsity excluded. Sources: NVIDIA data sheets.
+GPU_PEAK = {
+    "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H100": {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+}
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+# ----------------------------------------------------------------------------------------------- measurement
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Total FLOPs executed by ``fn()`` as counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    dtype = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(precision)
+    if dtype is None:
+        dtype = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    for frag, table in GPU_PEAK.items():
+        if frag in name:
+            return table[dtype]
+    return None
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Run ``warmup`` then ``steps`` calls; per-step times (ms) from CUDA events on GPU, perf_counter on CPU."""
+    for _ in range(warmup):
+        step()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        t0 = time.perf_counter()
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        sync()
+        wall = time.perf_counter() - t0
+        times = [s.elapsed_time(e) for s, e in events]
+    else:
+        times = []
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1e3)
+        wall = time.perf_counter() - t0
+    times.sort()
+    return {
+        "step_ms_median": statistics.median(times),
+        "step_ms_p90": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+        "wall_s": wall,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- task plumbing
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _import(class_path: str) -> type:
+    mod, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(mod), name)
+
+
+def default_config_for(model: str) -> Path:
+    """The config a model's card names (``MODEL_CARD['bench_config']``) or ``configs/<model>/*.yaml``."""
+    import zoo
+    from zoo._registry import model_module
+
+    card = getattr(importlib.import_module(model_module(model)), "MODEL_CARD", {})
+    if card.get("bench_config"):
+        return ROOT / card["bench_config"]
+    cands = sorted((ROOT / "configs" / model).glob("*.yaml"))
+    if not cands:
+        raise ValueError(f"no config for {model}: pass --config (a LightningCLI YAML naming its task)")
+    assert zoo
+    return cands[0]
+
+
+def build_task(config: dict[str, Any], model: str | None, compile_mode: str) -> torch.nn.Module:
+    spec = config["model"]
+    cls = _import(spec["class_path"])
+    init = dict(spec.get("init_args", {}))
+    if model:
+        init["model"] = model
+    init["compile"] = False if compile_mode == "off" else (True if compile_mode == "default" else compile_mode)
+    return cls(**init)
+
+
+def build_datamodule(config: dict[str, Any]):
+    spec = config["data"]
+    return _import(spec["class_path"])(**spec.get("init_args", {}))
+
+
+def _optimizer(task) -> torch.optim.Optimizer:
+    out = task.configure_optimizers()
+    if isinstance(out, dict):
+        out = out["optimizer"]
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = out["optimizer"]
+    return out
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def _loss(out: Any) -> torch.Tensor:
+    return out["loss"] if isinstance(out, dict) else out
+
+
+def train_step_fn(task, batch_size: int, device: torch.device, precision: str) -> tuple[Callable[[], Any], Callable]:
+    """(step, flop_probe): one optimiser step of the task's own training_step on a synthetic batch."""
+    batch = _to(task.example_batch(batch_size), device)
+    opt = _optimizer(task)
+    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+
+    def fwd_bwd() -> torch.Tensor:
+        with autocast(device, precision):
+            loss = _loss(task.training_step(batch, 0))
+        (scaler.scale(loss) if scaler else loss).backward()
+        return loss
+
+    def step() -> None:
+        fwd_bwd()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def probe() -> None:
+        fwd_bwd()
+        opt.zero_grad(set_to_none=True)
+
+    return step, probe
+
+
+def infer_step_fn(task, batch_size: int, device: torch.device, precision: str) -> Callable[[], Any]:
+    args = _to(task.example_inputs(batch_size), device)
+    net = task.network
+    net.eval()
+
+    @torch.inference_mode()
+    def step() -> Any:
+        with autocast(device, precision):
+            return net(*args)
+
+    return step
+
+
+def time_datamodule(dm, batches: int) -> dict[str, float]:
+    """Samples/s of the datamodule's train loader alone, on this machine's cores."""
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    first = next(it)  # worker start-up excluded
+    n, t0 = 0, time.perf_counter()
+    for i, batch in enumerate(it):
+        n += len(batch[0]) if isinstance(batch, (list, tuple)) else len(next(iter(batch.values())))
+        if i + 1 >= batches:
+            break
+    dt = time.perf_counter() - t0
+    del first
+    return {"data_samples_per_s": n / dt if dt > 0 else float("nan"), "data_workers": loader.num_workers}
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+def provenance(argv: list[str]) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
+    except OSError:
+        commit, dirty = "", False
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "sharezoo bench " + " ".join(shlex.quote(a) for a in argv),
+        "git_commit": commit + ("-dirty" if dirty else ""),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+def append_result(record: dict[str, Any], name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- running
+def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    cfg_path = Path(a.config) if a.config else default_config_for(a.model)
+    config = load_config(cfg_path)
+    task = build_task(config, a.model, a.compile)
+    if task.net is None:  # data-linked kwargs (num_classes, ...) come from the datamodule
+        dm = build_datamodule(config)
+        for k in task.data_links:
+            task.model_kwargs.setdefault(k, getattr(dm, k))
+        task._build()
+    task.to(device)
+    if a.channels_last:
+        task.net.to(memory_format=torch.channels_last)
+    rec: dict[str, Any] = {**provenance(argv), "model": task.model_name, "task": a.task, "batch": a.batch,
+                           "precision": a.precision, "compile": a.compile, "config": str(cfg_path.relative_to(ROOT))
+                           if cfg_path.is_relative_to(ROOT) else str(cfg_path)}
+    rec["params"] = sum(p.numel() for p in task.net.parameters())
+    if a.task == "train":
+        task.train()
+        step, probe = train_step_fn(task, a.batch, device, a.precision)
+        rec["flops_fwd_bwd_per_sample"] = count_flops(probe) / a.batch
+        with torch.no_grad():
+            fwd_batch = _to(task.example_batch(a.batch), device)
+            rec["flops_fwd_per_sample"] = count_flops(lambda: task.training_step(fwd_batch, 0)) / a.batch
+        flops = rec["flops_fwd_bwd_per_sample"]
+    else:
+        step = infer_step_fn(task, a.batch, device, a.precision)
+        rec["flops_fwd_per_sample"] = count_flops(step) / a.batch
+        flops = rec["flops_fwd_per_sample"]
+    rec.update(time_steps(step, a.steps, a.warmup, device))
+    rec["samples_per_s"] = a.batch * a.steps / rec["wall_s"]
+    rec["samples_per_s_median_step"] = a.batch / (rec["step_ms_median"] / 1e3)
+    peak = peak_flops(device, a.precision)
+    rec["mfu"] = flops * rec["samples_per_s"] / peak if peak else None
+    if a.reference:
+        spec = importlib.util.spec_from_file_location("bench_reference", a.reference)
+        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        ref_step, per_step = mod.make_step(a.batch, a.precision, device, task=task, mode=a.task)
+        r = time_steps(ref_step, a.steps, a.warmup, device)
+        rec["reference"] = {"driver": a.reference, **r, "samples_per_s": per_step * a.steps / r["wall_s"]}
+        rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
+    if a.data:
+        rec.update(time_datamodule(build_datamodule(load_config(a.data)), a.data_batches))
+    return rec
+
+
+def report() -> str:
+    """Regenerate the results table of ``benchmarks/README.md`` from ``benchmarks/results/*.jsonl``."""
+    rows = []
+    for path in sorted(RESULTS.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    head = ("| model | task | batch | precision | compile | samples/s | step ms (med/p90) | peak GiB | "
+            "GFLOP/sample | MFU | vs ref | machine | commit |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        if "samples_per_s" not in r:
+            continue
+        gf = r.get("flops_fwd_bwd_per_sample") if r.get("task") == "train" else r.get("flops_fwd_per_sample")
+        out.append(
+            f"| {r.get('model')} | {r.get('task')} | {r.get('batch')} | {r.get('precision')} | {r.get('compile')} | "
+            f"{r['samples_per_s']:.1f} | {fmt(r.get('step_ms_median'), '.1f')}/{fmt(r.get('step_ms_p90'), '.1f')} | "
+            f"{fmt(r.get('peak_mem_gib'), '.2f')} | {fmt(gf and gf / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | "
+            f"{fmt(r.get('speedup_vs_reference'), '.2f')} | {r.get('gpu') or r.get('cpu')} | "
+            f"{str(r.get('git_commit'))[:8]} |"
+        )
+    table = "\n".join(out)
+    readme = ROOT / "benchmarks" / "README.md"
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = readme.read_text() if readme.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    pre, rest = text.split(start, 1)
+    post = rest.split(end, 1)[1]
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    readme.write_text(f"{pre}{start}\n{table}\n{end}{post}")
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sharezoo bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="registered model name (its task/config from --config or its model card)")
+    p.add_argument("--config", help="LightningCLI YAML naming the task (and the datamodule for --data)")
+    p.add_argument("--task", choices=("train", "infer"), default="train")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
+    p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for CNN parts")
+    p.add_argument("--data", help="also time this config's datamodule alone (samples/s on this machine's CPUs)")
+    p.add_argument("--data-batches", type=int, default=50)
+    p.add_argument("--reference", help="driver file exposing make_step(...) for a side-by-side run")
+    p.add_argument("--name", help="results file stem (default: the model name)")
+    p.add_argument("--no-save", action="store_true", help="print only; do not append to benchmarks/results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        print(report())
+        return 0
+    a = parser().parse_args(argv)
+    if not (a.model or a.config):
+        parser().error("give --model or --config")
+    rec = run(a, argv)
+    print(json.dumps(rec, indent=2))
+    if not a.no_save:
+        print(f"appended to {append_result(rec, a.name or rec['model'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

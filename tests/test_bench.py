@@ -1,0 +1,98 @@
+"""The benchmark harness on a tiny model: FLOP counting vs hand-computed, timing, JSON record schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import zoo
+from tasks import bench
+from tasks._base import ZooTask
+from zoo._registry import _model_entrypoints
+
+
+class BenchToy(nn.Module):
+    def __init__(self, d_in: int = 8, d_out: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class ToyTask(ZooTask):
+    def __init__(self, model: str = "ztest_benchtoy", pretrained: bool = False, model_kwargs: dict | None = None,
+                 compile: bool | str = False, lr: float = 0.1) -> None:
+        super().__init__(model, pretrained, model_kwargs, compile)
+        self.save_hyperparameters()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def example_batch(self, batch_size):
+        return torch.randn(batch_size, 8), torch.randn(batch_size, 16)
+
+    def example_inputs(self, batch_size):
+        return (torch.randn(batch_size, 8),)
+
+
+@pytest.fixture()
+def toy_config(tmp_path, monkeypatch):
+    @zoo.register_model
+    def ztest_benchtoy(pretrained=False, **kwargs):
+        return zoo.build_model(BenchToy, "ztest_benchtoy", pretrained, {}, **kwargs)
+
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"class_path": "test_bench.ToyTask", "init_args": {"lr": 0.1}}}))
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    yield cfg
+    _model_entrypoints.pop("ztest_benchtoy", None)
+
+
+def test_flop_counter_matches_hand_computed_linear():
+    fc = nn.Linear(8, 16, bias=False)
+    x = torch.randn(4, 8, requires_grad=True)
+    assert bench.count_flops(lambda: fc(x)) == 2 * 4 * 8 * 16
+    # backward of a matmul = two matmuls of the same size (grad wrt input and wrt weight)
+    assert bench.count_flops(lambda: fc(x).sum().backward()) == 3 * 2 * 4 * 8 * 16
+
+
+def test_time_steps_orders_percentiles():
+    r = bench.time_steps(lambda: torch.randn(64, 64) @ torch.randn(64, 64), steps=9, warmup=1,
+                         device=torch.device("cpu"))
+    assert 0 < r["step_ms_median"] <= r["step_ms_p90"] and r["wall_s"] > 0 and r["peak_mem_gib"] is None
+
+
+@pytest.mark.parametrize("task", ["train", "infer"])
+def test_bench_record_schema(toy_config, task, capsys):
+    assert bench.main(["--config", str(toy_config), "--task", task, "--batch", "4", "--steps", "3", "--warmup", "1",
+                       "--device", "cpu", "--precision", "32-true", "--name", "toy"]) == 0
+    lines = (bench.RESULTS / "toy.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    for key in ("time", "command", "git_commit", "cpu", "torch", "python", "model", "task", "batch", "precision",
+                "compile", "params", "flops_fwd_per_sample", "step_ms_median", "step_ms_p90", "samples_per_s",
+                "peak_mem_gib", "mfu"):
+        assert key in rec, key
+    assert rec["model"] == "ztest_benchtoy" and rec["params"] == 8 * 16
+    assert rec["flops_fwd_per_sample"] == 2 * 8 * 16  # linear forward per sample (the loss adds no matmul FLOPs)
+    if task == "train":
+        # weight grad only (the input needs no grad): forward + one backward matmul
+        assert rec["flops_fwd_bwd_per_sample"] == 2 * 2 * 8 * 16
+    assert rec["command"].startswith("sharezoo bench --config")
+    assert rec["mfu"] is None  # no GPU peak on a CPU
+
+
+def test_report_regenerates_table(toy_config, tmp_path, monkeypatch):
+    bench.main(["--config", str(toy_config), "--batch", "2", "--steps", "2", "--warmup", "0", "--device", "cpu",
+                "--precision", "32-true", "--name", "toy"])
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    table = bench.report()
+    assert "| ztest_benchtoy | train | 2 | 32-true |" in table
+    assert "<!-- results:start -->" in (tmp_path / "benchmarks" / "README.md").read_text()

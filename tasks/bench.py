@@ -220,6 +220,65 @@ def infer_step_fn(task, batch_size: int, device: torch.device, precision: str) -
     return step
 
 
+class _LoopTimer:
+    """Times ``steps`` training batches of a real ``Trainer.fit`` after ``warmup`` batches (end to end: loader,
+    host-to-device copy, forward, backward, optimiser, Lightning's loop)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        import pytorch_lightning as pl
+
+        class _CB(pl.Callback):
+            def on_train_batch_start(cb, trainer, module, batch, batch_idx):  # noqa: N805
+                if batch_idx == warmup:
+                    _sync(module.device)
+                    self.t0 = time.perf_counter()
+                    if module.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(module.device)
+                if batch_idx >= warmup:
+                    self.samples += _batch_len(batch)
+
+            def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):  # noqa: N805
+                if batch_idx == warmup + steps - 1:
+                    _sync(module.device)
+                    self.t1 = time.perf_counter()
+                    trainer.should_stop = True
+
+        self.callback = _CB()
+        self.t0 = self.t1 = 0.0
+        self.samples = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    if isinstance(batch, dict):
+        return _batch_len(next(iter(batch.values())))
+    return _batch_len(batch[0])
+
+
+def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Samples/s of the task's real training loop (``Trainer.fit`` on the config's datamodule)."""
+    import pytorch_lightning as pl
+
+    timer = _LoopTimer(a.warmup, a.steps)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=a.precision,
+        max_steps=a.warmup + a.steps, max_epochs=10_000, callbacks=[timer.callback], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, benchmark=device.type == "cuda",
+    )
+    trainer.fit(task, datamodule=build_datamodule(config))
+    dt = timer.t1 - timer.t0
+    return {"loop_samples_per_s": timer.samples / dt if dt > 0 else None, "loop_wall_s": dt,
+            "loop_steps": a.steps, "loop_peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda" else None}
+
+
 def time_datamodule(dm, batches: int) -> dict[str, float]:
     """Samples/s of the datamodule's train loader alone, on this machine's cores."""
     dm.prepare_data()
@@ -293,6 +352,13 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                            "precision": a.precision, "compile": a.compile, "config": str(cfg_path.relative_to(ROOT))
                            if cfg_path.is_relative_to(ROOT) else str(cfg_path)}
     rec["params"] = sum(p.numel() for p in task.net.parameters())
+    if a.task == "fit":
+        rec.update(time_fit_loop(config, task, a, device))
+        rec["samples_per_s"] = rec["loop_samples_per_s"]
+        if a.reference:
+            rec.update(_reference(a, task, device, "train"))
+            rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
+        return rec
     if a.task == "train":
         task.train()
         step, probe = train_step_fn(task, a.batch, device, a.precision)
@@ -311,16 +377,21 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     peak = peak_flops(device, a.precision)
     rec["mfu"] = flops * rec["samples_per_s"] / peak if peak else None
     if a.reference:
-        spec = importlib.util.spec_from_file_location("bench_reference", a.reference)
-        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-        ref_step, per_step = mod.make_step(a.batch, a.precision, device, task=task, mode=a.task)
-        r = time_steps(ref_step, a.steps, a.warmup, device)
-        rec["reference"] = {"driver": a.reference, **r, "samples_per_s": per_step * a.steps / r["wall_s"]}
+        rec.update(_reference(a, task, device, a.task))
         rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
     if a.data:
         rec.update(time_datamodule(build_datamodule(load_config(a.data)), a.data_batches))
     return rec
+
+
+def _reference(a: argparse.Namespace, task, device: torch.device, mode: str) -> dict[str, Any]:
+    """Time the reference driver's step (same shapes, same process) -> ``{'reference': {...}}``."""
+    spec = importlib.util.spec_from_file_location("bench_reference", a.reference)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    ref_step, per_step = mod.make_step(a.batch, a.precision, device, task=task, mode=mode)
+    r = time_steps(ref_step, a.steps, a.warmup, device)
+    return {"reference": {"driver": a.reference, **r, "samples_per_s": per_step * a.steps / r["wall_s"]}}
 
 
 def report() -> str:
@@ -362,7 +433,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sharezoo bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="registered model name (its task/config from --config or its model card)")
     p.add_argument("--config", help="LightningCLI YAML naming the task (and the datamodule for --data)")
-    p.add_argument("--task", choices=("train", "infer"), default="train")
+    p.add_argument("--task", choices=("train", "infer", "fit"), default="train",
+                   help="train: one optimiser step on synthetic on-device batches; infer: forward; "
+                        "fit: the real Trainer loop end to end on the config's datamodule")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
     p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 from torch import nn
@@ -43,6 +44,16 @@ class ToyTask(ZooTask):
         return (torch.randn(batch_size, 8),)
 
 
+class ToyData(pl.LightningDataModule):
+    def __init__(self, n: int = 64, batch_size: int = 8) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    def train_dataloader(self):
+        ds = torch.utils.data.TensorDataset(torch.randn(self.n, 8), torch.randn(self.n, 16))
+        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=True)
+
+
 @pytest.fixture()
 def toy_config(tmp_path, monkeypatch):
     @zoo.register_model
@@ -50,7 +61,8 @@ def toy_config(tmp_path, monkeypatch):
         return zoo.build_model(BenchToy, "ztest_benchtoy", pretrained, {}, **kwargs)
 
     cfg = tmp_path / "toy.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"class_path": "test_bench.ToyTask", "init_args": {"lr": 0.1}}}))
+    cfg.write_text(yaml.safe_dump({"model": {"class_path": "test_bench.ToyTask", "init_args": {"lr": 0.1}},
+                                   "data": {"class_path": "test_bench.ToyData", "init_args": {"batch_size": 8}}}))
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     yield cfg
     _model_entrypoints.pop("ztest_benchtoy", None)
@@ -96,3 +108,11 @@ def test_report_regenerates_table(toy_config, tmp_path, monkeypatch):
     table = bench.report()
     assert "| ztest_benchtoy | train | 2 | 32-true |" in table
     assert "<!-- results:start -->" in (tmp_path / "benchmarks" / "README.md").read_text()
+
+
+def test_fit_loop_mode_times_the_real_trainer(toy_config):
+    bench.main(["--config", str(toy_config), "--task", "fit", "--steps", "5", "--warmup", "2", "--device", "cpu",
+                "--precision", "32-true", "--name", "toy"])
+    rec = json.loads((bench.RESULTS / "toy.jsonl").read_text().splitlines()[-1])
+    assert rec["task"] == "fit" and rec["loop_steps"] == 5
+    assert rec["loop_samples_per_s"] > 0 and rec["samples_per_s"] == rec["loop_samples_per_s"]

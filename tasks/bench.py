@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("SHAREZOO_BENCH_RESULTS", ROOT / "benchmarks" / "results"))
 
 #: dense peak FLOP/s per GPU by (name fragment, dtype); sparsity excluded. Sources: NVIDIA data sheets.
 GPU_PEAK = {
@@ -137,19 +137,31 @@ def default_config_for(model: str) -> Path:
     return cands[0]
 
 
-def build_task(config: dict[str, Any], model: str | None, compile_mode: str) -> torch.nn.Module:
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def build_task(config: dict[str, Any], model: str | None, compile_mode: str, overrides: list[str] = ()) -> Any:
     spec = config["model"]
     cls = _import(spec["class_path"])
-    init = dict(spec.get("init_args", {}))
+    init = {**spec.get("init_args", {}), **_overrides(list(overrides))}
     if model:
         init["model"] = model
     init["compile"] = False if compile_mode == "off" else (True if compile_mode == "default" else compile_mode)
     return cls(**init)
 
 
-def build_datamodule(config: dict[str, Any]):
+def build_datamodule(config: dict[str, Any], overrides: list[str] = ()):
     spec = config["data"]
-    return _import(spec["class_path"])(**spec.get("init_args", {}))
+    return _import(spec["class_path"])(**{**spec.get("init_args", {}), **_overrides(list(overrides))})
 
 
 def _optimizer(task) -> torch.optim.Optimizer:
@@ -272,7 +284,7 @@ def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: t
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, benchmark=device.type == "cuda",
     )
-    trainer.fit(task, datamodule=build_datamodule(config))
+    trainer.fit(task, datamodule=build_datamodule(config, a.data_arg))
     dt = timer.t1 - timer.t0
     return {"loop_samples_per_s": timer.samples / dt if dt > 0 else None, "loop_wall_s": dt,
             "loop_steps": a.steps, "loop_peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30
@@ -339,15 +351,13 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     cfg_path = Path(a.config) if a.config else default_config_for(a.model)
     config = load_config(cfg_path)
-    task = build_task(config, a.model, a.compile)
+    task = build_task(config, a.model, a.compile, a.task_arg)
     if task.net is None:  # data-linked kwargs (num_classes, ...) come from the datamodule
-        dm = build_datamodule(config)
+        dm = build_datamodule(config, a.data_arg)
         for k in task.data_links:
             task.model_kwargs.setdefault(k, getattr(dm, k))
         task._build()
     task.to(device)
-    if a.channels_last:
-        task.net.to(memory_format=torch.channels_last)
     rec: dict[str, Any] = {**provenance(argv), "model": task.model_name, "task": a.task, "batch": a.batch,
                            "precision": a.precision, "compile": a.compile, "config": str(cfg_path.relative_to(ROOT))
                            if cfg_path.is_relative_to(ROOT) else str(cfg_path)}
@@ -358,6 +368,8 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if a.reference:
             rec.update(_reference(a, task, device, "train"))
             rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
+        if a.data:
+            rec.update(time_datamodule(build_datamodule(load_config(a.data), a.data_arg), a.data_batches))
         return rec
     if a.task == "train":
         task.train()
@@ -380,7 +392,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         rec.update(_reference(a, task, device, a.task))
         rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
     if a.data:
-        rec.update(time_datamodule(build_datamodule(load_config(a.data)), a.data_batches))
+        rec.update(time_datamodule(build_datamodule(load_config(a.data), a.data_arg), a.data_batches))
     return rec
 
 
@@ -442,7 +454,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for CNN parts")
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task init arg (YAML value), e.g. channels_last=true; repeatable")
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a datamodule init arg for --task fit / --data, e.g. num_workers=12; repeatable")
     p.add_argument("--data", help="also time this config's datamodule alone (samples/s on this machine's CPUs)")
     p.add_argument("--data-batches", type=int, default=50)
     p.add_argument("--reference", help="driver file exposing make_step(...) for a side-by-side run")

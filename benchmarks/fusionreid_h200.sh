@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# FusionReID (paper config: R50 + ViT-B/16 stride 12, 256x128, 751 classes, random init) on one GPU, ours vs the
+# official code side by side in the same process (issue 3). Results append to $SHAREZOO_BENCH_RESULTS/fusionreid.jsonl.
+#   benchmarks/fetch_upstream.sh FusionReID        # the official code, into the git-ignored .upstream/
+#   benchmarks/fusionreid_h200.sh step|infer|loop  # (the device tool: carry .whl and .upstream)
+set -euo pipefail
+export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export SHAREZOO_BENCH_RESULTS=${SHAREZOO_BENCH_RESULTS:-benchmarks/results}
+CFG=configs/fusionreid_vitb16_r50/market1501.yaml
+REF=benchmarks/reference/fusionreid_official.py
+B=(python3 -m tasks.cli bench --model fusionreid_vitb16_r50 --config "$CFG" --name fusionreid)
+case "${1:-step}" in
+step)  # one optimiser step on synthetic on-device batches (batch 128 = 8 x 16)
+  "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile off --steps 30 --warmup 10 --reference "$REF"
+  "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile off --task-arg channels_last=true --steps 30 --warmup 10
+  "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile default --task-arg channels_last=true --steps 30 --warmup 15
+  ;;
+infer)  # test-time embedding, batch 256 (official: fp16)
+  "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile off --steps 30 --warmup 10 --reference "$REF"
+  "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile default --task-arg channels_last=true --steps 30 --warmup 15
+  ;;
+loop)  # the real training loop end to end: Market-1501-layout JPEGs (synthetic, full size) through the datamodule
+  python3 -c "from datamodules.synthetic import write_reid_dataset as w; w('/tmp/reid', 'market1501', num_train_ids=751, num_test_ids=20, train_images_per_id=17)"
+  "${B[@]}" --task fit --batch 128 --precision bf16-mixed --compile "${COMPILE:-default}" --task-arg channels_last=true \
+    --data-arg root=/tmp/reid --data-arg num_workers="${WORKERS:-14}" --steps 60 --warmup 20 \
+    --data "$CFG" --data-batches 60 --reference "$REF"
+  ;;
+esac

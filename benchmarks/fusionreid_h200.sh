@@ -8,7 +8,9 @@ export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export SHAREZOO_BENCH_RESULTS=${SHAREZOO_BENCH_RESULTS:-benchmarks/results}
 CFG=configs/fusionreid_vitb16_r50/market1501.yaml
 REF=benchmarks/reference/fusionreid_official.py
-B=(python3 -m tasks.cli bench --model fusionreid_vitb16_r50 --config "$CFG" --name fusionreid)
+# synthetic batches need no dataset: give the data-linked sizes (Market-1501: 751 ids, 6 cameras) explicitly
+MK='model_kwargs={num_classes: 751, num_cameras: 6, pretrained_backbone: false}'
+B=(python3 -m tasks.cli bench --model fusionreid_vitb16_r50 --config "$CFG" --name fusionreid --task-arg "$MK")
 case "${1:-step}" in
 step)  # one optimiser step on synthetic on-device batches (batch 128 = 8 x 16)
   "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile off --steps 30 --warmup 10 --reference "$REF"

@@ -16,14 +16,20 @@ step)  # one optimiser step on synthetic on-device batches (batch 128 = 8 x 16)
   "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile off --steps 30 --warmup 10 --reference "$REF"
   "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile off --task-arg channels_last=true --steps 30 --warmup 10
   "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile default --task-arg channels_last=true --steps 30 --warmup 15
+  "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile reduce-overhead --task-arg channels_last=true --steps 30 --warmup 15
+  ;;
+graphs)  # CUDA graphs (torch.compile mode reduce-overhead): the compiled step is launch-bound (see the profile)
+  "${B[@]}" --task train --batch 128 --precision bf16-mixed --compile reduce-overhead --task-arg channels_last=true --steps 30 --warmup 15
+  "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile reduce-overhead --task-arg channels_last=true --steps 30 --warmup 15 --reference "$REF"
   ;;
 infer)  # test-time embedding, batch 256 (official: fp16)
   "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile off --steps 30 --warmup 10 --reference "$REF"
   "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile default --task-arg channels_last=true --steps 30 --warmup 15
+  "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile reduce-overhead --task-arg channels_last=true --steps 30 --warmup 15
   ;;
 loop)  # the real training loop end to end: Market-1501-layout JPEGs (synthetic, full size) through the datamodule
   python3 -c "from datamodules.synthetic import write_reid_dataset as w; w('/tmp/reid', 'market1501', num_train_ids=751, num_test_ids=20, train_images_per_id=17)"
-  "${B[@]}" --task fit --batch 128 --precision bf16-mixed --compile "${COMPILE:-default}" --task-arg channels_last=true \
+  "${B[@]}" --task fit --batch 128 --precision bf16-mixed --compile "${COMPILE:-reduce-overhead}" --task-arg channels_last=true \
     --data-arg root=/tmp/reid --data-arg num_workers="${WORKERS:-14}" --steps 60 --warmup 20 \
     --data "$CFG" --data-batches 60 --reference "$REF"
   ;;

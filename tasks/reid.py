@@ -270,6 +270,10 @@ class ReIDTask(ZooTask):
 
     # ------------------------------------------------------------------------------------------------ training
     def on_net_built(self) -> None:
+        # with compile on, the twelve loss terms are fused too (the eager loss is launch-bound beside the model)
+        self._loss_fn = torch.compile(reid_losses) if self.compile_mode else reid_losses
+        self._cudagraphs = isinstance(self.compile_mode, str) and (
+            "reduce-overhead" in self.compile_mode or self.compile_mode == "max-autotune")
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
@@ -281,9 +285,11 @@ class ReIDTask(ZooTask):
         return batch.get("camid") if self.hparams.use_camids else None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA-graph outputs of the last may be reused
         out = self.network(self._images(batch), self._camids(batch))
         hp = self.hparams
-        loss, parts = reid_losses(out.features, out.logits, batch["pid"], hp.label_smoothing, hp.triplet_margin,
+        loss, parts = self._loss_fn(out.features, out.logits, batch["pid"], hp.label_smoothing, hp.triplet_margin,
                                   hp.id_loss_weight, hp.triplet_loss_weight)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -336,7 +342,11 @@ class ReIDTask(ZooTask):
 
     # ---------------------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         emb = self.network(self._images(batch), self._camids(batch))
+        if self._cudagraphs:
+            emb = emb.clone()  # kept across steps: a CUDA-graph output buffer is reused by the next replay
         self._eval_outputs.append({
             "emb": emb.float(), "pid": batch["pid"], "camid": batch["camid"], "is_query": batch["is_query"],
             "index": batch["index"],

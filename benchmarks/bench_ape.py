@@ -1,0 +1,132 @@
+"""APE prefill: parallel-encoded, cached contexts vs sequential encoding of the whole prompt.
+
+    python3 benchmarks/bench_ape.py                      # H200, bf16, Qwen2.5-0.5B-shaped model (random weights)
+    python3 benchmarks/bench_ape.py --device cpu --tiny  # CPU smoke run
+
+For m contexts of L_c tokens after a shared prefix and before a query: ``sequential`` is one causal forward over
+``[P ; C_1..C_m ; Q]`` (SDPA flash) up to the query logits; ``ape_encode`` is the one-off parallel encoding of the m
+contexts after the cached prefix (cacheable); ``ape_query`` is the query-time cost when the context KV is cached
+(load only, the paper's 28x prefill claim). One JSON line per point to benchmarks/results/ape.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import torch  # noqa: E402
+from bench_prefix_grouper import QWEN_05B, TINY, environment, is_oom  # noqa: E402
+
+
+def timed(fn, device, iters):
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2], out
+
+
+def main(argv=None) -> int:
+    from tasks.llm.ape import APE
+    from tasks.llm.prefix import decoder_and_head, enable_prefix_attention, lm_logits
+    from tasks.llm.hf_models import build_causal_lm, causal_lm_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--m", default=None, help="numbers of contexts (default 8,32,64)")
+    ap.add_argument("--Lc", default=None, help="context lengths (default 512,2048)")
+    ap.add_argument("--prefix", type=int, default=None)
+    ap.add_argument("--query", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--time-budget", type=float, default=90.0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    tiny = a.tiny
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    ints = lambda x, d: [int(v) for v in (x or d).split(",")]  # noqa: E731
+    ms, lcs = ints(a.m, "2,4" if tiny else "8,32,64"), ints(a.Lc, "16,32" if tiny else "512,2048")
+    lp, lq = a.prefix or (8 if tiny else 64), a.query or (4 if tiny else 64)
+    out = Path(a.out or ("/tmp/ape_tiny.jsonl" if tiny else ROOT / "benchmarks/results/ape.jsonl"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    shape = TINY if tiny else QWEN_05B
+    model = build_causal_lm(causal_lm_config("qwen2", **shape)).to(device=device, dtype=dtype).eval()
+    enable_prefix_attention(model)
+    common = {"bench": "ape", **environment(device), "dtype": str(dtype).replace("torch.", ""), "shape": shape,
+              "prefix_len": lp, "query_len": lq}
+    t0 = time.perf_counter()
+
+    def emit(rec):
+        with out.open("a") as f:
+            f.write(json.dumps({**common, **rec}) + "\n")
+        print(json.dumps(rec), flush=True)
+
+    base, _ = decoder_and_head(model)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        # parity on this device/dtype: one context, T = S = 1 vs sequential
+        prefix = torch.randint(0, vocab, (lp,), generator=g).to(device)
+        query = torch.randint(0, vocab, (lq,), generator=g).to(device)
+        ctx = torch.randint(0, vocab, (lcs[0],), generator=g).to(device)
+        exact = APE(model, 1.0, 1.0)
+        pre = exact.encode_prefix(prefix)
+        got = exact.query_logits(query, pre, exact.encode_contexts([ctx], pre)).float()
+        h = base(input_ids=torch.cat([prefix, ctx, query])[None], use_cache=False).last_hidden_state[:, -lq:]
+        ref = lm_logits(model, h)[0].float()
+        emit({"kind": "parity", "max_abs_logit_diff": float((got - ref).abs().max()),
+              "argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean())})
+        ape = APE(model, 0.9, 0.9)
+        pre = ape.encode_prefix(prefix)
+        for m in ms:
+            for lc in lcs:
+                rec = {"kind": "point", "m": m, "Lc": lc, "total_tokens": lp + m * lc + lq}
+                if time.perf_counter() - t0 > a.time_budget:
+                    emit({**rec, "status": "skipped_time_budget"})
+                    continue
+                ctxs = [torch.randint(0, vocab, (lc,), generator=g).to(device) for _ in range(m)]
+                try:
+                    seq_ids = torch.cat([prefix, *ctxs, query])[None]
+
+                    def sequential():
+                        hid = base(input_ids=seq_ids, use_cache=False).last_hidden_state[:, -lq:]
+                        return lm_logits(model, hid)
+
+                    t_seq, _ = timed(sequential, device, a.iters)
+                    t_enc, cached = timed(lambda: ape.encode_contexts(ctxs, pre), device, a.iters)
+                    t_q, _ = timed(lambda: ape.query_logits(query, pre, cached), device, a.iters)
+                    rec.update(status="ok", sequential_s=t_seq, ape_encode_s=t_enc, ape_query_s=t_q,
+                               speedup_cached=t_seq / t_q, speedup_uncached=t_seq / (t_enc + t_q))
+                    if device.type == "cuda":
+                        rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                except Exception as e:  # noqa: BLE001
+                    if not is_oom(e):
+                        raise
+                    rec.update(status="oom", error=str(e).splitlines()[0][:200])
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                emit(rec)
+    emit({"kind": "done", "wall_s": time.perf_counter() - t0})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Prefix Grouper vs the repeated-prefix baseline: GRPO forward+backward step time, peak memory, tokens/s.
+
+    python3 benchmarks/bench_prefix_grouper.py                      # H200 sweep (< 8 min), bf16, Qwen2.5-0.5B shape
+    python3 benchmarks/bench_prefix_grouper.py --device cpu --tiny  # CPU smoke run (tiny model, seconds)
+
+Same model (a Qwen2-shaped ~0.5B model built from config, random weights), same attention kernel (PyTorch SDPA: the
+baseline's causal blocks and Prefix Grouper's prefix block use ``is_causal``, its suffix block the bottom-right causal
+bias -- all flash-eligible), same GRPO loss on the completion tokens. Sweep P x S x G (issue 7); each point writes one
+JSON line per method and a summary line with the measured speedup next to the analytic FLOP ratio, then a line with
+the largest G that fits per (P, S, method). Points that run out of memory are recorded as ``oom`` and skipped; the
+sweep stops adding points when ``--time-budget`` seconds have passed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+QWEN_05B = dict(  # Qwen2.5-0.5B shape
+    hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+    vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0, max_position_embeddings=65536,
+)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=1000, tie_word_embeddings=True, max_position_embeddings=4096)
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        commit = None
+    return {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "host": platform.node(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def build_model(family: str, shape: dict, dtype: torch.dtype, device: torch.device, grad_ckpt: bool):
+    from tasks.llm.prefix import enable_prefix_attention
+    from tasks.llm.hf_models import build_causal_lm, causal_lm_config, enable_activation_checkpointing
+
+    torch.manual_seed(0)
+    model = build_causal_lm(causal_lm_config(family, **shape)).to(device=device, dtype=dtype)
+    enable_prefix_attention(model)  # plain forwards stay SDPA; packed forwards use the shared-prefix attention
+    if grad_ckpt:
+        enable_activation_checkpointing(model)
+    model.train()
+    return model
+
+
+def analytic_flops(cfg, p: int, s: int, g: int) -> dict:
+    """Forward FLOPs (x3 for fwd+bwd, identical factor for both methods) of the two layouts.
+
+    Token-wise: 2 * (non-embedding params) per token; attention: 4 * H * d per (query, key) pair (QK^T and PV), causal
+    pairs only; LM head: 2 * D * V on the G*S completion positions in both methods.
+    """
+    d, h, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * hd
+    per_layer = d * (d + 2 * kv) + d * d + 3 * d * cfg.intermediate_size
+    tok = 2 * per_layer * cfg.num_hidden_layers
+    att = 4 * h * hd * cfg.num_hidden_layers
+    head = 2 * d * cfg.vocab_size * g * s
+    base_tokens, pg_tokens = g * (p + s), p + g * s
+    base_pairs = g * (p + s) * (p + s + 1) / 2
+    pg_pairs = p * (p + 1) / 2 + g * (s * p + s * (s + 1) / 2)
+    base = tok * base_tokens + att * base_pairs + head
+    pg = tok * pg_tokens + att * pg_pairs + head
+    return {
+        "flop_ratio_tokenwise": pg_tokens / base_tokens,
+        "flop_ratio_analytic": pg / base,
+        "speedup_bound_analytic": base / pg,
+        "fwd_flops_baseline": base,
+        "fwd_flops_prefix_grouper": pg,
+    }
+
+
+def make_step(model, method: str, p: int, s: int, g: int, device: torch.device):
+    """A GRPO fwd+bwd step on one prompt of length P with G completions of length S (on-policy surrogate)."""
+    from tasks.llm.grpo import completion_logps, grpo_loss
+
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(p * 31 + s * 7 + g)
+    prompt = torch.randint(0, vocab, (p,), generator=gen).to(device)
+    comps = [[torch.randint(0, vocab, (s,), generator=gen).to(device) for _ in range(g)]]
+    adv = torch.randn(g, generator=gen).to(device)
+
+    def step():
+        logp, valid, _ = completion_logps(model, [prompt], comps, prefix_grouper=(method == "prefix_grouper"))
+        loss, _ = grpo_loss(logp, valid, adv)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def measure(step, device: torch.device, warmup: int, iters: int) -> dict:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    loss = None
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    out = {"step_time_s": times[len(times) // 2], "step_times_s": times, "loss": float(loss)}
+    if device.type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def parity(model, device, p: int, s: int, g: int) -> dict:
+    """Loss and gradient-norm agreement of the two methods on the real-size model (bf16: ~1e-2 noise expected)."""
+    res = {}
+    for method in ("baseline", "prefix_grouper"):
+        model.zero_grad(set_to_none=True)
+        loss = make_step(model, method, p, s, g, device)()
+        sq = sum(float(x.grad.float().pow(2).sum()) for x in model.parameters() if x.grad is not None)
+        res[method] = (float(loss), sq**0.5)
+    model.zero_grad(set_to_none=True)
+    (lb, gb), (lp, gp) = res["baseline"], res["prefix_grouper"]
+    return {"loss_baseline": lb, "loss_prefix_grouper": lp, "loss_rel_diff": abs(lp - lb) / max(abs(lb), 1e-12),
+            "grad_norm_baseline": gb, "grad_norm_prefix_grouper": gp, "grad_norm_rel_diff": abs(gp - gb) / gb}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="tiny model and lengths (CPU smoke run)")
+    ap.add_argument("--family", default="qwen2", choices=["qwen2", "llama", "mistral"])
+    ap.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32 (CPU default)")
+    ap.add_argument("--P", default=None, help="prefix lengths, comma separated (default 1024,4096,16384)")
+    ap.add_argument("--S", default=None, help="suffix lengths (default 256,1024)")
+    ap.add_argument("--G", default=None, help="group sizes (default 4,8,16)")
+    ap.add_argument("--probe-G", default=None, help="extra group sizes tried for the largest G that fits (32,64)")
+    ap.add_argument("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (on by default)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--time-budget", type=float, default=330.0, help="seconds; later points are skipped")
+    ap.add_argument("--out", default=None, help="JSON lines file (default benchmarks/results/prefix_grouper.jsonl; "
+                    "--tiny: /tmp/prefix_grouper_tiny.jsonl)")
+    a = ap.parse_args(argv)
+
+    device = torch.device(a.device)
+    tiny = a.tiny
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[
+        a.dtype or ("fp32" if device.type == "cpu" else "bf16")]
+    ints = lambda x, d: [int(v) for v in (x or d).split(",") if v]  # noqa: E731
+    ps = ints(a.P, "32,64" if tiny else "1024,4096,16384")
+    ss = ints(a.S, "8,16" if tiny else "256,1024")
+    gs = ints(a.G, "2,4" if tiny else "4,8,16")
+    probe = ints(a.probe_G, "8" if tiny else "32,64")
+    default_out = "/tmp/prefix_grouper_tiny.jsonl" if tiny else ROOT / "benchmarks/results/prefix_grouper.jsonl"
+    out = Path(a.out or default_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grad_ckpt = not a.no_grad_ckpt
+    env = environment(device)
+    t_start = time.perf_counter()
+    model = build_model(a.family, TINY if tiny else QWEN_05B, dtype, device, grad_ckpt)
+    cfg = model.config
+    n_params = sum(x.numel() for x in model.parameters())
+    common = {"bench": "prefix_grouper", **env, "family": a.family, "dtype": str(dtype).replace("torch.", ""),
+              "grad_ckpt": grad_ckpt, "params_m": round(n_params / 1e6, 1), "shape": TINY if tiny else QWEN_05B,
+              "attention": "sdpa (flash-eligible causal / bottom-right causal blocks)"}
+
+    def emit(rec: dict) -> None:
+        line = json.dumps({**common, **rec})
+        with out.open("a") as f:
+            f.write(line + "\n")
+        short = {k: v for k, v in rec.items() if k not in ("step_times_s",)}
+        print(json.dumps(short), flush=True)
+
+    try:
+        emit({"kind": "parity", "P": ps[0], "S": ss[0], "G": gs[0], **parity(model, device, ps[0], ss[0], gs[0])})
+    except Exception as e:  # noqa: BLE001
+        if not is_oom(e):
+            raise
+        emit({"kind": "parity", "status": "oom"})
+
+    fits: dict[tuple[int, int, str], int] = {}
+    oom_at: dict[tuple[int, int, str], int] = {}
+    for p in ps:
+        for s in ss:
+            for g in gs + probe:
+                is_probe = g not in gs
+                rec_pair = {"P": p, "S": s, "G": g, **analytic_flops(cfg, p, s, g)}
+                results = {}
+                for method in ("baseline", "prefix_grouper"):
+                    key = (p, s, method)
+                    rec = {"kind": "point", "method": method, "P": p, "S": s, "G": g, "probe": is_probe}
+                    if time.perf_counter() - t_start > a.time_budget:
+                        emit({**rec, "status": "skipped_time_budget"})
+                        continue
+                    if key in oom_at and g > oom_at[key]:
+                        emit({**rec, "status": "skipped_after_oom"})
+                        continue
+                    try:
+                        model.zero_grad(set_to_none=True)
+                        step = make_step(model, method, p, s, g, device)
+                        m = measure(step, device, 0 if is_probe else a.warmup, 1 if is_probe else a.iters)
+                        logical_tokens = g * (p + s)
+                        rec.update(status="ok", **m, logical_tokens_per_s=logical_tokens / m["step_time_s"],
+                                   computed_tokens=(p + g * s) if method == "prefix_grouper" else logical_tokens)
+                        results[method] = m
+                        fits[key] = max(fits.get(key, 0), g)
+                    except Exception as e:  # noqa: BLE001
+                        if not is_oom(e):
+                            raise
+                        rec.update(status="oom", error=str(e).splitlines()[0][:200])
+                        oom_at[key] = min(oom_at.get(key, g), g)
+                    finally:
+                        model.zero_grad(set_to_none=True)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    emit(rec)
+                if len(results) == 2:
+                    b, q = results["baseline"], results["prefix_grouper"]
+                    summ = {"kind": "summary", **rec_pair, "probe": is_probe,
+                            "speedup_measured": b["step_time_s"] / q["step_time_s"]}
+                    if "peak_mem_gb" in b:
+                        summ["peak_mem_ratio"] = q["peak_mem_gb"] / b["peak_mem_gb"]
+                    emit(summ)
+                elif "prefix_grouper" in results:
+                    emit({"kind": "summary", **rec_pair, "probe": is_probe, "speedup_measured": None,
+                          "note": "baseline did not fit or was skipped"})
+    for p in ps:
+        for s in ss:
+            emit({"kind": "max_group_size", "P": p, "S": s, "tried_G": gs + probe,
+                  "max_G_baseline": fits.get((p, s, "baseline")),
+                  "max_G_prefix_grouper": fits.get((p, s, "prefix_grouper")),
+                  "oom_G_baseline": oom_at.get((p, s, "baseline")),
+                  "oom_G_prefix_grouper": oom_at.get((p, s, "prefix_grouper"))})
+    emit({"kind": "done", "wall_s": time.perf_counter() - t_start})
+    print(f"results appended to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -308,13 +308,16 @@ def euler_sample(
     velocity: nn.Module, cond: torch.Tensor, steps: int = 10, generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t | cond) from x(0) ~ N(0, I) to x(1) with ``steps`` Euler steps."""
-    x = noise if noise is not None else torch.randn(
-        cond.shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    """Integrate dx/dt = v(x, t | cond) from x(0) ~ N(0, I) to x(1) with ``steps`` Euler steps.
+
+    The state is kept in float32 even under bf16 autocast (only the velocity network runs in low precision).
+    """
+    x = noise.float() if noise is not None else torch.randn(
+        cond.shape, generator=generator, device=cond.device, dtype=torch.float32)
     dt = 1.0 / steps
     for i in range(steps):
-        t = torch.full((x.shape[0],), i * dt, device=x.device, dtype=x.dtype)
-        x = x + dt * velocity(x, t, cond)
+        t = torch.full((x.shape[0],), i * dt, device=x.device, dtype=torch.float32)
+        x = x + dt * velocity(x, t, cond).float()
     return x
 
 

@@ -1,0 +1,813 @@
+"""Paired PPG/ECG (and ECG-only) windows from folders of WFDB records, for PPGFlowECG and ECG classifiers.
+
+Pipeline per record (spec §Data; the reference ``data_process_to_npz/step1.py``):
+read WFDB (single- or multi-segment) → pick channels by name with aliases → mark NaN samples → resample to ``fs``
+with torchaudio → PPG band-pass 0.5-8 Hz (Butterworth order 3), ECG high-pass 0.5 Hz (order 5), optional notch
+→ non-overlapping windows → screening (NaN / dropout, flat line) with counts → per-window z-score.
+Windows are written once to a memory-mapped cache (``.npy``), so later epochs and runs read no WFDB.
+Splits are by subject (or record); windows of one subject never land in two splits.
+
+Layouts (``layout=``) — each one is documented in :data:`LAYOUTS` (expected tree, source, subject rule):
+``wfdb`` (any folder), ``cinc2015``, ``bidmc``, ``mimic3`` (MIMIC-III waveform matched subset / segments),
+``mcmed`` (MC-MED, credentialed; never downloaded).
+"""
+from __future__ import annotations
+
+import csv
+import fractions
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from scipy import signal as sps
+from torch.utils.data import DataLoader, Dataset
+
+_logger = logging.getLogger(__name__)
+
+BUNDLED_ROOT = Path(__file__).parent / "data" / "physionet"
+
+#: channel aliases, matched case-insensitively after stripping spaces/underscores/dashes
+ECG_ALIASES = ("II", "MLII", "ECG", "ECGII", "LEADII", "ECG2")
+PPG_ALIASES = ("PLETH", "PPG", "PLETHYSMOGRAM", "PULSE", "SPO2WAVE")
+
+# bytes per sample of the WFDB storage formats (for the truncated-file check)
+_FMT_BYTES = {"8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+
+
+class SignalDataError(ValueError):
+    """A record (named in the message) cannot be used: missing file or channel, truncated data, wrong rate, ..."""
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """How a public dataset lies on disk and how its records map to subjects."""
+
+    name: str
+    tree: str
+    source: str
+    subject_regex: str | None = None  # group 1 of the first match in the record path is the subject id
+    glob: str = "**/*.hea"
+    expected_fs: tuple[float, ...] = ()
+    notes: str = ""
+
+
+LAYOUTS: dict[str, LayoutSpec] = {
+    "wfdb": LayoutSpec(
+        "wfdb",
+        "<root>/RECORDS            (optional: one record path per line, or sub-folders holding their own RECORDS)\n"
+        "<root>/<record>.hea + <record>.dat|.mat   (any depth; multi-segment headers are followed)",
+        "any WFDB folder (https://physionet.org/)",
+        notes="subject = record path (override with subject_regex)",
+    ),
+    "cinc2015": LayoutSpec(
+        "cinc2015",
+        "<root>/RECORDS\n<root>/a103l.hea, a103l.mat, ... (750 training alarms; channels vary: II, V, PLETH, ABP, ...)",
+        "https://physionet.org/content/challenge-2015/1.0.0/ (open, ODC-By)",
+        expected_fs=(250.0,),
+        notes="one record = one alarm; header comments hold the alarm type and 'True alarm'/'False alarm' "
+              "(use label_source='header'); subject = record (patients are not identified)",
+    ),
+    "bidmc": LayoutSpec(
+        "bidmc",
+        "<root>/RECORDS\n<root>/bidmc01.hea, bidmc01.dat, ... bidmc53 (8-min, 125 Hz: RESP, PLETH, V, AVR, II)",
+        "https://physionet.org/content/bidmc/1.0.0/ (open, ODC-By)",
+        subject_regex=r"(bidmc_?\d+)", expected_fs=(125.0,),
+        notes="one record = one subject",
+    ),
+    "mimic3": LayoutSpec(
+        "mimic3",
+        "<root>/RECORDS                          (lists p00/, p01/, ...)\n"
+        "<root>/p00/p000020/RECORDS\n"
+        "<root>/p00/p000020/p000020-2183-04-28-17-47.hea      (multi-segment master header)\n"
+        "<root>/p00/p000020/3544749_0001.hea + .dat, ...      (segments, 125 Hz; 3544749_layout.hea)\n"
+        "<root>/p00/p000020/p000020-2183-04-28-17-47n.hea     (numerics: skipped)\n"
+        "or plain segment records such as 3000003_0003.hea (MIMIC-III waveform database)",
+        "https://physionet.org/content/mimic3wdb-matched/1.0/ (open, ODC-By; the clinical data are credentialed)",
+        subject_regex=r"(p\d{6})|^(?:.*/)?(\d{7})_\d{4}", expected_fs=(125.0,),
+        notes="subject = the pXXXXXX folder (matched subset) or the 7-digit record id before '_' (segments); "
+              "gaps between segments are NaN and are screened out",
+    ),
+    "mcmed": LayoutSpec(
+        "mcmed",
+        "<root>/waveforms/<XXX>/<CSN>/<Pleth|II|...>/<CSN>_<k>.hea + .dat    (one visit = one CSN)\n"
+        "  ECG and PPG may be separate single-channel records of one visit; they are paired by their header\n"
+        "  start time (base_date/base_time) and cropped to their overlap",
+        "https://physionet.org/content/mc-med/ (credentialed PhysioNet access: sign the DUA; never downloaded here)",
+        subject_regex=r"waveforms/[^/]+/([^/]+)/",
+        notes="the sub-folder layout above is our reading of the MC-MED description and is NOT verified against "
+              "the data (we have no access); the reference code starts from its own train/val/test .npz exports "
+              "(ECG 125 Hz, PPG 25 Hz) whose extraction code is unpublished; subject = visit CSN",
+    ),
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).upper()
+
+
+def pick_channel(names: list[str], wanted: list[str] | tuple[str, ...]) -> int | None:
+    """Index of the first channel of ``names`` matching ``wanted`` (in order of preference), else None."""
+    normed = [_norm(n or "") for n in names]
+    for w in wanted:
+        if _norm(w) in normed:
+            return normed.index(_norm(w))
+    return None
+
+
+def expected_tree(layout: str, root: str | os.PathLike) -> str:
+    spec = LAYOUTS[layout]
+    return (f"expected layout '{layout}' under {root}:\n{spec.tree}\nget it from: {spec.source}"
+            + (f"\nnotes: {spec.notes}" if spec.notes else ""))
+
+
+# ------------------------------------------------------------------------------------------------ record listing
+def list_records(root: str | os.PathLike, records: list[str] | str | None = None, layout: str = "wfdb") -> list[str]:
+    """Record paths (relative to ``root``, no extension).
+
+    Args:
+        root: dataset folder.
+        records: explicit list of record names, a glob pattern (``'**/*.hea'``), or None (RECORDS file, else glob).
+        layout: key of :data:`LAYOUTS` (sets the default glob).
+    """
+    root = Path(root)
+    if isinstance(records, (list, tuple)):
+        return [str(r).removesuffix(".hea") for r in records]
+    if records is None and (root / "RECORDS").is_file():
+        return _read_records_file(root, Path(""))
+    pattern = records or LAYOUTS[layout].glob
+    heads = sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob(pattern) if p.suffix == ".hea")
+    return _drop_segment_headers(root, heads)
+
+
+def _read_records_file(root: Path, sub: Path) -> list[str]:
+    out: list[str] = []
+    for line in (root / sub / "RECORDS").read_text().split():
+        rel = sub / line
+        if line.endswith("/") or (root / rel).is_dir():
+            if (root / rel / "RECORDS").is_file():
+                out += _read_records_file(root, rel)
+            else:
+                heads = sorted(p.relative_to(root).with_suffix("").as_posix() for p in (root / rel).glob("*.hea"))
+                out += _drop_segment_headers(root, heads)
+        else:
+            out.append(rel.as_posix())
+    return [r for r in out if not _is_auxiliary(r)]
+
+
+def _is_auxiliary(rec: str) -> bool:
+    name = rec.rsplit("/", 1)[-1]
+    return name.endswith("_layout") or bool(re.match(r"^p\d{6}-.*n$", name))  # MIMIC layout / numerics headers
+
+
+def _drop_segment_headers(root: Path, heads: list[str]) -> list[str]:
+    """Keep master headers of multi-segment records and drop the segments they list (no double reading)."""
+    import wfdb
+
+    segs: set[str] = set()
+    for h in heads:
+        text = (root / f"{h}.hea").read_text(errors="replace").split("\n", 1)[0]
+        if "/" in text.split()[0] if text.split() else False:  # "name/nseg ..." marks a multi-segment header
+            try:
+                hdr = wfdb.rdheader(str(root / h))
+            except Exception:  # noqa: BLE001
+                continue
+            parent = h.rsplit("/", 1)[0] + "/" if "/" in h else ""
+            segs.update(parent + s for s in (hdr.seg_name or []) if s != "~")
+    return [h for h in heads if h not in segs and not _is_auxiliary(h)]
+
+
+def subject_of(record: str, layout: str = "wfdb", subject_regex: str | None = None) -> str:
+    """Subject id of a record path under a layout (the record itself when no rule matches)."""
+    record = record.split("+")[0]
+    rx = subject_regex or LAYOUTS[layout].subject_regex
+    if rx:
+        m = re.search(rx, record)
+        if m:
+            return next((g for g in m.groups() if g), m.group(0))
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ record reading
+def _check_files(path: Path, rec: str) -> None:
+    """Clear errors for a missing header / data file and for a truncated signal file."""
+    import wfdb
+
+    if not path.with_suffix(".hea").is_file():
+        raise SignalDataError(f"record {rec}: header {path.with_suffix('.hea')} not found")
+    try:
+        hdr = wfdb.rdheader(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise SignalDataError(f"record {rec}: unreadable header ({type(e).__name__}: {e})") from e
+    if getattr(hdr, "seg_name", None):
+        return  # multi-segment: each segment is checked when read
+    if not hdr.fs or hdr.fs <= 0:
+        raise SignalDataError(f"record {rec}: invalid sampling frequency {hdr.fs!r} in its header")
+    files = Counter(hdr.file_name or [])
+    for fname, nsig in files.items():
+        fpath = path.parent / fname
+        if not fpath.is_file():
+            raise SignalDataError(f"record {rec}: signal file {fpath} named in its header is missing")
+        fmt = hdr.fmt[hdr.file_name.index(fname)]
+        per = _FMT_BYTES.get(str(fmt))
+        if per is None or fpath.suffix == ".mat" or not hdr.sig_len:
+            continue
+        offset = (hdr.byte_offset or [0] * len(hdr.file_name))[hdr.file_name.index(fname)] or 0
+        need = int(np.ceil(hdr.sig_len * nsig * per)) + offset
+        have = fpath.stat().st_size
+        if have < need:
+            raise SignalDataError(f"record {rec}: signal file {fpath.name} is truncated ({have} bytes, the header "
+                                  f"implies {need}: {hdr.sig_len} samples x {nsig} channels, format {fmt})")
+
+
+def read_channels(
+    root: str | os.PathLike, rec: str, wanted: dict[str, tuple[str, ...]]
+) -> tuple[dict[str, np.ndarray], float, list[str], list[str]]:
+    """Read the wanted channels of one record as float64 arrays (NaN where invalid).
+
+    Returns (signals by modality, fs, all channel names, header comments). Raises :class:`SignalDataError` naming
+    the record on a missing file, a truncated file or a missing channel.
+    """
+    import wfdb
+
+    path = Path(root) / rec
+    _check_files(path, rec)
+    try:
+        r = wfdb.rdrecord(str(path), m2s=True)
+    except Exception as e:  # noqa: BLE001
+        raise SignalDataError(f"record {rec}: cannot read signals ({type(e).__name__}: {e}); is a file truncated "
+                              "or corrupt?") from e
+    names = list(r.sig_name or [])
+    out = {}
+    for mod, aliases in wanted.items():
+        i = pick_channel(names, aliases)
+        if i is None:
+            raise SignalDataError(f"record {rec}: no {mod.upper()} channel (wanted one of {list(aliases)}; "
+                                  f"the header names {names})")
+        sig = r.p_signal if r.p_signal is not None else r.dac()
+        out[mod] = np.asarray(sig[:, i], dtype=np.float64)
+    if not r.fs or r.fs <= 0:
+        raise SignalDataError(f"record {rec}: invalid sampling frequency {r.fs!r}")
+    return out, float(r.fs), names, list(r.comments or [])
+
+
+def read_beat_annotations(record_path: str | os.PathLike, extension: str = "atr") -> dict[str, Any]:
+    """Beat annotations of a WFDB record (e.g. MIT-BIH ``100`` + ``100.atr``): sample indices, symbols and fs."""
+    import wfdb
+
+    path = Path(record_path)
+    if not path.with_suffix(f".{extension}").is_file():
+        raise SignalDataError(f"record {path.name}: annotation file {path.with_suffix('.' + extension)} not found")
+    a = wfdb.rdann(str(path), extension)
+    return {"sample": np.asarray(a.sample), "symbol": list(a.symbol), "fs": float(a.fs or wfdb.rdheader(str(path)).fs)}
+
+
+def _record_span(hdr: Any) -> tuple[float, float]:
+    """(start, end) in seconds of a record from its header (absolute when base_date/base_time are set, else 0)."""
+    import datetime as dt
+
+    start = 0.0
+    if hdr.base_time is not None:
+        day = hdr.base_date or dt.date(1970, 1, 1)
+        start = dt.datetime.combine(day, hdr.base_time).replace(tzinfo=dt.timezone.utc).timestamp()
+    return start, start + (hdr.sig_len or 0) / float(hdr.fs or 1)
+
+
+def pair_separate_records(
+    root: str | os.PathLike, recs: list[str], wanted: dict[str, tuple[str, ...]], layout: str = "wfdb",
+    subject_regex: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """Pair single-modality records of one subject (e.g. MC-MED's separate ECG and Pleth records of a visit).
+
+    Records holding both modalities are kept as they are. An ECG-only record is paired with the PPG-only record of
+    the same subject whose time span (header base date/time + length) overlaps it most; the pair is named
+    ``'<ecg record>+<ppg record>'`` and cropped to the overlap when read. Returns (records, unpaired records).
+    """
+    import wfdb
+
+    kept, ecg_only, ppg_only = [], {}, {}
+    for rec in recs:
+        try:
+            hdr = wfdb.rdheader(str(Path(root) / rec))
+        except Exception:  # noqa: BLE001  (reported with the record's name when it is read)
+            kept.append(rec)
+            continue
+        names = list(hdr.sig_name or [])
+        has = {m: pick_channel(names, a) is not None for m, a in wanted.items()}
+        if not names or all(has.values()) or len(wanted) == 1:
+            kept.append(rec)
+            continue
+        sub = subject_of(rec, layout, subject_regex)
+        if has.get("ecg"):
+            ecg_only.setdefault(sub, []).append((rec, _record_span(hdr)))
+        elif has.get("ppg"):
+            ppg_only.setdefault(sub, []).append((rec, _record_span(hdr)))
+        else:
+            kept.append(rec)  # neither modality: read and reported as a missing channel
+    unpaired = []
+    for sub, ecgs in ecg_only.items():
+        ppgs = list(ppg_only.get(sub, []))
+        for rec, (s0, s1) in ecgs:
+            best = max(ppgs, key=lambda p: min(s1, p[1][1]) - max(s0, p[1][0]), default=None)
+            if best is None or min(s1, best[1][1]) - max(s0, best[1][0]) <= 0:
+                unpaired.append(rec)
+                continue
+            ppgs.remove(best)
+            kept.append(f"{rec}+{best[0]}")
+        unpaired += [p[0] for p in ppgs]
+    unpaired += [r for sub, v in ppg_only.items() if sub not in ecg_only for r, _ in v]
+    return kept, unpaired
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
+    """Band-limited resampling with torchaudio (rational ratio of the two rates)."""
+    if abs(fs_in - fs_out) < 1e-9:
+        return x
+    import torchaudio.functional as AF
+
+    ratio = fractions.Fraction(fs_out / fs_in).limit_denominator(1000)
+    y = AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)), ratio.denominator, ratio.numerator)
+    return y.numpy()
+
+
+def butter_filter(x: np.ndarray, fs: float, low: float | None, high: float | None, order: int) -> np.ndarray:
+    """Zero-phase Butterworth (second-order sections): band-pass, high-pass (high=None) or low-pass (low=None)."""
+    if low and high:
+        sos = sps.butter(order, [low, min(high, 0.99 * fs / 2)], btype="bandpass", fs=fs, output="sos")
+    elif low:
+        sos = sps.butter(order, low, btype="highpass", fs=fs, output="sos")
+    elif high:
+        sos = sps.butter(order, min(high, 0.99 * fs / 2), btype="lowpass", fs=fs, output="sos")
+    else:
+        return x
+    return sps.sosfiltfilt(sos, x)
+
+
+def notch_filter(x: np.ndarray, fs: float, freq: float, q: float = 30.0) -> np.ndarray:
+    if freq >= fs / 2:
+        return x
+    b, a = sps.iirnotch(freq, q, fs=fs)
+    return sps.filtfilt(b, a, x)
+
+
+def flat_fraction(w: np.ndarray, fs: float, chunk_s: float = 0.1, threshold: float = 1e-3) -> float:
+    """Fraction of ``chunk_s`` chunks whose peak-to-peak change is below ``threshold`` (flat line / dropout)."""
+    n = max(1, int(round(chunk_s * fs)))
+    k = len(w) // n
+    if k == 0:
+        return 1.0
+    c = w[: k * n].reshape(k, n)
+    return float((np.ptp(c, axis=1) < threshold).mean())
+
+
+@dataclass
+class Screening:
+    """Counts of windows and records kept and rejected, by reason."""
+
+    windows: Counter = field(default_factory=Counter)
+    records: Counter = field(default_factory=Counter)
+    skipped_records: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"windows": dict(self.windows), "records": dict(self.records), "skipped_records": self.skipped_records}
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+class WindowDataset(Dataset):
+    """Windows from the memory-mapped cache: dict(ecg=(1,W), [ppg=(1,W)], [labels=(K,)], index=int)."""
+
+    def __init__(self, cache: str, indices: np.ndarray, paired: bool, has_labels: bool) -> None:
+        self.cache, self.indices, self.paired, self.has_labels = cache, np.asarray(indices), paired, has_labels
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            names = ["ecg"] + (["ppg"] if self.paired else []) + (["labels"] if self.has_labels else [])
+            self._arrays = {n: np.load(os.path.join(self.cache, f"{n}.npy"), mmap_mode="r") for n in names}
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a, j = self._open(), int(self.indices[i])
+        item: dict[str, Any] = {"ecg": torch.from_numpy(np.array(a["ecg"][j])), "index": j}
+        if self.paired:
+            item["ppg"] = torch.from_numpy(np.array(a["ppg"][j]))
+        if self.has_labels:
+            item["labels"] = torch.from_numpy(np.array(a["labels"][j]))
+        return item
+
+
+class WFDBPairedSignalDataModule(pl.LightningDataModule):
+    """Paired PPG→ECG windows (or ECG-only windows with labels) from a folder of WFDB records.
+
+    Args:
+        root: dataset folder; default: the bundled real PhysioNet records (``datamodules/data/physionet``: a103l
+            when paired, 100 and 3000003_0003 otherwise).
+        records: record names, a glob pattern, or None (the RECORDS file, else every header).
+        layout: 'wfdb', 'cinc2015', 'bidmc', 'mimic3' or 'mcmed' (see ``LAYOUTS``: tree, source, subject rule).
+        ecg_channels: ECG channel names in order of preference (aliases matched ignoring case/spaces).
+        ppg_channels: PPG channel names in order of preference.
+        paired: read PPG too (False: ECG-only windows, e.g. MIT-BIH for classification).
+        fs: target sampling rate in Hz (128 in the paper).
+        window_s: window length in seconds (10 in the paper; non-overlapping).
+        expected_fs: source rates the records must have (a record at another rate is bad input); empty: any.
+        ppg_band: PPG band-pass in Hz (Butterworth order 3); None disables.
+        ecg_highpass: ECG high-pass in Hz (Butterworth order 5); None disables.
+        ecg_notch: ECG notch frequency in Hz (50 in the reference code); None disables.
+        flat_threshold: peak-to-peak change below which a 0.1-s chunk counts as flat.
+        max_flat_fraction: windows with more flat chunks than this (per modality) are rejected.
+        on_bad_record: 'raise' (clear error naming the record) or 'skip' (counted in ``screening``).
+        split_by: 'subject' (layout rule), 'record', or 'time' (contiguous blocks within each record; only for
+            single-record demos).
+        split_fractions: train/val/test fractions.
+        split_seed: seed of the subject permutation.
+        splits: explicit {'train': [...], 'val': [...], 'test': [...]} record (or subject) lists; overrides the above.
+        subject_regex: overrides the layout's subject rule (group 1 = subject id).
+        label_source: None, 'header' (label names found in header comments), 'csv', or 'annotations'
+            (beat symbols present in the window, e.g. MIT-BIH .atr).
+        label_names: label names (header/csv) or annotation symbols; sets ``num_classes``.
+        labels_csv: CSV with a 'record' column and either one 0/1 column per label or a 'labels' column
+            (';'-separated names).
+        annotation_extension: annotation file extension for label_source='annotations'.
+        cache_dir: window cache folder (default ``$SHAREZOO_CACHE/signal_windows`` or ~/.cache/sharezoo/...).
+        batch_size: windows per batch.
+        num_workers: DataLoader workers.
+        max_windows_per_record: cap per record (None: all).
+        pair_separate_records: pair ECG-only and PPG-only records of one subject by their header start times
+            (None: on for layout 'mcmed'); unpaired records are counted in ``screening``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        records: list[str] | str | None = None,
+        layout: str = "wfdb",
+        ecg_channels: list[str] | None = None,
+        ppg_channels: list[str] | None = None,
+        paired: bool = True,
+        fs: float = 128.0,
+        window_s: float = 10.0,
+        expected_fs: list[float] | None = None,
+        ppg_band: tuple[float, float] | None = (0.5, 8.0),
+        ecg_highpass: float | None = 0.5,
+        ecg_notch: float | None = None,
+        flat_threshold: float = 1e-3,
+        max_flat_fraction: float = 0.25,
+        on_bad_record: str = "raise",
+        split_by: str = "subject",
+        split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        splits: dict[str, list[str]] | None = None,
+        subject_regex: str | None = None,
+        label_source: str | None = None,
+        label_names: list[str] | None = None,
+        labels_csv: str | None = None,
+        annotation_extension: str = "atr",
+        cache_dir: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_windows_per_record: int | None = None,
+        pair_separate_records: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; one of {sorted(LAYOUTS)}")
+        if on_bad_record not in ("raise", "skip"):
+            raise ValueError("on_bad_record must be 'raise' or 'skip'")
+        if split_by not in ("subject", "record", "time"):
+            raise ValueError("split_by must be 'subject', 'record' or 'time'")
+        if label_source not in (None, "header", "csv", "annotations"):
+            raise ValueError("label_source must be None, 'header', 'csv' or 'annotations'")
+        if label_source and not label_names:
+            raise ValueError("label_source needs label_names")
+        self.root = Path(root) if root else BUNDLED_ROOT
+        if root is None and records is None:  # bundled data: the paired record, or the ECG-only ones
+            records = ["a103l"] if paired else ["100", "3000003_0003"]
+        self.records, self.layout, self.paired = records, layout, paired
+        self.ecg_channels = tuple(ecg_channels or ECG_ALIASES)
+        self.ppg_channels = tuple(ppg_channels or PPG_ALIASES)
+        self.target_fs, self.window_s = float(fs), float(window_s)
+        self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None else ()))
+        self.ppg_band, self.ecg_highpass, self.ecg_notch = ppg_band, ecg_highpass, ecg_notch
+        self.flat_threshold, self.max_flat_fraction = flat_threshold, max_flat_fraction
+        self.on_bad_record, self.split_by = on_bad_record, split_by
+        self.split_fractions, self.split_seed, self.splits = tuple(split_fractions), split_seed, splits
+        self.subject_regex = subject_regex
+        self.label_source, self.label_names, self.labels_csv = label_source, list(label_names or []), labels_csv
+        self.annotation_extension = annotation_extension
+        self.cache_root = Path(cache_dir) if cache_dir else Path(
+            os.environ.get("SHAREZOO_CACHE") or Path.home() / ".cache" / "sharezoo") / "signal_windows"
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.max_windows_per_record = max_windows_per_record
+        self.pair_separate_records = pair_separate_records
+        self.screening = Screening()
+        self.window_records: list[str] = []
+        self.split_indices: dict[str, np.ndarray] = {}
+        self.cache_path: Path | None = None
+
+    # -- data-derived properties (readable before setup) ---------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        return int(round(self.window_s * self.target_fs))
+
+    @property
+    def fs(self) -> float:
+        return self.target_fs
+
+    @property
+    def num_leads(self) -> int:
+        return 1
+
+    @property
+    def in_chans(self) -> int:
+        return 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._check_root()
+
+    def _check_root(self) -> list[str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset root {self.root} does not exist.\n"
+                                    + expected_tree(self.layout, self.root))
+        recs = list_records(self.root, self.records, self.layout)
+        if not recs:
+            raise FileNotFoundError(f"no WFDB records found under {self.root} (records={self.records!r}).\n"
+                                    + expected_tree(self.layout, self.root))
+        return recs
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache_path is not None:
+            return
+        recs = self._check_root()
+        unpaired: list[str] = []
+        if self.paired and (self.pair_separate_records if self.pair_separate_records is not None
+                            else self.layout == "mcmed"):
+            recs, unpaired = pair_separate_records(self.root, recs, self._wanted, self.layout, self.subject_regex)
+        self._unpaired = unpaired
+        key = self._cache_key(recs)
+        cache = self.cache_root / key
+        if not (cache / "meta.json").is_file():
+            self._build_cache(recs, cache)
+        meta = json.loads((cache / "meta.json").read_text())
+        self.cache_path = cache
+        self.window_records = meta["window_records"]
+        self.screening = Screening(Counter(meta["screening"]["windows"]), Counter(meta["screening"]["records"]),
+                                   meta["screening"]["skipped_records"])
+        self.split_indices = self._split(meta)
+        _logger.info("signal windows %s: %s", cache, json.dumps(meta["screening"]))
+
+    def _config(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (
+            "layout", "paired", "ecg_channels", "ppg_channels", "target_fs", "window_s", "expected_fs", "ppg_band",
+            "ecg_highpass", "ecg_notch", "flat_threshold", "max_flat_fraction", "on_bad_record", "label_source",
+            "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
+        } | {"version": 1}
+
+    def _cache_key(self, recs: list[str]) -> str:
+        h = hashlib.sha1(json.dumps(self._config(), sort_keys=True, default=str).encode())
+        h.update(str(self.root.resolve()).encode())
+        for r in (part for rec in recs for part in rec.split("+")):
+            for p in sorted((self.root / r).parent.glob(Path(r).name + ".*")):
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+        if self.labels_csv and Path(self.labels_csv).is_file():
+            h.update(Path(self.labels_csv).read_bytes())
+        return h.hexdigest()[:16]
+
+    # -- per-record processing -------------------------------------------------------------------------------------
+    def process_record(self, rec: str) -> dict[str, Any]:
+        """Windows (z-scored float32 (n, 1, W)) and labels of one record; raises SignalDataError on bad input."""
+        sources, comments = self._read_sources(rec)
+        sigs = {m: x for m, (x, _) in sources.items()}
+        win = self.seq_len
+        out: dict[str, np.ndarray] = {}
+        bad = None
+        for mod, (x, fs) in sources.items():
+            nan = ~np.isfinite(x)
+            if nan.all():
+                raise SignalDataError(f"record {rec}: the {mod.upper()} channel is entirely NaN/missing")
+            if nan.any():  # fill for filtering; the windows that held NaN are rejected below
+                idx = np.arange(len(x))
+                x = np.interp(idx, idx[~nan], x[~nan])
+            y = resample(x, fs, self.target_fs)
+            m = np.zeros(len(y), bool)
+            if nan.any():  # nearest source sample of every output sample (no ringing across window edges)
+                m = nan[np.minimum(np.round(np.arange(len(y)) * fs / self.target_fs).astype(int), len(x) - 1)]
+            raw = y
+            if mod == "ppg" and self.ppg_band:
+                y = butter_filter(y, self.target_fs, self.ppg_band[0], self.ppg_band[1], 3)
+            if mod == "ecg":
+                if self.ecg_highpass:
+                    y = butter_filter(y, self.target_fs, self.ecg_highpass, None, 5)
+                if self.ecg_notch:
+                    y = notch_filter(y, self.target_fs, self.ecg_notch)
+            out[mod], out[f"{mod}_raw"], out[f"{mod}_nan"] = y, raw, m
+            bad = m if bad is None else bad
+        n = min(len(out[m]) for m in sigs) // win
+        if self.max_windows_per_record:
+            n = min(n, self.max_windows_per_record)
+        keep, reasons = [], Counter()
+        for i in range(n):
+            s = slice(i * win, (i + 1) * win)
+            if any(out[f"{m}_nan"][s].any() for m in sigs):
+                reasons["rejected_nan"] += 1
+                continue
+            flat = [m for m in sigs if flat_fraction(out[f"{m}_raw"][s], self.target_fs, 0.1, self.flat_threshold)
+                    > self.max_flat_fraction or out[m][s].std() < 1e-8]
+            if flat:
+                for m in flat:
+                    reasons[f"rejected_flat_{m}"] += 1
+                continue
+            keep.append(i)
+        reasons["kept"] += len(keep)
+        reasons["total"] += n
+        res: dict[str, Any] = {"n": len(keep), "reasons": reasons}
+        for m in sigs:
+            w = np.stack([out[m][i * win:(i + 1) * win] for i in keep]) if keep else np.zeros((0, win))
+            w = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True).clip(1e-8)
+            res[m] = w[:, None].astype(np.float32)
+        if self.label_source:
+            res["labels"] = self._labels(rec.split("+")[0], comments, keep, win)
+        return res
+
+    @property
+    def _wanted(self) -> dict[str, tuple[str, ...]]:
+        return {"ecg": self.ecg_channels} | ({"ppg": self.ppg_channels} if self.paired else {})
+
+    def _check_fs(self, rec: str, fs: float) -> None:
+        if self.expected_fs and not any(abs(fs - f) < 1e-6 for f in self.expected_fs):
+            raise SignalDataError(f"record {rec}: sampling rate {fs} Hz, expected {list(self.expected_fs)} Hz")
+
+    def _read_sources(self, rec: str) -> tuple[dict[str, tuple[np.ndarray, float]], list[str]]:
+        """{modality: (signal, fs)} of a record, or of an 'ecg_record+ppg_record' pair cropped to their overlap."""
+        if "+" not in rec:
+            sigs, fs, _, comments = read_channels(self.root, rec, self._wanted)
+            self._check_fs(rec, fs)
+            return {m: (x, fs) for m, x in sigs.items()}, comments
+        import wfdb
+
+        parts = dict(zip(("ecg", "ppg"), rec.split("+")))
+        spans, out, comments = {}, {}, []
+        for mod, r in parts.items():
+            sigs, fs, _, com = read_channels(self.root, r, {mod: self._wanted[mod]})
+            self._check_fs(r, fs)
+            spans[mod] = _record_span(wfdb.rdheader(str(self.root / r)))
+            out[mod] = (sigs[mod], fs)
+            comments += com
+        t0, t1 = max(s[0] for s in spans.values()), min(s[1] for s in spans.values())
+        if t1 <= t0:
+            raise SignalDataError(f"record pair {rec}: the ECG and PPG records do not overlap in time")
+        for mod, (x, fs) in out.items():
+            a = int(round((t0 - spans[mod][0]) * fs))
+            out[mod] = (x[a: a + int(round((t1 - t0) * fs))], fs)
+        return out, comments
+
+    def _labels(self, rec: str, comments: list[str], keep: list[int], win: int) -> np.ndarray:
+        k = len(self.label_names)
+        if self.label_source == "annotations":
+            ann = read_beat_annotations(self.root / rec, self.annotation_extension)
+            t = ann["sample"] / ann["fs"] * self.target_fs
+            lab = np.zeros((len(keep), k), np.float32)
+            for j, i in enumerate(keep):
+                sym = {s for s, tt in zip(ann["symbol"], t) if i * win <= tt < (i + 1) * win}
+                lab[j] = [float(n in sym) for n in self.label_names]
+            return lab
+        if self.label_source == "header":
+            text = " ".join(comments).lower()
+            vec = [float(n.lower() in text) for n in self.label_names]
+        else:
+            vec = self._csv_labels().get(rec) or self._csv_labels().get(rec.rsplit("/", 1)[-1])
+            if vec is None:
+                raise SignalDataError(f"record {rec}: no row in labels CSV {self.labels_csv}")
+        return np.tile(np.asarray(vec, np.float32), (len(keep), 1))
+
+    def _csv_labels(self) -> dict[str, list[float]]:
+        if getattr(self, "_csv_cache", None) is None:
+            if not self.labels_csv or not Path(self.labels_csv).is_file():
+                raise FileNotFoundError(f"labels_csv {self.labels_csv!r} not found")
+            table = {}
+            with open(self.labels_csv, newline="") as f:
+                for row in csv.DictReader(f):
+                    if "labels" in row:
+                        names = {s.strip().lower() for s in (row["labels"] or "").split(";") if s.strip()}
+                        table[row["record"]] = [float(n.lower() in names) for n in self.label_names]
+                    else:
+                        table[row["record"]] = [float(row.get(n) or 0) for n in self.label_names]
+            self._csv_cache = table
+        return self._csv_cache
+
+    def _build_cache(self, recs: list[str], cache: Path) -> None:
+        parts: dict[str, list[np.ndarray]] = {"ecg": [], "ppg": [], "labels": []}
+        window_records: list[str] = []
+        scr = Screening()
+        for rec in recs:
+            try:
+                r = self.process_record(rec)
+                if r["n"] == 0:
+                    raise SignalDataError(f"record {rec}: all {r['reasons']['total']} windows were rejected "
+                                          f"({dict(r['reasons'])})")
+            except SignalDataError as e:
+                if self.on_bad_record == "raise":
+                    raise
+                scr.records["skipped"] += 1
+                scr.skipped_records[rec] = str(e)
+                _logger.warning("skipping %s", e)
+                continue
+            scr.records["used"] += 1
+            scr.windows.update(r["reasons"])
+            for m in parts:
+                if m in r:
+                    parts[m].append(r[m])
+            window_records += [rec] * r["n"]
+        if getattr(self, "_unpaired", None):
+            scr.records["unpaired"] = len(self._unpaired)
+            scr.skipped_records.update({r: "no record of the other modality overlaps it" for r in self._unpaired})
+        if not window_records:
+            raise SignalDataError(f"no usable windows under {self.root}: {scr.to_dict()}")
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for m, arrs in parts.items():
+            if arrs:
+                np.save(tmp / f"{m}.npy", np.concatenate(arrs))
+        (tmp / "meta.json").write_text(json.dumps(
+            {"window_records": window_records, "screening": scr.to_dict(), "config": self._config()}, default=str))
+        try:
+            tmp.rename(cache)
+        except OSError:  # another process wrote it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- splits ------------------------------------------------------------------------------------------------------
+    def _split(self, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+        recs = np.asarray(meta["window_records"])
+        names = ("train", "val", "test")
+        if self.split_by == "time" and not self.splits:
+            out = {n: [] for n in names}
+            for r in dict.fromkeys(recs):
+                idx = np.flatnonzero(recs == r)
+                cut = np.cumsum([int(round(f * len(idx))) for f in self.split_fractions])
+                out["train"] += list(idx[: cut[0]])
+                out["val"] += list(idx[cut[0]: cut[1]])
+                out["test"] += list(idx[cut[1]:])
+            return {n: np.asarray(v, dtype=np.int64) for n, v in out.items()}
+        keyf = (lambda r: r) if self.split_by == "record" else (
+            lambda r: subject_of(r, self.layout, self.subject_regex))
+        groups = np.asarray([keyf(r) for r in recs])
+        if self.splits:
+            return {n: np.flatnonzero(np.isin(recs, self.splits.get(n, [])) | np.isin(groups, self.splits.get(n, [])))
+                    for n in names}
+        uniq = sorted(set(groups))
+        perm = np.random.default_rng(self.split_seed).permutation(len(uniq))
+        n_tr = max(1, int(round(self.split_fractions[0] * len(uniq))))
+        n_va = int(round(self.split_fractions[1] * len(uniq)))
+        assign = {}
+        for rank, j in enumerate(perm):
+            assign[uniq[j]] = "train" if rank < n_tr else ("val" if rank < n_tr + n_va else "test")
+        return {n: np.flatnonzero(np.asarray([assign[g] == n for g in groups])) for n in names}
+
+    def split_subjects(self, split: str) -> set[str]:
+        """Subjects (layout rule) whose windows are in ``split``."""
+        return {subject_of(self.window_records[i], self.layout, self.subject_regex) for i in self.split_indices[split]}
+
+    # -- loaders -----------------------------------------------------------------------------------------------------
+    def dataset(self, split: str) -> WindowDataset:
+        if self.cache_path is None:
+            self.setup()
+        return WindowDataset(str(self.cache_path), self.split_indices[split], self.paired, bool(self.label_source))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(split)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle and len(ds) > 0,
+                          num_workers=self.num_workers, drop_last=False, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

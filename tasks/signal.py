@@ -1,0 +1,597 @@
+"""Lightning tasks of the physiological-signal family (PPGFlowECG).
+
+- :class:`CardioAlignTask`: stage 1, the shared-encoder VAE with reconstruction + KL + latent alignment +
+  cross-reconstruction + InfoNCE (spec §Losses; weights from the reference ``config/cardioalign_encoder.yaml``).
+- :class:`ECGFlowTask`: stage 2, the latent rectified flow on frozen stage-1 latents (4 t-draws per step, EMA,
+  Euler sampling at validation/test with waveform metrics).
+- :class:`ECGClassificationTask`: multi-label CVD / arrhythmia detection on real or generated ECG.
+
+Batches are dicts from :class:`datamodules.signal.WFDBPairedSignalDataModule`: ``ecg``/``ppg`` (B, 1, T), ``labels``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+from tasks._base import ZooTask
+from tasks.metrics import signal as sm
+
+__all__ = [
+    "CardioAlignTask", "ECGClassificationTask", "ECGFlowTask", "ModelEMA", "WarmupReduceLROnPlateau",
+    "cardioalign_loss", "gaussian_kl", "infonce_loss", "kl_to_standard_normal", "rectified_flow_loss",
+]
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) summed over the channel dim, averaged over batch and time (reference VAE loss)."""
+    return (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1).mean()
+
+
+def gaussian_kl(mu_p: torch.Tensor, logvar_p: torch.Tensor, mu_q: torch.Tensor, logvar_q: torch.Tensor) -> torch.Tensor:
+    """KL(N_p ‖ N_q) of diagonal Gaussians, summed over the last (time) dim and averaged over the rest, as the
+    reference alignment loss does."""
+    kl = 0.5 * ((logvar_p - logvar_q).exp() + (mu_q - mu_p).pow(2) / logvar_q.exp() - 1.0 + logvar_q - logvar_p)
+    return kl.sum(-1).mean()
+
+
+def infonce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Symmetric InfoNCE between matched rows (cosine similarity / τ).
+
+    (B, C, L) latents are pooled over every dim between batch and the last one (the channel dim of (B, 4, L)),
+    exactly as the reference pools them, giving (B, L) vectors.
+    """
+    if a.ndim >= 3:
+        a, b = a.mean(dim=tuple(range(1, a.ndim - 1))), b.mean(dim=tuple(range(1, b.ndim - 1)))
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def cardioalign_loss(
+    net: nn.Module, ecg: torch.Tensor, ppg: torch.Tensor, kld_weight: float = 1e-4, lambda_align: float = 1e-2,
+    lambda_cross: float = 5e-4, lambda_infonce: float = 1e-3, temperature: float = 0.07,
+) -> dict[str, torch.Tensor]:
+    """Stage-1 objective (spec §Losses): both VAE losses + λ_align·(L2(μ) + symmetric KL) + λ_cross·cross-recon
+    with detached latents + λ_infonce·InfoNCE(μ_ecg, μ_ppg)."""
+    out = net.cardioalign(ecg, ppg)
+    mse_e, mse_p = F.mse_loss(out.recon_ecg, ecg), F.mse_loss(out.recon_ppg, ppg)
+    kl_e = kl_to_standard_normal(out.mean_ecg, out.logvar_ecg)
+    kl_p = kl_to_standard_normal(out.mean_ppg, out.logvar_ppg)
+    align = F.mse_loss(out.mean_ecg, out.mean_ppg) + 0.5 * (
+        gaussian_kl(out.mean_ecg, out.logvar_ecg, out.mean_ppg, out.logvar_ppg)
+        + gaussian_kl(out.mean_ppg, out.logvar_ppg, out.mean_ecg, out.logvar_ecg))
+    zero = ecg.new_zeros(())
+    cross = (F.mse_loss(net.decode_ecg(out.z_ppg.detach()), ecg) + F.mse_loss(net.decode_ppg(out.z_ecg.detach()), ppg)
+             if lambda_cross > 0 else zero)
+    nce = infonce_loss(out.mean_ecg, out.mean_ppg, temperature) if lambda_infonce > 0 else zero
+    loss = (mse_e + kld_weight * kl_e) + (mse_p + kld_weight * kl_p) + lambda_align * align + lambda_cross * cross \
+        + lambda_infonce * nce
+    return {"loss": loss, "mse_ecg": mse_e, "mse_ppg": mse_p, "kl_ecg": kl_e, "kl_ppg": kl_p, "align": align,
+            "cross": cross, "infonce": nce}
+
+
+def rectified_flow_loss(
+    velocity: Any, z: torch.Tensor, cond: torch.Tensor, num_draws: int = 4, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean over ``num_draws`` t ~ U(0,1) of ‖v(x_t, t | c) - (z - ε)‖², x_t = (1-t)·ε + t·z (noise at t=0)."""
+    total = z.new_zeros(())
+    b = z.shape[0]
+    for _ in range(num_draws):
+        t = torch.rand((b,), generator=generator, device=z.device, dtype=z.dtype)
+        eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        tt = t.view(b, *([1] * (z.ndim - 1)))
+        total = total + F.mse_loss(velocity(((1 - tt) * eps + tt * z), t, cond).float(), (z - eps).float())
+    return total / num_draws
+
+
+# ------------------------------------------------------------------------------------------------ EMA, schedule
+class ModelEMA(nn.Module):
+    """Exponential moving average of a module's parameters and buffers (the reference uses ema_pytorch with
+    beta 0.995, update_every 10, weights copied during the first ``start`` steps).
+
+    Args:
+        model: the online module (deep-copied).
+        decay: EMA decay per update.
+        every: update every this many calls of :meth:`step`.
+        start: before this many steps the EMA copies the online weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.every, self.start = decay, every, start
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def step(self, model: nn.Module) -> None:
+        self.num_steps += 1
+        n = int(self.num_steps)
+        if n % self.every:
+            return
+        if n <= self.start:
+            self.copy_from(model)
+        else:
+            self.update(model, self.decay)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        """ema ← decay·ema + (1-decay)·online for floating tensors; other buffers are copied."""
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.lerp_(src[k].to(v.dtype), 1.0 - decay)
+            else:
+                v.copy_(src[k])
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        self.module.load_state_dict(model.state_dict())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+class WarmupReduceLROnPlateau:
+    """Linear warm-up from the base lr to ``warmup_lr`` over ``warmup`` steps, then reduce-on-plateau on the step
+    loss (the reference ``ReduceLROnPlateauWithWarmup``, stepped every optimisation step).
+
+    Args:
+        optimizer: the optimiser.
+        warmup_lr: lr reached at the end of warm-up.
+        warmup: warm-up steps.
+        factor: multiplicative decay on a plateau.
+        patience: steps without relative improvement > ``threshold`` before decaying.
+        threshold: relative improvement threshold.
+        min_lr: floor.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_lr: float = 8e-4, warmup: int = 1000,
+                 factor: float = 0.5, patience: int = 1000, threshold: float = 1e-2, min_lr: float = 1e-9) -> None:
+        self.optimizer, self.warmup_lr, self.warmup = optimizer, warmup_lr, warmup
+        self.factor, self.patience, self.threshold, self.min_lr = factor, patience, threshold, min_lr
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.steps, self.best, self.bad = 0, math.inf, 0
+
+    def step(self, loss: float) -> None:
+        self.steps += 1
+        if self.steps <= self.warmup:
+            for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = base + (max(self.warmup_lr, base) - base) * self.steps / max(1, self.warmup)
+            return
+        if loss < self.best * (1 - self.threshold):
+            self.best, self.bad = loss, 0
+        else:
+            self.bad += 1
+        if self.bad > self.patience:
+            for g in self.optimizer.param_groups:
+                g["lr"] = max(g["lr"] * self.factor, self.min_lr)
+            self.bad = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+# ------------------------------------------------------------------------------------------------ stage 1
+class CardioAlignTask(ZooTask):
+    """Stage 1: CardioAlign VAE (shared encoder; ECG and PPG decoders) on paired windows.
+
+    Args:
+        model: registered PPGFlowECG model ('ppgflowecg_base', 'ppgflowecg_tiny').
+        pretrained: False, True, a tag, or a local weight file/folder.
+        model_kwargs: constructor overrides (``seq_len`` must equal the datamodule's window length; checked).
+        compile: compile the encoder and decoders with torch.compile.
+        lr: AdamW learning rate (reference 2e-5).
+        weight_decay: AdamW weight decay (reference: torch default 0.01).
+        kld_weight: KL-to-prior weight (1e-4).
+        lambda_align: alignment weight (1e-2).
+        lambda_cross: cross-reconstruction weight (5e-4).
+        lambda_infonce: InfoNCE weight (1e-3).
+        temperature: InfoNCE temperature (0.07).
+        cosine_steps: CosineAnnealingLR period in optimisation steps (reference 40,000); 0 disables.
+        eta_min: cosine floor (1e-9).
+    """
+
+    def __init__(
+        self, model: str = "ppgflowecg_tiny", pretrained: bool | str = False,
+        model_kwargs: dict[str, Any] | None = None,
+        compile: bool | str = False, lr: float = 2e-5, weight_decay: float = 0.01, kld_weight: float = 1e-4,
+        lambda_align: float = 1e-2, lambda_cross: float = 5e-4, lambda_infonce: float = 1e-3,
+        temperature: float = 0.07, cosine_steps: int = 40_000, eta_min: float = 1e-9,
+    ) -> None:
+        super().__init__(model, pretrained, model_kwargs, compile)
+        self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        _check_window(self)
+
+    def on_net_built(self) -> None:
+        self._stage1 = self.net
+        if self.compile_mode:  # compile the stage-1 modules; the wrapper stays outside the module tree
+            mode = None if self.compile_mode is True else str(self.compile_mode)
+            object.__setattr__(self, "_stage1", _CompiledStage1(self.net, mode))
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        h = self.hparams
+        return cardioalign_loss(self._stage1, batch["ecg"], batch["ppg"], h.kld_weight, h.lambda_align,
+                                h.lambda_cross, h.lambda_infonce, h.temperature)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"},
+                      batch_size=batch["ecg"].shape[0])
+        self.log("train/loss", losses["loss"].detach(), prog_bar=True, batch_size=batch["ecg"].shape[0])
+        return losses["loss"]
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        losses = self._losses(batch)
+        n = batch["ecg"].shape[0]
+        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=n)
+        mean = self.net.encode_dist(batch["ecg"])[0]
+        self.log(f"{stage}/recon_mae_ecg", (self.net.decode_ecg(mean * zoo.ppgflowecg.LATENT_SCALE)
+                                            - batch["ecg"]).abs().mean(), batch_size=n)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return _paired_batch(self.net, batch_size)
+
+    def example_inputs(self, batch_size: int) -> tuple:
+        return (_paired_batch(self.net, batch_size)["ppg"],)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for n, p in self.net.named_parameters() if not n.startswith("flow.")]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if not self.hparams.cosine_steps:
+            return opt
+        sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.hparams.cosine_steps, self.hparams.eta_min)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sch, "interval": "step"}}
+
+
+def _check_window(task: ZooTask) -> None:
+    """The datamodule's window length must be the model's ``seq_len`` (the latent length depends on it)."""
+    dm = task.trainer.datamodule if task._trainer is not None else None
+    want = getattr(dm, "seq_len", None)
+    if want is not None and task.net is not None and int(want) != task.net.seq_len:
+        raise ValueError(f"the data windows have {want} samples but {task.model_name} expects seq_len="
+                         f"{task.net.seq_len}: set model_kwargs.seq_len: {want} (or the data's window_s/fs)")
+
+
+def _paired_batch(net: nn.Module, n: int) -> dict[str, torch.Tensor]:
+    dev = next(net.parameters()).device
+    return {"ecg": torch.randn(n, net.in_chans, net.seq_len, device=dev),
+            "ppg": torch.randn(n, net.in_chans, net.seq_len, device=dev)}
+
+
+class _CompiledStage1:
+    """The stage-1 API of a PPGFlowECG with its encoder and decoders compiled (not an nn.Module on purpose)."""
+
+    def __init__(self, net: nn.Module, mode: str | None) -> None:
+        self.net = net
+        self.encoder = torch.compile(net.encoder, mode=mode)
+        self.ecg_decoder = torch.compile(net.ecg_decoder, mode=mode)
+        self.ppg_decoder = torch.compile(net.ppg_decoder, mode=mode)
+
+    def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    def decode_ecg(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ecg_decoder(z)
+
+    def decode_ppg(self, z: torch.Tensor) -> torch.Tensor:
+        return self.ppg_decoder(z)
+
+    def cardioalign(self, ecg: torch.Tensor, ppg: torch.Tensor) -> Any:
+        from zoo.ppgflowecg import CardioAlignOutput
+
+        me, le = self.encode_dist(ecg)
+        mp, lp = self.encode_dist(ppg)
+        ze, zp = self.net.reparameterize(me, le), self.net.reparameterize(mp, lp)
+        return CardioAlignOutput(ze, me, le, zp, mp, lp, self.decode_ecg(ze), self.decode_ppg(zp))
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+class ECGFlowTask(ZooTask):
+    """Stage 2: latent rectified flow from the PPG latent to the ECG latent, stage 1 frozen.
+
+    Args:
+        model: registered PPGFlowECG model.
+        pretrained: False, True, a tag, or a local weight file/folder (whole model).
+        model_kwargs: constructor overrides (``seq_len`` must equal the datamodule's window length; checked).
+        compile: compile the flow transformer with torch.compile.
+        stage1_checkpoint: stage-1 weights, loaded when fitting starts: a CardioAlignTask ``.ckpt``, our
+            safetensors/folder, or the reference ``VAE-iter-*.pth``; None keeps the weights given by ``pretrained``
+            (the zoo).
+        lr: Adam learning rate (reference 1e-4).
+        betas: Adam betas (0.9, 0.96).
+        warmup_lr: lr at the end of warm-up (8e-4).
+        warmup_steps: warm-up steps (1000).
+        plateau_factor: lr decay on a loss plateau (0.5).
+        plateau_patience: plateau patience in steps (1000).
+        min_lr: lr floor (1e-9).
+        num_t_draws: t draws per step (4).
+        ema_decay: EMA decay (0.995).
+        ema_every: EMA update interval in steps (10).
+        ema_start: steps during which the EMA copies the online weights (100, ema_pytorch default).
+        sample_steps: Euler steps when sampling (10).
+        val_sample_batches: validation batches that are sampled (0: none).
+        encode_with_noise: stage-1 latents are posterior samples (reference) rather than means.
+    """
+
+    def __init__(
+        self, model: str = "ppgflowecg_tiny", pretrained: bool | str = False,
+        model_kwargs: dict[str, Any] | None = None,
+        compile: bool | str = False, stage1_checkpoint: str | None = None, lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.96), warmup_lr: float = 8e-4, warmup_steps: int = 1000,
+        plateau_factor: float = 0.5, plateau_patience: int = 1000, min_lr: float = 1e-9, num_t_draws: int = 4,
+        ema_decay: float = 0.995, ema_every: int = 10, ema_start: int = 100, sample_steps: int = 10,
+        val_sample_batches: int = 1, encode_with_noise: bool = True,
+    ) -> None:
+        # what on_net_built needs, set before ZooTask may build the network inside its __init__
+        object.__setattr__(self, "_cfg", dict(stage1_checkpoint=stage1_checkpoint, ema_decay=ema_decay,
+                                              ema_every=ema_every, ema_start=ema_start))
+        super().__init__(model, pretrained, model_kwargs, compile)
+        self.save_hyperparameters()
+        self._sched: WarmupReduceLROnPlateau | None = None
+        self._eval_store: dict[str, list[np.ndarray]] = {}
+
+    def on_net_built(self) -> None:
+        cfg = self._cfg
+        for name in ("encoder", "ecg_decoder", "ppg_decoder"):
+            getattr(self.net, name).requires_grad_(False).eval()
+        self.flow_ema = ModelEMA(self.net.flow, cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
+        self._flow = self.net.flow
+        if self.compile_mode:
+            mode = None if self.compile_mode is True else str(self.compile_mode)
+            object.__setattr__(self, "_flow", torch.compile(self.net.flow, mode=mode))
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        _check_window(self)
+        if stage == "fit":  # validate/test/predict and load_from_checkpoint take every weight from the checkpoint
+            self.load_stage1_weights()
+
+    def load_stage1_weights(self) -> None:
+        """Load the frozen encoder/decoders from ``stage1_checkpoint`` (when given)."""
+        if self._cfg["stage1_checkpoint"]:
+            load_stage1(self.net, self._cfg["stage1_checkpoint"])
+
+    def train(self, mode: bool = True) -> ECGFlowTask:
+        super().train(mode)
+        if self.net is not None:  # stage 1 stays frozen in eval mode
+            for name in ("encoder", "ecg_decoder", "ppg_decoder"):
+                getattr(self.net, name).eval()
+        if getattr(self, "flow_ema", None) is not None:
+            self.flow_ema.module.eval()
+        return self
+
+    @torch.no_grad()
+    def latents(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen stage-1 latents (scaled): ECG target and PPG condition."""
+        s = self.hparams.encode_with_noise  # float32 latents (t and x_t stay precise under bf16 autocast)
+        return self.net.encode(batch["ecg"], sample=s).float(), self.net.encode(batch["ppg"], sample=s).float()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        z, c = self.latents(batch)
+        loss = rectified_flow_loss(self._flow, z, c, self.hparams.num_t_draws)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=z.shape[0])
+        if self._trainer is not None:
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=z.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._sched is not None and outputs is not None:
+            self._sched.step(float(outputs["loss"]))
+        self.flow_ema.step(self.net.flow)
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        z, c = self.latents(batch)
+        g = torch.Generator(device=z.device).manual_seed(1234 + batch_idx)
+        n = z.shape[0]
+        self.log(f"{stage}/loss", rectified_flow_loss(self.net.flow, z, c, self.hparams.num_t_draws, g), batch_size=n)
+        self.log(f"{stage}/loss_ema", rectified_flow_loss(self.flow_ema.module, z, c, self.hparams.num_t_draws, g),
+                 batch_size=n)
+        if stage == "val" and batch_idx >= self.hparams.val_sample_batches:
+            return
+        fake = self.net.decode_ecg(self.net.sample_latent(c, self.hparams.sample_steps, g, self.flow_ema.module))
+        real = batch["ecg"]
+        self.log(f"{stage}/mae", sm.mae(fake, real), batch_size=n)
+        self.log(f"{stage}/rmse", sm.rmse(fake, real), batch_size=n)
+        self.log(f"{stage}/pearson_r", sm.pearson_r(fake, real), batch_size=n)
+        store = self._eval_store.setdefault(stage, [])
+        store.append(np.stack([real[:, 0].float().cpu().numpy(), fake[:, 0].float().cpu().numpy()]))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        parts = self._eval_store.pop(stage, [])
+        if not parts:
+            return
+        real, fake = np.concatenate(parts, axis=1)
+        if len(real) >= 2:
+            self.log(f"{stage}/fd", sm.frechet_distance(real, fake))
+        fs = float(getattr(self.trainer.datamodule, "fs", 128.0)) if self._trainer and self.trainer.datamodule else 128.
+        if real.shape[1] >= 4 * fs:  # heart rate needs a few beats
+            hr = sm.heart_rate_mae(fake, real, fs)
+            if np.isfinite(hr):
+                self.log(f"{stage}/hr_mae", hr)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        c = self.net.encode(batch["ppg"], sample=self.hparams.encode_with_noise)
+        return self.net.decode_ecg(self.net.sample_latent(c, self.hparams.sample_steps, None, self.flow_ema.module))
+
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        opt = torch.optim.Adam(self.net.flow.parameters(), lr=h.lr, betas=tuple(h.betas))
+        self._sched = WarmupReduceLROnPlateau(opt, h.warmup_lr, h.warmup_steps, h.plateau_factor,
+                                              h.plateau_patience, 1e-2, h.min_lr)
+        return opt
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._sched is not None:
+            checkpoint["flow_lr_schedule"] = self._sched.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_sched = checkpoint.get("flow_lr_schedule")
+
+    def on_fit_start(self) -> None:
+        state = getattr(self, "_pending_sched", None)
+        if state and self._sched is not None:
+            self._sched.load_state_dict(state)
+
+    def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return _paired_batch(self.net, batch_size)
+
+    def example_inputs(self, batch_size: int) -> tuple:
+        return (_paired_batch(self.net, batch_size)["ppg"],)
+
+    def export_model(self, use_ema: bool = True) -> nn.Module:
+        """A copy of the network with the EMA flow weights (what the reference samples with), for save_pretrained."""
+        net = copy.deepcopy(self.net)
+        if use_ema:
+            net.flow.load_state_dict(self.flow_ema.module.state_dict())
+        return net
+
+
+def load_stage1(net: nn.Module, path: str) -> None:
+    """Load encoder + decoders from a stage-1 checkpoint (Lightning .ckpt, safetensors/folder, reference .pth)."""
+    from pathlib import Path
+
+    from zoo._pretrained import load_state_dict_file
+    from zoo.ppgflowecg import checkpoint_filter_fn
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    sd = load_state_dict_file(p)
+    if any(k.startswith("net.") for k in sd):
+        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
+    sd = checkpoint_filter_fn(sd, net)
+    sd = {k: v for k, v in sd.items() if not k.startswith("flow.")}
+    own = net.state_dict()
+    bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
+    missing = [k for k in own if not k.startswith("flow.") and k not in sd]
+    if bad or missing:
+        raise ValueError(f"stage-1 checkpoint {path} does not fit {type(net).__name__}: unexpected/mismatched "
+                         f"{bad[:5]}, missing {missing[:5]}")
+    net.load_state_dict(sd, strict=False)
+
+
+# ------------------------------------------------------------------------------------------------ classification
+class ECGClassificationTask(ZooTask):
+    """Multi-label CVD / arrhythmia detection from ECG windows (real, or generated from PPG by a frozen PPGFlowECG).
+
+    Args:
+        model: registered classifier ('ecg_resnet1d18', 'ecg_resnet1d_tiny').
+        pretrained: False, True, a tag, or a local weight file/folder.
+        model_kwargs: constructor overrides; ``num_classes`` is taken from the datamodule when left out.
+        compile: compile the classifier.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        threshold: probability threshold of the F1 score.
+        input_source: 'real' (the batch's ECG) or 'generated' (ECG sampled from the batch's PPG).
+        generator_model: PPGFlowECG model name for input_source='generated' (e.g. 'ppgflowecg_base').
+        generator_checkpoint: weights of the generator (our safetensors/folder, a task .ckpt or the reference).
+        generator_steps: Euler steps of the generator.
+    """
+
+    data_links: ClassVar[tuple[str, ...]] = ("num_classes",)
+
+    def __init__(
+        self, model: str = "ecg_resnet1d_tiny", pretrained: bool | str = False,
+        model_kwargs: dict[str, Any] | None = None, compile: bool | str = False, lr: float = 1e-3,
+        weight_decay: float = 1e-4, threshold: float = 0.5, input_source: str = "real",
+        generator_model: str | None = None, generator_checkpoint: str | None = None, generator_steps: int = 10,
+    ) -> None:
+        if input_source not in ("real", "generated"):
+            raise ValueError("input_source must be 'real' or 'generated'")
+        if input_source == "generated" and not generator_model:
+            raise ValueError("input_source='generated' needs generator_model")
+        object.__setattr__(self, "_cfg", dict(threshold=threshold))
+        super().__init__(model, pretrained, model_kwargs, compile)
+        self.save_hyperparameters()
+        self._generator = None
+        if input_source == "generated":
+            gen = zoo.create_model(generator_model, checkpoint_path=generator_checkpoint)
+            object.__setattr__(self, "_generator", gen.eval().requires_grad_(False))
+
+    def on_net_built(self) -> None:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MultilabelAUROC, MultilabelF1Score
+
+        k = self.net.num_classes
+        th = self._cfg["threshold"]
+        metrics = MetricCollection({"auroc": MultilabelAUROC(k, average="macro"),
+                                    "f1": MultilabelF1Score(k, threshold=th, average="macro")})
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._generator is None:
+            return batch["ecg"]
+        gen = self._generator.to(batch["ppg"].device)
+        return gen.sample_ecg(batch["ppg"], steps=self.hparams.generator_steps)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.network(self._inputs(batch))
+        loss = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def _eval(self, batch: dict[str, torch.Tensor], metrics: Any, stage: str) -> None:
+        logits = self.network(self._inputs(batch))
+        y = batch["labels"]
+        self.log(f"{stage}/loss", F.binary_cross_entropy_with_logits(logits, y.float()), batch_size=y.shape[0])
+        metrics.update(torch.sigmoid(logits), y.long())
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def example_batch(self, batch_size: int, seq_len: int = 1280) -> dict[str, torch.Tensor]:
+        dev = next(self.net.parameters()).device
+        b = {"ecg": torch.randn(batch_size, self.net.in_chans, seq_len, device=dev),
+             "labels": torch.randint(0, 2, (batch_size, self.net.num_classes), device=dev).float()}
+        if self._generator is not None:
+            b["ppg"] = torch.randn(batch_size, 1, self._generator.seq_len, device=dev)
+        return b
+
+    def example_inputs(self, batch_size: int) -> tuple:
+        return (self.example_batch(batch_size)["ecg"],)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

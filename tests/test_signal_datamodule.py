@@ -1,0 +1,256 @@
+"""WFDBPairedSignalDataModule on the real bundled PhysioNet records, layouts, cache and every bad-input case."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import signal as ds
+from datamodules.signal import BUNDLED_ROOT, SignalDataError, WFDBPairedSignalDataModule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _copy(dst: Path, rec: str, new: str | None = None) -> None:
+    """Copy a bundled record, renaming it (header first line and file names) when ``new`` is given."""
+    new = new or rec
+    dst.mkdir(parents=True, exist_ok=True)
+    hea = (BUNDLED_ROOT / f"{rec}.hea").read_text().replace(rec, new)
+    (dst / f"{new}.hea").write_text(hea)
+    for ext in (".dat", ".mat", ".atr"):
+        if (BUNDLED_ROOT / f"{rec}{ext}").is_file():
+            shutil.copy(BUNDLED_ROOT / f"{rec}{ext}", dst / f"{new}{ext}")
+
+
+def _write(dst: Path, name: str, sig: np.ndarray, names=("II", "PLETH"), fs=125, units=("mV", "NU")) -> None:
+    """Write a format-16 WFDB record; NaN samples are stored as the WFDB invalid value (-32768)."""
+    import wfdb
+
+    dst.mkdir(parents=True, exist_ok=True)
+    d = np.where(np.isnan(sig), -32768, np.round(np.nan_to_num(sig) * 1000)).astype(np.int64)
+    wfdb.wrsamp(name, fs=fs, units=list(units), sig_name=list(names), d_signal=d, fmt=["16"] * sig.shape[1],
+                adc_gain=[1000.0] * sig.shape[1], baseline=[0] * sig.shape[1], write_dir=str(dst))
+
+
+def _synthetic(n: int, fs: float = 125) -> np.ndarray:
+    t = np.arange(n) / fs
+    return np.stack([np.sin(2 * np.pi * 1.2 * t) ** 15, np.sin(2 * np.pi * 1.2 * t + 1) + 1], 1)
+
+
+def test_a103l_real_windows(tmp_path):
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), window_s=10, split_by="time")
+    assert (dm.seq_len, dm.fs, dm.num_leads) == (1280, 128.0, 1)  # readable before setup
+    sig, fs, names, comments = ds.read_channels(BUNDLED_ROOT, "a103l", {"ecg": ds.ECG_ALIASES, "ppg": ds.PPG_ALIASES})
+    assert fs == 250 and names == ["II", "V", "PLETH"] and "False alarm" in comments
+    dm.setup()
+    assert dm.screening.windows["total"] == 33  # 330 s / 10 s
+    assert dm.screening.windows["kept"] + sum(v for k, v in dm.screening.windows.items() if k.startswith("rej")) == 33
+    tr = dm.dataset("train")
+    item = tr[0]
+    assert item["ecg"].shape == (1, 1280) and item["ppg"].shape == (1, 1280) and item["ecg"].dtype == torch.float32
+    assert abs(float(item["ppg"].mean())) < 1e-4 and abs(float(item["ppg"].std(unbiased=False)) - 1) < 1e-3
+    sizes = {k: len(v) for k, v in dm.split_indices.items()}
+    assert sum(sizes.values()) == dm.screening.windows["kept"] and sizes["test"] > 0
+    assert not set(dm.split_indices["train"]) & set(dm.split_indices["test"])
+    # ECG is II (not V): the cached ECG equals the pipeline applied to channel II
+    ecg = ds.butter_filter(ds.resample(sig["ecg"], 250, 128), 128, 0.5, None, 5)[:1280]
+    ecg = (ecg - ecg.mean()) / ecg.std()
+    np.testing.assert_allclose(dm.dataset("train")[0]["ecg"][0].numpy(), ecg, atol=1e-4)
+    b = next(iter(dm.train_dataloader()))
+    assert b["ecg"].shape[1:] == (1, 1280)
+
+
+def test_short_windows_screening_counts(tmp_path):
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), window_s=2, split_by="time")
+    dm.setup()
+    w = dm.screening.windows
+    assert w["total"] == 165 and w["kept"] < 165  # a103l has flat PPG/ECG stretches, counted by reason
+    assert w["kept"] + w.get("rejected_flat_ecg", 0) + w.get("rejected_flat_ppg", 0) + w.get("rejected_nan", 0) == 165
+
+
+def test_cache_is_memory_mapped_and_skips_wfdb(tmp_path, monkeypatch):
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), window_s=10)
+    dm.setup()
+    first = dm.dataset("train")[3]["ecg"]
+    import wfdb
+
+    def boom(*a, **k):
+        raise AssertionError("WFDB read on a cached run")
+
+    monkeypatch.setattr(wfdb, "rdrecord", boom)
+    dm2 = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), window_s=10)
+    dm2.setup()
+    d = dm2.dataset("train")
+    assert torch.equal(d[3]["ecg"], first)
+    assert isinstance(d._open()["ecg"], np.memmap)
+
+
+def test_subject_split_disjoint(tmp_path):
+    root = tmp_path / "cinc"
+    for i in range(10):
+        _copy(root, "a103l", f"s{i:02d}_a103l")
+        _copy(root, "a103l", f"s{i:02d}_b103l")  # two records of one subject
+    dm = WFDBPairedSignalDataModule(str(root), layout="cinc2015", subject_regex=r"(s\d\d)_", window_s=10,
+                                    cache_dir=str(tmp_path / "c"), expected_fs=[250])
+    dm.setup()
+    subs = {k: dm.split_subjects(k) for k in ("train", "val", "test")}
+    assert len(subs["train"]) == 8 and len(subs["val"]) == 1 and len(subs["test"]) == 1
+    assert not (subs["train"] & subs["val"]) and not (subs["train"] & subs["test"]) and not (subs["val"] & subs["test"])
+    recs = {k: {dm.window_records[i] for i in v} for k, v in dm.split_indices.items()}
+    assert not (recs["train"] & recs["test"])
+    dm_rec = WFDBPairedSignalDataModule(str(root), split_by="record", window_s=10, cache_dir=str(tmp_path / "c"),
+                                        splits={"train": ["s00_a103l"], "test": ["s01_b103l"]})
+    dm_rec.setup()
+    assert {dm_rec.window_records[i] for i in dm_rec.split_indices["test"]} == {"s01_b103l"}
+
+
+def test_mimic_layouts_multisegment_and_segments(tmp_path):
+    root = tmp_path / "mimic"
+    pdir = root / "p00" / "p000001"
+    _write(pdir, "3100001_0001", _synthetic(125 * 30))
+    _write(pdir, "3100001_0002", _synthetic(125 * 20))
+    (pdir / "3100001_layout.hea").write_text("3100001_layout 2 125 0\n~ 0 200/mV 16 0 0 0 0 II\n"
+                                             "~ 0 200/NU 16 0 0 0 0 PLETH\n")
+    (pdir / "p000001-2100-01-01-00-00.hea").write_text(
+        "p000001-2100-01-01-00-00/4 2 125 7500\n3100001_layout 0\n3100001_0001 3750\n~ 1250\n3100001_0002 2500\n")
+    (pdir / "p000001-2100-01-01-00-00n.hea").write_text("p000001-2100-01-01-00-00n 1 1 10\nx.dat 16 1 0 0 0 0 HR\n")
+    (root / "RECORDS").write_text("p00/\n")
+    (root / "p00").joinpath("RECORDS").write_text("p000001/\n")
+    (pdir / "RECORDS").write_text("p000001-2100-01-01-00-00\n")
+    assert ds.list_records(root, None, "mimic3") == ["p00/p000001/p000001-2100-01-01-00-00"]
+    assert ds.list_records(root, "**/*.hea", "mimic3") == ["p00/p000001/p000001-2100-01-01-00-00"]
+    dm = WFDBPairedSignalDataModule(str(root), layout="mimic3", window_s=10, cache_dir=str(tmp_path / "c"))
+    dm.setup()
+    # 60 s: 3 windows in segment 1, the one overlapping the 10-s gap rejected, 2 more after it
+    assert dm.screening.windows["total"] == 6 and dm.screening.windows["rejected_nan"] == 1
+    assert dm.split_subjects("train") == {"p000001"}
+    # plain MIMIC-III segment record (real, 8-bit format 80, 125 Hz, ECG only): subject = 7-digit id
+    seg = WFDBPairedSignalDataModule(records=["3000003_0003"], paired=False, layout="mimic3", window_s=2,
+                                     cache_dir=str(tmp_path / "c"), expected_fs=[125])
+    seg.setup()
+    assert seg.screening.windows["total"] == 4 and seg.split_subjects("train") == {"3000003"}
+
+
+def test_labels_header_csv_and_annotations(tmp_path):
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), label_source="header",
+                                    label_names=["Asystole", "True alarm", "False alarm"], split_by="time")
+    assert dm.num_classes == 3
+    dm.setup()
+    assert dm.dataset("train")[0]["labels"].tolist() == [1.0, 0.0, 1.0]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("record,labels\na103l,AF;Brady\n")
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path), label_source="csv", label_names=["AF", "VT", "Brady"],
+                                    labels_csv=str(csv), split_by="time")
+    dm.setup()
+    assert dm.dataset("train")[0]["labels"].tolist() == [1.0, 0.0, 1.0]
+    ann = ds.read_beat_annotations(BUNDLED_ROOT / "100")
+    assert ann["fs"] == 360 and ann["symbol"].count("V") == 1 and ann["symbol"].count("A") == 33
+    dm = WFDBPairedSignalDataModule(records=["100"], paired=False, label_source="annotations",
+                                    label_names=["N", "A", "V"], window_s=10, cache_dir=str(tmp_path), split_by="time")
+    dm.setup()
+    lab = np.stack([dm.dataset(s)[i]["labels"].numpy() for s in ("train", "val", "test")
+                    for i in range(len(dm.dataset(s)))])
+    assert lab.shape == (180, 3) and lab[:, 0].all() and lab[:, 2].sum() == 1 and 10 <= lab[:, 1].sum() <= 33
+
+
+def test_missing_root_prints_tree(tmp_path):
+    dm = WFDBPairedSignalDataModule(str(tmp_path / "nope"), layout="mcmed")
+    with pytest.raises(FileNotFoundError) as e:
+        dm.prepare_data()
+    msg = str(e.value)
+    assert "waveforms/<XXX>/<CSN>" in msg and "physionet.org/content/mc-med" in msg and "credentialed" in msg
+    for layout in ("bidmc", "cinc2015", "mimic3", "wfdb"):
+        with pytest.raises(FileNotFoundError, match="get it from"):
+            WFDBPairedSignalDataModule(str(tmp_path / "nope"), layout=layout).prepare_data()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_truncated_dat_names_record(tmp_path):
+    root = tmp_path / "r"
+    _copy(root, "100")
+    data = (root / "100.dat").read_bytes()
+    (root / "100.dat").write_bytes(data[:1000])
+    dm = WFDBPairedSignalDataModule(str(root), records=["100"], paired=False, cache_dir=str(tmp_path))
+    with pytest.raises(SignalDataError, match=r"record 100: signal file 100.dat is truncated"):
+        dm.setup()
+    skip = WFDBPairedSignalDataModule(str(root), records=["100", "a103l"], cache_dir=str(tmp_path),
+                                      on_bad_record="skip", paired=False)
+    _copy(root, "a103l")
+    skip.setup()
+    assert skip.screening.records == {"skipped": 1, "used": 1} and "truncated" in skip.screening.skipped_records["100"]
+
+
+def test_missing_channel_and_missing_file(tmp_path):
+    with pytest.raises(SignalDataError, match=r"record 100: no PPG channel .*\['MLII', 'V5'\]"):
+        WFDBPairedSignalDataModule(records=["100"], cache_dir=str(tmp_path)).setup()
+    root = tmp_path / "r"
+    _copy(root, "a103l")
+    (root / "a103l.mat").unlink()
+    with pytest.raises(SignalDataError, match=r"record a103l: signal file .*a103l.mat named in its header is missing"):
+        WFDBPairedSignalDataModule(str(root), records=["a103l"], cache_dir=str(tmp_path)).setup()
+
+
+def test_all_nan_windows(tmp_path):
+    root = tmp_path / "r"
+    sig = _synthetic(125 * 20)
+    sig[:, 1] = np.nan  # PPG entirely missing
+    _write(root, "nanrec", sig)
+    with pytest.raises(SignalDataError, match="record nanrec: the PPG channel is entirely NaN"):
+        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path)).setup()
+    sig = _synthetic(125 * 20)
+    sig[: 125 * 10, 0] = np.nan  # first 10 s of ECG missing: one window rejected, one kept
+    _write(root, "nanrec", sig)
+    dm = WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10)
+    dm.setup()
+    assert dm.screening.windows["rejected_nan"] == 1 and dm.screening.windows["kept"] == 1
+    flat = _synthetic(125 * 20)
+    flat[:, 1] = 0.5  # flat PPG: every window rejected → clear error naming the record, or skipped and counted
+    _write(root, "nanrec", flat)
+    with pytest.raises(SignalDataError, match=r"record nanrec: all 2 windows were rejected .*rejected_flat_ppg"):
+        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10).setup()
+
+
+def test_wrong_sampling_rate(tmp_path):
+    with pytest.raises(SignalDataError, match=r"record a103l: sampling rate 250.0 Hz, expected \[125.0\]"):
+        WFDBPairedSignalDataModule(layout="bidmc", records=["a103l"], expected_fs=[125],
+                                   cache_dir=str(tmp_path)).setup()
+    assert ds.LAYOUTS["bidmc"].expected_fs == (125.0,)
+
+
+def test_mcmed_separate_records_paired_by_start_time(tmp_path):
+    import datetime as dt
+
+    import wfdb
+
+    root = tmp_path / "mcmed"
+
+    def write(folder: Path, name: str, sig: np.ndarray, chan: str, fs: float, start: dt.time) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        wfdb.wrsamp(name, fs=fs, units=["mV"], sig_name=[chan], p_signal=sig[:, None], fmt=["16"],
+                    base_date=dt.date(2020, 1, 1), base_time=start, write_dir=str(folder))
+
+    visit = root / "waveforms" / "123" / "100123"
+    t_e, t_p = np.arange(250 * 60) / 250, np.arange(125 * 60) / 125
+    write(visit / "II", "100123_1", np.sin(2 * np.pi * 1.2 * t_e) ** 15, "II", 250, dt.time(10, 0, 0))
+    write(visit / "Pleth", "100123_1", np.sin(2 * np.pi * 1.2 * (t_p + 5)) + 1, "Pleth", 125, dt.time(10, 0, 5))
+    lone = root / "waveforms" / "456" / "100456"
+    write(lone / "Pleth", "100456_1", np.sin(2 * np.pi * t_p) + 1, "Pleth", 125, dt.time(9, 0, 0))
+    dm = WFDBPairedSignalDataModule(str(root), layout="mcmed", window_s=10, cache_dir=str(tmp_path / "c"))
+    dm.setup()
+    assert set(dm.window_records) == {"waveforms/123/100123/II/100123_1+waveforms/123/100123/Pleth/100123_1"}
+    assert dm.screening.windows["total"] == 5  # 55 s of overlap
+    assert dm.screening.records["unpaired"] == 1 and dm.split_subjects("train") == {"100123"}
+    # both are cropped to the overlap: the PPG from its own start, the ECG from its t = 5 s
+    item = dm.dataset("train")[0]
+    ref = ds.butter_filter(ds.resample(np.sin(2 * np.pi * 1.2 * (t_p + 5)) + 1, 125, 128), 128, 0.5, 8, 3)[:1280]
+    np.testing.assert_allclose(item["ppg"][0].numpy(), (ref - ref.mean()) / ref.std(), atol=1e-4)
+    ecg = np.sin(2 * np.pi * 1.2 * t_e[1250:]) ** 15
+    ref = ds.butter_filter(ds.resample(ecg, 250, 128), 128, 0.5, None, 5)[:1280]
+    np.testing.assert_allclose(item["ecg"][0].numpy(), (ref - ref.mean()) / ref.std(), atol=1e-4)

@@ -1,0 +1,154 @@
+"""Signal tasks: stage-2 learning on real a103l windows, stage-1 loading, CLI fit/test end to end, shipped configs."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import zoo
+from datamodules.signal import WFDBPairedSignalDataModule
+from tasks.signal import CardioAlignTask, ECGClassificationTask, ECGFlowTask, load_stage1, rectified_flow_loss
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ppgflowecg"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def a103l_windows(tmp_path_factory):
+    dm = WFDBPairedSignalDataModule(window_s=2, split_by="time", cache_dir=str(tmp_path_factory.mktemp("c")))
+    dm.setup()
+    d = dm.dataset("train")
+    return torch.stack([d[i]["ecg"] for i in range(len(d))]), torch.stack([d[i]["ppg"] for i in range(len(d))])
+
+
+def test_stage2_loss_falls_on_real_a103l(a103l_windows):
+    ecg, ppg = a103l_windows
+    torch.manual_seed(0)
+    net = zoo.create_model("ppgflowecg_tiny")
+    with torch.no_grad():  # frozen stage 1 (random init): latents are fixed functions of the real windows
+        z, c = net.encode(ecg, sample=False), net.encode(ppg, sample=False)
+    opt = torch.optim.Adam(net.flow.parameters(), lr=2e-3, betas=(0.9, 0.96))
+    losses = []
+    for step in range(150):
+        idx = torch.randint(0, len(z), (16,))
+        loss = rectified_flow_loss(net.flow, z[idx], c[idx], num_draws=4)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.flow.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.5 * first, (first, last)
+
+
+def test_flow_task_loads_stage1_from_zoo_folder_and_reference(tmp_path):
+    from test_ppgflowecg import _official_vae_state_dict
+
+    src = zoo.create_model("ppgflowecg_tiny")
+    zoo.save_pretrained(src, tmp_path / "stage1")
+    task = ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "stage1"))
+    task.load_stage1_weights()  # what setup("fit") does
+    assert torch.equal(task.net.encoder.blocks[0].weight, src.encoder.blocks[0].weight)
+    assert not any(p.requires_grad for p in task.net.encoder.parameters())
+    assert all(p.requires_grad for p in task.net.flow.parameters())
+    task.train()
+    assert not task.net.encoder.training and task.net.flow.training
+    ref = _official_vae_state_dict(src)
+    torch.save(ref, tmp_path / "VAE-iter-1.pth")
+    net = zoo.create_model("ppgflowecg_tiny")
+    load_stage1(net, str(tmp_path / "VAE-iter-1.pth"))
+    assert torch.equal(net.ppg_decoder.to_latent.weight, ref["decoder_ppg"]["to_latent.weight"])
+    with pytest.raises(ValueError, match="does not fit"):
+        load_stage1(zoo.create_model("ppgflowecg_tiny", decomp_dim=4), str(tmp_path / "VAE-iter-1.pth"))
+    exported = task.export_model()
+    assert torch.equal(exported.flow.pos_embed, task.flow_ema.module.pos_embed)
+
+
+def test_classifier_on_generated_ecg(a103l_windows):
+    ecg, ppg = a103l_windows
+    task = ECGClassificationTask("ecg_resnet1d_tiny", model_kwargs={"num_classes": 2}, input_source="generated",
+                                 generator_model="ppgflowecg_tiny", generator_steps=2)
+    loss = task.training_step({"ecg": ecg[:4], "ppg": ppg[:4], "labels": torch.tensor([[1.0, 0.0]] * 4)}, 0)
+    assert loss.isfinite()
+    loss.backward()
+
+
+def _tmp_config(name: str, tmp: Path, stage: str, **model_overrides) -> Path:
+    cfg = yaml.safe_load((CONFIGS / name).read_text())
+    cfg = copy.deepcopy(cfg)
+    cfg["trainer"].update(max_steps=4, default_root_dir=str(tmp / stage), check_val_every_n_epoch=1,
+                          limit_val_batches=1, limit_test_batches=2, enable_progress_bar=False, logger=False)
+    for cb in cfg["trainer"].get("callbacks", []):
+        if cb["class_path"].endswith("ModelCheckpoint"):
+            cb["init_args"]["dirpath"] = str(tmp / stage / "ckpt")
+    cfg["model"]["init_args"].update(model_overrides)
+    cfg["data"]["init_args"]["cache_dir"] = str(tmp / "cache")
+    p = tmp / f"{stage}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_cli_fit_and_test_end_to_end(tmp_path):
+    from tasks.cli import main
+
+    s1 = _tmp_config("demo.yaml", tmp_path, "stage1", cosine_steps=4)
+    main(["fit", "--config", str(s1)])
+    ckpt1 = tmp_path / "stage1" / "ckpt" / "last.ckpt"
+    assert ckpt1.is_file()
+    reloaded = CardioAlignTask.load_from_checkpoint(str(ckpt1), weights_only=False)
+    assert reloaded.net.seq_len == 256
+    s2 = _tmp_config("demo_stage2.yaml", tmp_path, "stage2", stage1_checkpoint=str(ckpt1), ema_start=1)
+    main(["fit", "--config", str(s2)])
+    ckpt2 = tmp_path / "stage2" / "ckpt" / "last.ckpt"
+    main(["test", "--config", str(s2), "--ckpt_path", str(ckpt2)])
+    task = ECGFlowTask.load_from_checkpoint(str(ckpt2), weights_only=False)
+    # stage 1 stayed frozen through stage 2
+    torch.testing.assert_close(task.net.encoder.state_dict(), reloaded.net.encoder.state_dict())
+    out = task.net.sample_ecg(torch.randn(2, 1, 256), steps=3, flow=task.flow_ema.module)
+    assert out.shape == (2, 1, 256) and out.isfinite().all()
+
+
+def test_cli_classifier_end_to_end(tmp_path):
+    from tasks.cli import main
+
+    cfg = _tmp_config("mitbih_classifier_demo.yaml", tmp_path, "cls")
+    main(["fit", "--config", str(cfg)])
+    main(["test", "--config", str(cfg)])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_parse(name, capsys):
+    from tasks.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
+    assert e.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_window_length_mismatch_is_a_clear_error(tmp_path):
+    import pytorch_lightning as pl
+
+    dm = WFDBPairedSignalDataModule(window_s=10, split_by="time", cache_dir=str(tmp_path))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="seq_len=256: set model_kwargs.seq_len: 1280"):
+        trainer.fit(CardioAlignTask("ppgflowecg_tiny"), dm)
+
+
+def test_bench_hooks():
+    task = ECGFlowTask("ppgflowecg_tiny", warmup_steps=1)
+    batch = task.example_batch(2)
+    assert batch["ppg"].shape == (2, 1, 256) and task.training_step(batch, 0).isfinite()
+    assert task.network(*task.example_inputs(2)).shape == (2, 1, 256)
+    cls = ECGClassificationTask("ecg_resnet1d_tiny", model_kwargs={"num_classes": 3})
+    assert cls.training_step(cls.example_batch(2), 0).isfinite()
+    s1 = CardioAlignTask("ppgflowecg_tiny")
+    assert s1.training_step(s1.example_batch(2), 0).isfinite()

@@ -215,50 +215,50 @@ def main(argv=None) -> int:
 
     fits: dict[tuple[int, int, str], int] = {}
     oom_at: dict[tuple[int, int, str], int] = {}
-    for p in ps:
-        for s in ss:
-            for g in gs + probe:
-                is_probe = g not in gs
-                rec_pair = {"P": p, "S": s, "G": g, **analytic_flops(cfg, p, s, g)}
-                results = {}
-                for method in ("baseline", "prefix_grouper"):
-                    key = (p, s, method)
-                    rec = {"kind": "point", "method": method, "P": p, "S": s, "G": g, "probe": is_probe}
-                    if time.perf_counter() - t_start > a.time_budget:
-                        emit({**rec, "status": "skipped_time_budget"})
-                        continue
-                    if key in oom_at and g > oom_at[key]:
-                        emit({**rec, "status": "skipped_after_oom"})
-                        continue
-                    try:
-                        model.zero_grad(set_to_none=True)
-                        step = make_step(model, method, p, s, g, device)
-                        m = measure(step, device, 0 if is_probe else a.warmup, 1 if is_probe else a.iters)
-                        logical_tokens = g * (p + s)
-                        rec.update(status="ok", **m, logical_tokens_per_s=logical_tokens / m["step_time_s"],
-                                   computed_tokens=(p + g * s) if method == "prefix_grouper" else logical_tokens)
-                        results[method] = m
-                        fits[key] = max(fits.get(key, 0), g)
-                    except Exception as e:  # noqa: BLE001
-                        if not is_oom(e):
-                            raise
-                        rec.update(status="oom", error=str(e).splitlines()[0][:200])
-                        oom_at[key] = min(oom_at.get(key, g), g)
-                    finally:
-                        model.zero_grad(set_to_none=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
-                    emit(rec)
-                if len(results) == 2:
-                    b, q = results["baseline"], results["prefix_grouper"]
-                    summ = {"kind": "summary", **rec_pair, "probe": is_probe,
-                            "speedup_measured": b["step_time_s"] / q["step_time_s"]}
-                    if "peak_mem_gb" in b:
-                        summ["peak_mem_ratio"] = q["peak_mem_gb"] / b["peak_mem_gb"]
-                    emit(summ)
-                elif "prefix_grouper" in results:
-                    emit({"kind": "summary", **rec_pair, "probe": is_probe, "speedup_measured": None,
-                          "note": "baseline did not fit or was skipped"})
+    # the main sweep first, then the larger-G probes (so a time-budget cut never drops a main point for a probe)
+    plan = [(p, s, g, False) for p in ps for s in ss for g in gs]
+    plan += [(p, s, g, True) for p in ps for s in ss for g in probe if g not in gs]
+    for p, s, g, is_probe in plan:
+        rec_pair = {"P": p, "S": s, "G": g, **analytic_flops(cfg, p, s, g)}
+        results = {}
+        for method in ("baseline", "prefix_grouper"):
+            key = (p, s, method)
+            rec = {"kind": "point", "method": method, "P": p, "S": s, "G": g, "probe": is_probe}
+            if time.perf_counter() - t_start > a.time_budget:
+                emit({**rec, "status": "skipped_time_budget"})
+                continue
+            if key in oom_at and g > oom_at[key]:
+                emit({**rec, "status": "skipped_after_oom"})
+                continue
+            try:
+                model.zero_grad(set_to_none=True)
+                step = make_step(model, method, p, s, g, device)
+                m = measure(step, device, 0 if is_probe else a.warmup, 1 if is_probe else a.iters)
+                logical_tokens = g * (p + s)
+                rec.update(status="ok", **m, logical_tokens_per_s=logical_tokens / m["step_time_s"],
+                           computed_tokens=(p + g * s) if method == "prefix_grouper" else logical_tokens)
+                results[method] = m
+                fits[key] = max(fits.get(key, 0), g)
+            except Exception as e:  # noqa: BLE001
+                if not is_oom(e):
+                    raise
+                rec.update(status="oom", error=str(e).splitlines()[0][:200])
+                oom_at[key] = min(oom_at.get(key, g), g)
+            finally:
+                model.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            emit(rec)
+        if len(results) == 2:
+            b, q = results["baseline"], results["prefix_grouper"]
+            summ = {"kind": "summary", **rec_pair, "probe": is_probe,
+                    "speedup_measured": b["step_time_s"] / q["step_time_s"]}
+            if "peak_mem_gb" in b:
+                summ["peak_mem_ratio"] = q["peak_mem_gb"] / b["peak_mem_gb"]
+            emit(summ)
+        elif "prefix_grouper" in results:
+            emit({"kind": "summary", **rec_pair, "probe": is_probe, "speedup_measured": None,
+                  "note": "baseline did not fit or was skipped"})
     for p in ps:
         for s in ss:
             emit({"kind": "max_group_size", "P": p, "S": s, "tried_G": gs + probe,

@@ -191,7 +191,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        import argparse
+
+        # released upstream checkpoints (DUSt3R/MASt3R lineage) keep their training args as a Namespace
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise PretrainedWeightsError(f"cannot read weights from {path}: {e}") from e
     for key in ("state_dict", "model", "module", "net"):

@@ -1,0 +1,667 @@
+"""Image inpainting data: CelebA-HQ and Places2 (Places365-Standard) folders + split lists, and hole masks.
+
+A batch is ``{'image': (B,3,S,S) in [-1, 1], 'mask': (B,1,S,S) with 1 = hole, 'path': [str]}``.
+
+Masks (``train_mask`` / ``eval_mask``), generated at the final image size ``S``:
+- ``'free_form'``: random brush strokes, the official PEPSI generator (``ff_mask``: 3..5 strokes of 5..15 vertices,
+  segment length 20..50 px, width 15..30 px at 256x256), lengths scaled by ``S / 256``;
+- ``'square_center'`` / ``'square_random'``: a 128x128 square at 256x256 (side ``S / 2``), centred or at a random
+  offset;
+- ``'folder'``: mask images from ``mask_dir`` (e.g. the official ``test_mask256`` / ``test_maskff`` sets or the
+  irregular-mask test sets), which must be ``S x S`` and binary (``mask_threshold`` binarises soft/JPEG masks).
+Evaluation masks are seeded by the sample index, so every validation pass sees the same holes.
+
+Real photographs for tests and the demo: :func:`write_skimage_photos` lays scikit-image's bundled photos out in the
+CelebA-HQ or Places2 layout (with the official-style list files).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MaskKind = Literal["free_form", "square_center", "square_random", "folder"]
+
+__all__ = [
+    "CelebAHQInpaintingDataModule", "InpaintingDataError", "InpaintingDataModule", "InpaintingImageDataset",
+    "MaskGenerator", "Places2InpaintingDataModule", "free_form_mask", "load_image", "load_mask_image",
+    "square_mask", "write_skimage_photos",
+]
+
+
+class InpaintingDataError(ValueError):
+    """A bad input file (unreadable image, mask of the wrong size or not binary); the message names the file."""
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The dataset is not where the datamodule looks; the message prints the expected tree and where to get it."""
+
+
+# ------------------------------------------------------------------------------------------------------ masks
+def square_mask(size: int, hole: int | None = None, center: bool = True,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """A square hole: side ``hole`` (default ``size // 2``, i.e. 128 at 256), centred or at a random offset.
+
+    Returns:
+        (size, size) float32, 1 = hole.
+    """
+    hole = size // 2 if hole is None else hole
+    m = np.zeros((size, size), np.float32)
+    if center:
+        y = x = (size - hole) // 2
+    else:
+        rng = rng or np.random.default_rng()
+        # upstream make_sq_mask: randint(0, size - hole - 1) inclusive
+        y, x = (int(v) for v in rng.integers(0, max(size - hole - 1, 0), size=2, endpoint=True))
+    m[y:y + hole, x:x + hole] = 1.0
+    return m
+
+
+def free_form_mask(size: int, rng: np.random.Generator | None = None, max_len: float = 50, max_width: float = 30,
+                   max_angle: float = math.pi, max_num: int = 5, max_vertices: int = 15, min_len: float = 20,
+                   min_width: float = 15, min_vertices: int = 5, scale: float | None = None) -> np.ndarray:
+    """Free-form brush strokes, vectorised from the official ``ff_mask`` (same sampling and geometry).
+
+    A mask has ``randint(3, max_num)`` strokes; each stroke starts at a random pixel and draws
+    ``randint(min_vertices, max_vertices)`` segments of random angle in [-max_angle, max_angle] and length in
+    [min_len, max_len]; a segment covers the pixels within ``width`` of its line (inside its widened bounding box)
+    and of its two end points. Lengths and widths are given at 256x256 and scaled by ``scale`` (default size/256).
+
+    Returns:
+        (size, size) float32, 1 = hole.
+    """
+    rng = rng or np.random.default_rng()
+    s = size / 256.0 if scale is None else scale
+    max_len, min_len = max(1, round(max_len * s)), max(1, round(min_len * s))
+    max_width, min_width = max(1, round(max_width * s)), max(1, round(min_width * s))
+    hole = np.zeros((size, size), bool)
+    xx, yy = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")  # x = row, y = column (as upstream)
+    for _ in range(int(rng.integers(3, max(3, max_num), endpoint=True))):
+        sx, sy = (int(v) for v in rng.integers(0, size, size=2, endpoint=True))
+        n_ver = int(rng.integers(min_vertices, max_vertices, endpoint=True))
+        width = int(rng.integers(min_width, max_width, endpoint=True))
+        for _ in range(n_ver):
+            angle = rng.uniform(-max_angle, max_angle)
+            length = int(rng.integers(min_len, max_len, endpoint=True))
+            ex = min(size - 1, max(0, int(sx + length * math.sin(angle))))
+            ey = min(size - 1, max(0, int(sy + length * math.cos(angle))))
+            lx, hx = min(sx, ex), max(sx, ex)
+            ly, hy = min(sy, ey), max(sy, ey)
+            if abs(sy - ey) + abs(sx - ex) != 0:  # pixels near the segment's line, inside the widened box
+                wlx = max(0, lx - int(abs(width * math.cos(angle))))
+                whx = min(size - 1, hx + 1 + int(abs(width * math.cos(angle))))
+                wly = max(0, ly - int(abs(width * math.sin(angle))))
+                why = min(size - 1, hy + 1 + int(abs(width * math.sin(angle))))
+                bx, by = xx[wlx:whx, wly:why], yy[wlx:whx, wly:why]
+                d = np.abs((ey - sy) * bx - (ex - sx) * by - ey * sx + sy * ex) / math.hypot(sy - ey, sx - ex)
+                hole[wlx:whx, wly:why] |= d <= width
+            wlx, whx = max(0, lx - width), min(size - 1, hx + width + 1)  # round caps at both ends
+            wly, why = max(0, ly - width), min(size - 1, hy + width + 1)
+            bx, by = xx[wlx:whx, wly:why], yy[wlx:whx, wly:why]
+            cap = (np.hypot(sx - bx, sy - by) <= width) | (np.hypot(ex - bx, ey - by) <= width)
+            hole[wlx:whx, wly:why] |= cap
+            sx, sy = ex, ey
+    return hole.astype(np.float32)
+
+
+def load_mask_image(path: str | os.PathLike, size: int, holes_are: Literal["black", "white"] = "black",
+                    threshold: float | None = None) -> np.ndarray:
+    """Read a mask image; it must be ``size x size`` and binary (0/255 or 0/1) unless ``threshold`` binarises it.
+
+    Args:
+        path: the mask file.
+        size: expected side.
+        holes_are: 'black' (PEPSI's test masks: 0 = hole) or 'white'.
+        threshold: binarise at this fraction of the maximum instead of requiring exact 0/255 values.
+
+    Returns:
+        (size, size) float32, 1 = hole.
+
+    Raises:
+        InpaintingDataError: unreadable, wrong size or not binary (the message names the file).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im.convert("L"))
+    except Exception as e:
+        raise InpaintingDataError(f"cannot read mask image {path}: {type(e).__name__}: {e}") from e
+    if arr.shape != (size, size):
+        raise InpaintingDataError(f"mask {path} is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size} "
+                                  f"(masks are not resized: resizing would blur the hole boundary)")
+    top = 1 if arr.max() <= 1 else 255
+    if threshold is None:
+        bad = ~np.isin(arr, (0, top))
+        if bad.any():
+            raise InpaintingDataError(
+                f"mask {path} is not binary: {int(bad.sum())} pixels are neither 0 nor {top} "
+                f"(values {np.unique(arr[bad])[:5].tolist()}...); set mask_threshold to binarise it")
+        white = arr == top
+    else:
+        white = arr >= threshold * top
+    return (white if holes_are == "white" else ~white).astype(np.float32)
+
+
+class MaskGenerator:
+    """Picks the hole mask of one sample.
+
+    Args:
+        kind: 'free_form', 'square_center', 'square_random' or 'folder'.
+        size: image side.
+        mask_dir: folder of mask images (kind 'folder').
+        holes_are: colour of the holes in the mask images.
+        threshold: binarisation threshold for non-binary mask images (None = require binary).
+    """
+
+    def __init__(self, kind: MaskKind, size: int, mask_dir: str | os.PathLike | None = None,
+                 holes_are: Literal["black", "white"] = "black", threshold: float | None = None) -> None:
+        if kind not in ("free_form", "square_center", "square_random", "folder"):
+            raise ValueError(f"unknown mask kind {kind!r}: use free_form, square_center, square_random or folder")
+        self.kind, self.size, self.holes_are, self.threshold = kind, size, holes_are, threshold
+        self.files: list[Path] = []
+        if kind == "folder":
+            if mask_dir is None or not Path(mask_dir).is_dir():
+                raise DatasetLayoutError(f"mask kind 'folder' needs mask_dir, a folder of {size}x{size} binary mask "
+                                         f"images (got {mask_dir!r})")
+            self.files = sorted(p for p in Path(mask_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+            if not self.files:
+                raise DatasetLayoutError(f"mask_dir {mask_dir} has no mask images ({', '.join(IMAGE_EXTS)})")
+
+    def __call__(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "free_form":
+            return free_form_mask(self.size, rng)
+        if self.kind == "square_center":
+            return square_mask(self.size, center=True)
+        if self.kind == "square_random":
+            return square_mask(self.size, center=False, rng=rng)
+        path = self.files[index % len(self.files)]
+        return load_mask_image(path, self.size, self.holes_are, self.threshold)
+
+
+# ----------------------------------------------------------------------------------------------------- images
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB. Raises :class:`InpaintingDataError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise InpaintingDataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def build_transform(size: int, train: bool, hflip: bool) -> Callable[..., dict[str, Any]]:
+    """albumentations: resize to ``size x size`` (as upstream), optional flip in training, scale to [-1, 1]."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    ops: list[Any] = [A.Resize(size, size, interpolation=1)]
+    if train and hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    ops += [A.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops)
+
+
+class InpaintingImageDataset(Dataset):
+    """Images + masks.
+
+    Args:
+        paths: image files.
+        transform: albumentations transform producing a (3,S,S) tensor in [-1, 1].
+        masks: the mask generator.
+        seed: evaluation seed (masks depend on ``(seed, index)`` only); None draws fresh masks each time (training).
+        on_bad_image: 'raise' (a clear error naming the file) or 'skip' (log it, count it, use the next image).
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[..., dict[str, Any]], masks: MaskGenerator,
+                 seed: int | None = None, on_bad_image: Literal["raise", "skip"] = "raise") -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.masks = masks
+        self.seed = seed
+        self.on_bad_image = on_bad_image
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng((self.seed, index))
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))  # per-worker torch seed
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.paths)):
+            i = (index + attempt) % len(self.paths)
+            path = self.paths[i]
+            try:
+                img = load_image(path)
+            except InpaintingDataError as e:
+                if self.on_bad_image == "raise":
+                    raise
+                self.skipped.append(str(path))
+                _logger.warning("skipping bad image (%d skipped so far): %s", len(self.skipped), e)
+                continue
+            image = self.transform(image=img)["image"]
+            mask = torch.from_numpy(self.masks(index, self._rng(index)))[None]
+            return {"image": image, "mask": mask, "path": str(path)}
+        raise InpaintingDataError(f"every image of the dataset is unreadable (e.g. {self.paths[0]})")
+
+
+# ------------------------------------------------------------------------------------------------ datamodules
+def read_split_list(list_file: Path, root: Path, image_dir: str) -> list[Path]:
+    """Image paths of a split list (first token of each line; the rest, e.g. labels or offsets, is ignored).
+
+    Entries may be relative to ``root/image_dir`` or to ``root``, or absolute; absolute paths from another machine
+    (the official lists hold ``D:/dataset/inpainting/train_fh256/...``) are re-rooted by their last components.
+    """
+    entries = [ln.split()[0].replace("\\", "/") for ln in list_file.read_text().splitlines() if ln.strip()]
+    if not entries:
+        raise DatasetLayoutError(f"split list {list_file} is empty")
+    base = root / image_dir
+
+    def candidates(e: str) -> list[Path]:
+        parts = [p for p in e.split("/") if p and not p.endswith(":")]
+        out = [Path(e)] if Path(e).is_absolute() else []
+        out += [base / "/".join(parts), root / "/".join(parts)]
+        out += [root / "/".join(parts[-2:]), base / parts[-1]]
+        return out
+
+    # find the rule that works on the first entry, apply it to all (no stat of millions of files)
+    for rule in range(len(candidates(entries[0]))):
+        if candidates(entries[0])[rule].is_file():
+            paths = [candidates(e)[rule] for e in entries]
+            missing = [p for p in paths[:: max(1, len(paths) // 100)] if not p.is_file()]
+            if missing:
+                raise DatasetLayoutError(f"{list_file}: {len(missing)} sampled entries are missing, e.g. {missing[0]}")
+            return paths
+    raise DatasetLayoutError(f"{list_file}: its first entry {entries[0]!r} was not found under {base} or {root}")
+
+
+def scan_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+
+
+class InpaintingDataModule(pl.LightningDataModule):
+    """Image folder + split lists for inpainting. Subclasses fix the layout of a dataset.
+
+    Args:
+        root: dataset root.
+        image_size: side S of the square images the model sees (256 in the paper).
+        batch_size: images per batch (8 in the paper).
+        num_workers: DataLoader workers.
+        train_mask: mask of training samples: 'free_form' (paper), 'square_random', 'square_center' or 'folder'.
+        eval_mask: mask of validation/test samples (fixed per sample index).
+        mask_dir: folder of mask images for 'folder' masks (must be S x S and binary).
+        mask_holes_are: colour of the holes in mask images: 'black' (PEPSI's test masks) or 'white'.
+        mask_threshold: binarise non-binary mask images at this fraction of white (None: they are an error).
+        hflip: random horizontal flips in training (the paper uses no augmentation).
+        on_bad_image: 'raise' a clear error naming an unreadable image, or 'skip' it (logged and counted).
+        train_list: training split list, relative to root (None: every image under train_dir).
+        val_list: validation split list.
+        test_list: test split list.
+        train_dir: training image folder under root (list entries are relative to it).
+        val_dir: validation image folder.
+        test_dir: test image folder.
+        limit_val_images: use only the first N validation images (None: all).
+        seed: seed of the evaluation masks.
+    """
+
+    #: printed when the layout is missing; subclasses fill it in
+    expected_tree: str = ""
+    where_to_get: str = ""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        train_mask: MaskKind = "free_form",
+        eval_mask: MaskKind = "square_random",
+        mask_dir: str | None = None,
+        mask_holes_are: Literal["black", "white"] = "black",
+        mask_threshold: float | None = None,
+        hflip: bool = False,
+        on_bad_image: Literal["raise", "skip"] = "raise",
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: str = "test",
+        limit_val_images: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.splits = {"train": (train_list, train_dir), "val": (val_list, val_dir), "test": (test_list, test_dir)}
+        # own copy of the options (save_hyperparameters records the most derived class's arguments only)
+        self.options = {"train_mask": train_mask, "eval_mask": eval_mask, "mask_dir": mask_dir,
+                        "mask_holes_are": mask_holes_are, "mask_threshold": mask_threshold, "hflip": hflip,
+                        "on_bad_image": on_bad_image, "limit_val_images": limit_val_images, "seed": seed}
+        self.datasets: dict[str, InpaintingImageDataset] = {}
+
+    @property
+    def in_chans(self) -> int:
+        return 3
+
+    # -------------------------------------------------------------------------------------------- layout
+    def _layout_error(self, problem: str) -> DatasetLayoutError:
+        return DatasetLayoutError(
+            f"{type(self).__name__}: {problem}\n\nExpected layout:\n"
+            f"{self.expected_tree.replace('<root>', str(self.root))}\n{self.where_to_get}")
+
+    def split_paths(self, split: str) -> list[Path]:
+        """The image files of ``split`` ('train', 'val', 'test')."""
+        if not self.root.is_dir():
+            raise self._layout_error(f"dataset root {self.root} does not exist.")
+        list_name, image_dir = self.splits[split]
+        if list_name is not None and (self.root / list_name).is_file():
+            return read_split_list(self.root / list_name, self.root, image_dir)
+        folder = self.root / image_dir
+        if not folder.is_dir():
+            missing = f"neither the list {self.root / list_name} nor " if list_name else ""
+            raise self._layout_error(f"{split} split: {missing}the image folder {folder} exists.")
+        paths = scan_images(folder)
+        if not paths:
+            raise self._layout_error(f"{split} split: {folder} has no images ({', '.join(IMAGE_EXTS)}).")
+        return paths
+
+    def prepare_data(self) -> None:
+        for split in self.splits:
+            self.split_paths(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        from types import SimpleNamespace
+
+        hp = SimpleNamespace(**self.options)
+        s = self.image_size
+        eval_masks = MaskGenerator(hp.eval_mask, s, hp.mask_dir, hp.mask_holes_are, hp.mask_threshold)
+        want = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in want.get(stage or "fit", ("train", "val", "test")):
+            if split in self.datasets:
+                continue
+            paths = self.split_paths(split)
+            if split == "train":
+                masks = MaskGenerator(hp.train_mask, s, hp.mask_dir, hp.mask_holes_are, hp.mask_threshold)
+                self.datasets[split] = InpaintingImageDataset(paths, build_transform(s, True, hp.hflip), masks, None,
+                                                              hp.on_bad_image)
+            else:
+                if split == "val" and hp.limit_val_images:
+                    paths = paths[: hp.limit_val_images]
+                self.datasets[split] = InpaintingImageDataset(paths, build_transform(s, False, False), eval_masks,
+                                                              hp.seed, hp.on_bad_image)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        ds = self.datasets[split]
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=shuffle and len(ds) >= self.batch_size, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+class CelebAHQInpaintingDataModule(InpaintingDataModule):
+    """CelebA-HQ at 256x256 in PEPSI's layout: 27,000 training and 3,000 test faces (validation = the test list).
+
+    Args:
+        root: dataset root.
+        image_size: side S of the images (256 in the paper).
+        batch_size: images per batch.
+        num_workers: DataLoader workers.
+        train_mask: training masks ('free_form' in the paper).
+        eval_mask: evaluation masks (the paper: 128x128 squares and free-form).
+        mask_dir: folder of mask images for 'folder' masks (e.g. the official test_mask256 / test_maskff).
+        mask_holes_are: colour of the holes in mask images.
+        mask_threshold: binarise non-binary mask images at this fraction (None: error).
+        hflip: random horizontal flips in training.
+        on_bad_image: 'raise' or 'skip' unreadable images.
+        train_list: training list (the official List/train_fh256.txt works as is).
+        val_list: validation list.
+        test_list: test list.
+        train_dir: training image folder.
+        val_dir: validation image folder.
+        test_dir: test image folder.
+        limit_val_images: validate on the first N images only.
+        seed: seed of the evaluation masks.
+    """
+
+    expected_tree = """<root>/
+  train_fh256/img00000000.png ... img00026999.png   27,000 training faces, 256x256 PNG
+  test_fh256/img00027000.png ... img00029999.png    3,000 test faces (also the validation split)
+  train_fh256.txt  test_fh256.txt                   optional split lists, one image path per line; the official
+                                                    List/*.txt work as is (their D:/dataset/inpainting/ prefix is
+                                                    re-rooted here); without them the folders are listed
+  test_mask256/mask_00000.png ...                   optional mask images for eval_mask: folder (0 = hole)"""
+    where_to_get = (
+        "CelebA-HQ is not downloaded automatically (CelebA licence: non-commercial research only). Build it from "
+        "CelebA with the progressive-GAN tooling (github.com/tkarras/progressive_growing_of_gans, dataset_tool.py "
+        "create_celebahq) or take a pre-made release (e.g. CelebAMask-HQ's CelebA-HQ-img), resize to 256x256 and "
+        "name the files img%08d.png; the split lists are List/*.txt of "
+        "github.com/Forty-lock/PEPSI-Fast_image_inpainting_with_parallel_decoding_network.")
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        train_mask: MaskKind = "free_form",
+        eval_mask: MaskKind = "square_random",
+        mask_dir: str | None = None,
+        mask_holes_are: Literal["black", "white"] = "black",
+        mask_threshold: float | None = None,
+        hflip: bool = False,
+        on_bad_image: Literal["raise", "skip"] = "raise",
+        train_list: str | None = "train_fh256.txt",
+        val_list: str | None = "test_fh256.txt",
+        test_list: str | None = "test_fh256.txt",
+        train_dir: str = "train_fh256",
+        val_dir: str = "test_fh256",
+        test_dir: str = "test_fh256",
+        limit_val_images: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
+                         mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
+                         test_dir, limit_val_images, seed)
+
+
+class Places2InpaintingDataModule(InpaintingDataModule):
+    """Places2 (Places365-Standard, 256x256 "small images") in its official layout; validation/test = the val set.
+
+    Args:
+        root: dataset root.
+        image_size: side S of the images (256 in the paper).
+        batch_size: images per batch.
+        num_workers: DataLoader workers.
+        train_mask: training masks.
+        eval_mask: evaluation masks.
+        mask_dir: folder of mask images for 'folder' masks.
+        mask_holes_are: colour of the holes in mask images.
+        mask_threshold: binarise non-binary mask images at this fraction (None: error).
+        hflip: random horizontal flips in training.
+        on_bad_image: 'raise' or 'skip' unreadable images.
+        train_list: training list (places365_train_standard.txt, entries relative to data_256/).
+        val_list: validation list (places365_val.txt, entries relative to val_256/).
+        test_list: test list (default: the val list; Places365's test images have no public split use here).
+        train_dir: training image folder.
+        val_dir: validation image folder.
+        test_dir: test image folder.
+        limit_val_images: validate on the first N images only (36,500 in the full val set).
+        seed: seed of the evaluation masks.
+    """
+
+    expected_tree = """<root>/
+  data_256/a/airfield/00000001.jpg ...           Places365-Standard training images, 256x256 (1,803,460)
+  val_256/Places365_val_00000001.jpg ...         validation images, 256x256 (36,500; also the test split)
+  places365_train_standard.txt                   '/a/airfield/00000001.jpg 0' per line (filelist_places365-standard)
+  places365_val.txt                              'Places365_val_00000001.jpg 165' per line"""
+    where_to_get = (
+        "Places2 is not downloaded automatically (research/non-commercial terms). Get 'Small images (256 * 256)' "
+        "train_256_places365standard.tar, val_256.tar and filelist_places365-standard.tar from "
+        "http://places2.csail.mit.edu/download.html and extract them into the root.")
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        train_mask: MaskKind = "free_form",
+        eval_mask: MaskKind = "square_random",
+        mask_dir: str | None = None,
+        mask_holes_are: Literal["black", "white"] = "black",
+        mask_threshold: float | None = None,
+        hflip: bool = False,
+        on_bad_image: Literal["raise", "skip"] = "raise",
+        train_list: str | None = "places365_train_standard.txt",
+        val_list: str | None = "places365_val.txt",
+        test_list: str | None = "places365_val.txt",
+        train_dir: str = "data_256",
+        val_dir: str = "val_256",
+        test_dir: str = "val_256",
+        limit_val_images: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
+                         mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
+                         test_dir, limit_val_images, seed)
+
+
+# --------------------------------------------------------------------------------------- real demo photographs
+#: scikit-image's bundled photographs (offline); the last three are held out for validation/test
+SKIMAGE_TRAIN = ("astronaut", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+                 "colorwheel", "camera", "brick", "grass", "coins")
+SKIMAGE_TEST = ("coffee", "moon", "gravel")
+
+
+def _square_crops(img: np.ndarray, n: int) -> list[np.ndarray]:
+    """Centre square crop plus (n - 1) smaller corner crops of a photo."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    crops = [img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]]
+    c = int(0.6 * s)
+    for y, x in [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c)][: max(0, n - 1)]:
+        crops.append(img[y:y + c, x:x + c])
+    return crops
+
+
+def write_skimage_photos(root: str | os.PathLike, layout: Literal["celebahq", "places2"] = "celebahq",
+                         image_size: int = 256, crops_per_photo: int = 5) -> Path:
+    """Lay scikit-image's bundled photographs out as a real CelebA-HQ or Places2 folder (tests and the demo).
+
+    Each photo gives ``crops_per_photo`` square crops resized to ``image_size``; list files are written in the
+    official formats (CelebA-HQ: PEPSI's absolute ``D:/dataset/inpainting/...`` lines; Places2: ``/x/name/%08d.jpg
+    label`` and ``Places365_val_%08d.jpg label``). Photos of :data:`SKIMAGE_TEST` form the test split.
+
+    Returns:
+        the root.
+    """
+    import skimage.data
+    from PIL import Image
+
+    root = Path(root)
+    counter = {"train": 0, "test": 0}
+    lines: dict[str, list[str]] = {"train": [], "test": []}
+    for split, names in (("train", SKIMAGE_TRAIN), ("test", SKIMAGE_TEST)):
+        for label, name in enumerate(names):
+            img = getattr(skimage.data, name)()
+            img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+            for crop in _square_crops(img, crops_per_photo):
+                pil = Image.fromarray(crop.astype(np.uint8)).resize((image_size, image_size), Image.LANCZOS)
+                if layout == "celebahq":
+                    i = counter["train"] + counter["test"]
+                    folder = "train_fh256" if split == "train" else "test_fh256"
+                    rel = f"{folder}/img{i:08d}.png"
+                    lines[split].append(f"D:/dataset/inpainting/{rel}")
+                else:
+                    if split == "train":
+                        rel_in = f"{name[0]}/{name}/{counter['train'] + 1:08d}.jpg"
+                        rel = f"data_256/{rel_in}"
+                        lines[split].append(f"/{rel_in} {label}")
+                    else:
+                        rel = f"val_256/Places365_val_{counter['test'] + 1:08d}.jpg"
+                        lines[split].append(f"{Path(rel).name} {label}")
+                counter[split] += 1
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                pil.save(root / rel, quality=95)
+    if layout == "celebahq":
+        (root / "train_fh256.txt").write_text("\n".join(lines["train"]) + "\n")
+        (root / "test_fh256.txt").write_text("\n".join(lines["test"]) + "\n")
+    else:
+        (root / "places365_train_standard.txt").write_text("\n".join(lines["train"]) + "\n")
+        (root / "places365_val.txt").write_text("\n".join(lines["test"]) + "\n")
+    return root
+
+
+class SkimagePhotosInpaintingDataModule(CelebAHQInpaintingDataModule):
+    """The demo: scikit-image's bundled photographs written (once) in the CelebA-HQ layout, then read like it.
+
+    Args:
+        root: where the photos are laid out (default ``$SHAREZOO_CACHE/demo/skimage_photos_<S>``, else
+            ``~/.cache/sharezoo/demo/...``).
+        image_size: side S of the images.
+        batch_size: images per batch.
+        num_workers: DataLoader workers.
+        train_mask: training masks.
+        eval_mask: evaluation masks.
+        crops_per_photo: square crops taken from each photograph.
+        hflip: random horizontal flips in training.
+        seed: seed of the evaluation masks.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int = 64,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_mask: MaskKind = "free_form",
+        eval_mask: MaskKind = "square_random",
+        crops_per_photo: int = 5,
+        hflip: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if root is None:
+            cache = os.environ.get("SHAREZOO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                             "sharezoo")
+            root = str(Path(cache) / "demo" / f"skimage_photos_{image_size}")
+        super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, hflip=hflip, seed=seed)
+        self.crops_per_photo = crops_per_photo
+
+    def split_paths(self, split: str) -> list[Path]:
+        if not (self.root / "test_fh256.txt").is_file():
+            write_skimage_photos(self.root, "celebahq", self.image_size, self.crops_per_photo)
+        return super().split_paths(split)

@@ -1,0 +1,161 @@
+"""Shared-prefix attention kernels in plain PyTorch (SDPA with explicit masks, and an exact LSE merge).
+
+Two exact ways to compute the packed layout's attention (Prefix Grouper, spec steps 4-7):
+
+* ``split`` (the paper's): prefix queries attend causally to the prefix; suffix queries attend to
+  ``[prefix K/V of their row ; own suffix K/V]`` with a bottom-right-aligned causal mask. The prefix K/V is read by an
+  index gather per suffix (backward sums the G contributions).
+* ``merge``: every packed query attends to its row's prefix keys (one call, no repetition of the prefix K/V) and every
+  suffix query to its own suffix keys (a second call); the two partial softmaxes are combined with their
+  log-sum-exps, :func:`merge_partials`. This is also the primitive under APE and BatchLLM decoding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .layout import PrefixLayout
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``[b, Hkv, T, d]`` -> ``[b, Hkv * n_rep, T, d]`` (grouped-query attention)."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def attention_with_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager softmax attention that also returns the log-sum-exp of the scores (differentiable).
+
+    Args:
+        q: ``[b, H, Tq, d]``.
+        k: ``[b, Hkv, Tk, d]`` (GQA keys are repeated here).
+        v: ``[b, Hkv, Tk, d]``.
+        mask: boolean, broadcastable to ``[b, H, Tq, Tk]``, True = attend; every row needs one True.
+        scale: score scale (usually ``1/sqrt(d)``).
+        temperature: divides the scores (APE's T; 1 = plain attention).
+
+    Returns:
+        ``(out [b, H, Tq, d], lse [b, H, Tq])`` in float32 for the LSE, the input dtype for the output.
+    """
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (scale / temperature)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    # a row with no key (lse = -inf) gives a zero output and drops out of a merge (its weight exp(-inf) is 0)
+    probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
+    return torch.matmul(probs.to(v.dtype), v), lse
+
+
+def merge_partials(
+    outs: list[torch.Tensor], lses: list[torch.Tensor], weights: list[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine partial attentions over disjoint key sets into the attention over their union.
+
+    ``out = sum_i exp(w_i * lse_i - LSE) * out_i`` with ``LSE = logsumexp_i(w_i * lse_i)``; with all ``w_i = 1`` this is
+    exactly softmax attention over all keys. A part with ``lse = -inf`` (no keys) contributes nothing. APE's
+    scaling factor enters as ``w_c = S * T`` on the context part (spec step 4).
+
+    Args:
+        outs: partial outputs ``[..., Tq, d]``.
+        lses: their log-sum-exps ``[..., Tq]``.
+        weights: optional multipliers of each part's log-sum-exp.
+
+    Returns:
+        ``(out, lse)`` of the union.
+    """
+    if weights is not None:
+        lses = [lse * w for lse, w in zip(lses, weights)]
+    stacked = torch.stack(lses)  # [n, ..., Tq]
+    total = torch.logsumexp(stacked, dim=0)
+    safe_total = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    out = 0
+    for o, lse in zip(outs, lses):
+        w = torch.exp(lse - safe_total)
+        out = out + w[..., None].to(o.dtype) * o
+    return out, total
+
+
+def _sdpa(q, k, v, mask, scale, causal_lower_right: bool = False):
+    """SDPA with an explicit mask (GQA heads repeated), or the flash-eligible bottom-right causal bias."""
+    n_rep = q.shape[1] // k.shape[1]
+    if causal_lower_right:
+        from torch.nn.attention.bias import causal_lower_right as lower_right
+
+        # GQA heads are repeated explicitly: the bias's flash/efficient dispatch does not take enable_gqa everywhere
+        bias = lower_right(q.shape[2], k.shape[2])
+        return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=bias, scale=scale)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=n_rep > 1)
+    return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, scale=scale)
+
+
+def prefix_grouped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: PrefixLayout,
+    scale: float | None = None,
+    mode: str = "split",
+    fast_masks: bool | None = None,
+) -> torch.Tensor:
+    """Attention of a packed ``[prefix ; suffix_1 ; ... ; suffix_G]`` batch, exactly equal to the repeated layout.
+
+    Args:
+        q: ``[b, H, L, d]`` packed queries (RoPE applied with the layout's position ids).
+        k: ``[b, Hkv, L, d]`` packed keys.
+        v: ``[b, Hkv, L, d]`` packed values.
+        layout: the :class:`PrefixLayout` of the batch.
+        scale: score scale, default ``1/sqrt(d)``.
+        mode: ``split`` (prefix call + suffix call on ``[prefix K/V ; suffix K/V]``), ``merge`` (two partial calls
+            combined by log-sum-exp, no repeated prefix K/V) or ``dense`` (one call with the full ``[L, L]`` mask).
+        fast_masks: for ``split``, use SDPA's ``is_causal`` for the square prefix block and the bottom-right causal
+            bias for the suffix block when every row has the same prefix length (flash-eligible on GPU). Default: on
+            for CUDA tensors. Both are exact for the valid (non-padding) queries.
+
+    Returns:
+        ``[b, L, H, d]`` (HF's attention-output layout); padding slots are zero.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if mode == "dense":
+        n_rep = q.shape[1] // k.shape[1]
+        out = F.scaled_dot_product_attention(
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=layout.dense_mask("causal"), scale=scale
+        )
+        return out.transpose(1, 2) * layout.valid[:, :, None, None]
+    if mode == "merge":
+        k_p, _ = layout.ungroup(k)
+        v_p, _ = layout.ungroup(v)
+        q_s, k_s, v_s = layout.ungroup(q)[1], layout.ungroup(k)[1], layout.ungroup(v)[1]
+        o_a, lse_a = attention_with_lse(q, k_p, v_p, layout.packed_prefix_mask(), scale)
+        o_b, lse_b = attention_with_lse(q_s, k_s, v_s, layout.suffix_self_mask(), scale)
+        o_b = layout.scatter_suffix(o_b)
+        lse_b = layout.scatter_suffix(lse_b[..., None], fill=float("-inf"))[..., 0]
+        out, _ = merge_partials([o_a, o_b], [lse_a, lse_b])
+        return out.transpose(1, 2) * layout.valid[:, :, None, None]
+    if mode != "split":
+        raise ValueError(f"unknown mode {mode!r}")
+    fast = q.is_cuda if fast_masks is None else fast_masks
+    q_p, q_s = layout.ungroup(q)
+    k_p, k_s = layout.ungroup(k)
+    v_p, v_s = layout.ungroup(v)
+    # (a) prefix-only causal attention; with right padding, the square causal pattern is exact for valid queries
+    o_p = _sdpa(q_p, k_p, v_p, None if fast else layout.prefix_mask(), scale)
+    # (b) suffix queries over [prefix K/V of their row ; own suffix K/V] (expand+index: backward sums over G)
+    k_cat = torch.cat([k_p[layout.suffix_row], k_s], dim=2)
+    v_cat = torch.cat([v_p[layout.suffix_row], v_s], dim=2)
+    lower_right = fast and layout.uniform_prefix
+    o_s = _sdpa(q_s, k_cat, v_cat, None if lower_right else layout.suffix_mask(), scale, causal_lower_right=lower_right)
+    return layout.group(o_p, o_s)

@@ -1,0 +1,155 @@
+"""Attention over cached, read-only KV segments plus each row's own growing KV, merged by log-sum-exp.
+
+This is the inference side of the primitive: a shared prefix (or APE's parallel-encoded contexts) is encoded once and
+kept as a :class:`KVSegment`; the rows that use it (BatchLLM requests, APE queries, contexts encoded after a shared
+prefix) attend to the segment without any causal mask, to their own keys causally, and the partial softmaxes are merged
+exactly with :func:`merge_partials` (BatchLLM's horizontally fused prefix-shared attention, APE's combine step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .attention import attention_with_lse, merge_partials, repeat_kv
+
+
+@dataclass
+class KVSegment:
+    """Per-layer cached keys/values ``[nb, Hkv, T, d]`` (post-RoPE) with key validity ``[nb, T]``.
+
+    ``nb`` is 1 (shared by every row) or one entry per group, read through ``row_index`` by :class:`SegmentAttention`.
+    ``temperature`` divides the scores against this segment; ``weight`` multiplies its log-sum-exp in the merge (APE:
+    ``T`` and ``S * T``; both 1 for exact attention).
+    """
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    valid: torch.Tensor | None = None
+    temperature: float = 1.0
+    weight: float = 1.0
+    row_index: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def select(self, rows: torch.Tensor) -> KVSegment:
+        """The segment seen by ``rows`` (gathers per-group entries; a shared segment is returned as is)."""
+        return KVSegment(self.keys, self.values, self.valid, self.temperature, self.weight, rows)
+
+
+class SegmentAttention:
+    """Attention spec: rows attend to read-only segments + their own KV (appended at every call, causal).
+
+    Args:
+        segments: cached segments every row sees in full (no causal mask; their positions precede the row's).
+        record: keep the own K/V per layer (they become a segment / a cache for later calls).
+        merge: True: partial attentions per segment merged by log-sum-exp (always exact; needed for APE's T and S);
+            False/None: one SDPA call over ``[segments ; own]`` when every segment has T = S = 1 (None: automatic).
+    """
+
+    def __init__(self, segments: list[KVSegment] | None = None, record: bool = True, merge: bool | None = None) -> None:
+        self.segments = list(segments or [])
+        self.record = record
+        self.merge = merge
+        self.own_keys: dict[int, torch.Tensor] = {}
+        self.own_values: dict[int, torch.Tensor] = {}
+        self.own_valid: torch.Tensor | None = None  # [n, T_own]
+        self._valid: torch.Tensor | None = None
+        self.max_position = 0
+
+    def begin(self, new_valid: torch.Tensor, max_position: int = 0) -> None:
+        """Declare the validity ``[n, T_new]`` of the tokens of the next forward (padding = False)."""
+        self._valid = new_valid if self.own_valid is None else torch.cat([self.own_valid, new_valid], dim=1)
+        self.max_position = max_position
+
+    def __call__(self, module, q, k, v, scaling):
+        li = module.layer_idx
+        if self._valid is None:
+            raise RuntimeError("call begin(new_valid) before each forward")
+        t_new = q.shape[2]
+        old = self.own_keys.get(li)
+        t_old = 0 if old is None else old.shape[2]
+        if old is not None:
+            k = torch.cat([old, k], dim=2)
+            v = torch.cat([self.own_values[li], v], dim=2)
+        if self.record:
+            self.own_keys[li], self.own_values[li] = k, v
+        valid = self._valid
+        qi = torch.arange(t_new, device=q.device)[:, None] + t_old
+        ki = torch.arange(t_old + t_new, device=q.device)[None, :]
+        mask = (ki <= qi)[None, None] & valid[:, None, None, :]
+        plain = all(seg.temperature == 1.0 and seg.weight == 1.0 for seg in self.segments)
+        if plain and not self.merge:
+            return self._joint(q, k, v, mask, li, scaling)
+        outs, lses, weights = [], [], []
+        for seg in self.segments:
+            ks, vs = seg.keys[li], seg.values[li]
+            sv = seg.valid
+            if seg.row_index is not None:
+                ks, vs = ks[seg.row_index], vs[seg.row_index]
+                sv = None if sv is None else sv[seg.row_index]
+            smask = None if sv is None else sv[:, None, None, :]
+            o, lse = attention_with_lse(q, ks, vs, smask, scaling, temperature=seg.temperature)
+            outs.append(o)
+            lses.append(lse)
+            weights.append(seg.weight)
+        o, lse = attention_with_lse(q, k, v, mask, scaling)
+        outs.append(o)
+        lses.append(lse)
+        weights.append(1.0)
+        out, _ = merge_partials(outs, lses, weights if any(w != 1.0 for w in weights) else None)
+        return out.transpose(1, 2).contiguous()
+
+    def _joint(self, q, k, v, own_mask, li, scaling):
+        """Exact attention over ``[segments ; own]`` in one SDPA call (plain-temperature segments: no LSE needed)."""
+        n, tq = q.shape[0], q.shape[2]
+        keys, values, masks = [], [], []
+        for seg in self.segments:
+            ks, vs, sv = seg.keys[li], seg.values[li], seg.valid
+            if seg.row_index is not None:
+                ks, vs = ks[seg.row_index], vs[seg.row_index]
+                sv = None if sv is None else sv[seg.row_index]
+            keys.append(ks.expand(n, -1, -1, -1))
+            values.append(vs.expand(n, -1, -1, -1))
+            sm = torch.ones(n, ks.shape[2], dtype=torch.bool, device=q.device) if sv is None else sv.expand(n, -1)
+            masks.append(sm[:, None, None, :].expand(n, 1, tq, -1))
+        keys.append(k)
+        values.append(v)
+        masks.append(own_mask.expand(n, 1, tq, -1))
+        mask = torch.cat(masks, dim=-1)
+        # a query with no visible key (padding of an empty row) reads key 0 instead of producing NaN
+        empty = ~mask.any(-1, keepdim=True)
+        first = torch.zeros_like(mask)
+        first[..., 0] = True
+        mask = mask | (empty & first)
+        n_rep = q.shape[1] // k.shape[1]
+        kk, vv = repeat_kv(torch.cat(keys, dim=2), n_rep), repeat_kv(torch.cat(values, dim=2), n_rep)
+        out = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scaling)
+        return out.transpose(1, 2).contiguous()
+
+    def end(self) -> None:
+        """Commit the validity of the tokens just processed (call after each forward)."""
+        self.own_valid = self._valid
+        self._valid = None
+
+    def as_segment(self, temperature: float = 1.0, weight: float = 1.0) -> KVSegment:
+        """The recorded own K/V as a read-only segment."""
+        n = len(self.own_keys)
+        return KVSegment(
+            [self.own_keys[i] for i in range(n)], [self.own_values[i] for i in range(n)], self.own_valid,
+            temperature, weight,
+        )
+
+
+def run_segment_forward(model, spec: SegmentAttention, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                        new_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward of ``input_ids [n, T]`` through ``spec``; returns the last hidden states ``[n, T, D]``."""
+    from .hf import run_with_spec
+
+    spec.begin(torch.ones_like(input_ids, dtype=torch.bool) if new_valid is None else new_valid,
+               int(position_ids.max()))
+    hidden = run_with_spec(model, spec, position_ids, input_ids=input_ids)
+    spec.end()
+    return hidden

@@ -1,0 +1,158 @@
+"""InpaintingTask: losses, annealing, metrics vs scikit-image, sample grids, fit/validate/test through the CLI."""
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+import zoo
+from datamodules.inpainting import CelebAHQInpaintingDataModule, write_skimage_photos
+from tasks.inpainting import InpaintingTask, coarse_weight_at, hinge_d_loss, hinge_g_loss, ssim_per_image
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread when the 2 cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_skimage_photos(tmp_path_factory.mktemp("photos"), "celebahq", image_size=32, crops_per_photo=2)
+
+
+def _task(**kw):
+    args = {"model": "pepsi_tiny", "discriminator": "pepsi_red_tiny", "discriminator_kwargs": {"input_size": 32},
+            "lr_g": 2e-3, "lr_d": 1e-3, "num_sample_images": 2}
+    return InpaintingTask(**{**args, **kw})
+
+
+def _dm(root, **kw):
+    return CelebAHQInpaintingDataModule(str(root), **{"image_size": 32, "batch_size": 4, "num_workers": 0, **kw})
+
+
+def test_hinge_losses_and_coarse_annealing():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
+    # by hand: relu(1 - real) = [0, .5, 2], relu(1 + fake) = [0, 1, 2.5]
+    assert hinge_d_loss(real, fake).item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3)
+    assert hinge_g_loss(fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.5) / 3)
+    assert coarse_weight_at(0, 100, 5.0) == 5.0
+    assert coarse_weight_at(50, 100, 5.0) == 2.5
+    assert coarse_weight_at(100, 100, 5.0) == 0.0 and coarse_weight_at(150, 100, 5.0) == 0.0
+
+
+def test_metrics_match_scikit_image():
+    import skimage.data
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    task = _task()
+    img = torch.from_numpy(skimage.data.astronaut()[::8, ::8].copy()).permute(2, 0, 1).float() / 255  # 64x64
+    g = torch.Generator().manual_seed(0)
+    target = torch.stack([img, img.flip(-1)])
+    pred = (target + 0.08 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    m = task.val_metrics
+    m["psnr"].update(pred, target)
+    m["ssim"].update(ssim_per_image(pred, target))
+    ref_psnr = np.mean([peak_signal_noise_ratio(t.numpy(), p.numpy(), data_range=1.0) for p, t in zip(pred, target)])
+    ref_ssim = np.mean([structural_similarity(t.numpy(), p.numpy(), data_range=1.0, channel_axis=0,
+                                              gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                        for p, t in zip(pred, target)])
+    assert m["psnr"].compute().item() == pytest.approx(ref_psnr, abs=1e-3)
+    assert m["ssim"].compute().item() == pytest.approx(ref_ssim, abs=1e-4)
+
+
+def test_training_steps_update_both_nets_and_anneal(photos, tmp_path):
+    task = _task(coarse_decay_iterations=4)
+    g0 = {k: v.clone() for k, v in task.net.state_dict().items()}
+    d0 = {k: v.clone() for k, v in task.disc.state_dict().items()}
+    logger = CSVLogger(tmp_path)
+    trainer = pl.Trainer(max_steps=8, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(task, datamodule=_dm(photos))
+    assert int(task.iterations) == 4 and trainer.global_step == 8  # two optimiser steps per iteration
+    assert any(not torch.equal(v, task.net.state_dict()[k]) for k, v in g0.items())
+    assert any(not torch.equal(v, task.disc.state_dict()[k]) for k, v in d0.items() if "original" in k)
+    logger.save()
+    import csv
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    w = [float(r["train/coarse_weight"]) for r in rows if r.get("train/coarse_weight")]
+    assert w == [5.0, 3.75, 2.5, 1.25]
+
+
+def test_validation_logs_sample_grid_only_where_supported(photos, tmp_path):
+    task = _task()
+    tb = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(logger=[tb, CSVLogger(tmp_path)], limit_val_batches=1, enable_progress_bar=False,
+                         enable_model_summary=False)
+    res = trainer.validate(task, datamodule=_dm(photos), verbose=False)[0]
+    assert {"val/psnr", "val/ssim", "val/l1", "val/l1_hole"} <= set(res)
+    assert task.last_sample_grid.shape == (3, 2 * 34 + 2, 4 * 34 + 2)  # 2 samples x [masked|coarse|output|truth]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(tb.log_dir)
+    ea.Reload()
+    assert any("samples" in t for t in ea.Tags()["images"])
+
+
+def test_fit_lowers_validation_l1_on_real_photos(photos, tmp_path):
+    """100 iterations (200 optimiser steps) of the tiny PEPSI on scikit-image's photographs lower the val L1."""
+    pl.seed_everything(0)
+    task = _task(lr_g=5e-4, lr_d=5e-4)
+    dm = _dm(photos, batch_size=4, hflip=True)
+    kw = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    before = pl.Trainer(**kw).validate(task, datamodule=dm, verbose=False)[0]
+    pl.Trainer(max_steps=200, limit_val_batches=0, **kw).fit(task, datamodule=dm)
+    after = pl.Trainer(**kw).validate(task, datamodule=dm, verbose=False)[0]
+    assert after["val/l1"] < 0.85 * before["val/l1"], (before, after)
+    assert after["val/psnr"] > before["val/psnr"]
+
+
+def test_cli_fit_test_and_checkpoint_round_trip(photos, tmp_path):
+    from tasks.cli import main
+
+    common = ["--config", "configs/pepsi/demo.yaml",
+              "--model.init_args.discriminator_kwargs", json.dumps({"input_size": 32}),
+              "--data", "datamodules.inpainting.CelebAHQInpaintingDataModule",
+              "--data.init_args.root", str(photos), "--data.init_args.image_size", "32",
+              "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    main(["fit", *common, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1",
+          "--trainer.check_val_every_n_epoch", "1"])
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    assert ckpts, "fit wrote no checkpoint"
+    main(["test", *common, "--ckpt_path", str(ckpts[-1])])
+    # the checkpoint restores without a config, and its generator loads through the zoo
+    task = InpaintingTask.load_from_checkpoint(ckpts[-1], weights_only=True)
+    assert task.hparams.model == "pepsi_tiny" and int(task.iterations) == 2
+    g = zoo.create_model("pepsi_tiny", checkpoint_path=ckpts[-1]).eval()
+    x, m = task.example_inputs(2)
+    task.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(g(x, m).composite, task.net(x, m).composite)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["configs/pepsi/demo.yaml", "configs/diet_pepsi/demo.yaml"])
+def test_demo_config_lowers_validation_l1(config, tmp_path):
+    """The shipped demo (64x64 photos, 300 iterations) lowers the validation L1 (a few minutes on a CPU)."""
+    import yaml
+    from pytorch_lightning.cli import LightningCLI
+
+    with open(config) as f:
+        cfg = yaml.safe_load(f)
+    cli = LightningCLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       auto_configure_optimizers=False, run=False,
+                       args=["--config", config, "--data.init_args.root", str(tmp_path / "photos"),
+                             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+                             "--trainer.enable_checkpointing", "false"])
+    before = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    after = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert cfg["trainer"]["max_steps"] == 2 * int(cli.model.iterations)
+    assert after["val/l1"] < 0.9 * before["val/l1"], (before, after)
+    assert after["val/l1_hole"] < before["val/l1_hole"] and after["val/psnr"] > before["val/psnr"]

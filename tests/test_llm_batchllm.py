@@ -1,0 +1,110 @@
+"""BatchLLM: prefix tree + one-level plan, scheduling, and greedy outputs equal to generating each prompt alone."""
+import random
+
+import pytest
+import torch
+
+from tasks.llm.batchllm import BatchLLMEngine, build_prefix_tree, plan_prefix_groups, plan_saving, schedule
+from tasks.llm.generation import sample_completions
+from tasks.llm.hf_models import tiny_causal_lm
+
+
+def _partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in _partitions(rest):
+        yield [[first]] + part
+        for k in range(len(part)):
+            yield part[:k] + [[first] + part[k]] + part[k + 1 :]
+
+
+def _lcp_len(ps):
+    keys = [p[:-1].tolist() for p in ps]
+    n = 0
+    while all(len(k) > n for k in keys) and len({k[n] for k in keys}) == 1:
+        n += 1
+    return n
+
+
+def _brute_force(prompts):
+    return max(sum((len(b) - 1) * _lcp_len([prompts[i] for i in b]) for b in part)
+               for part in _partitions(list(range(len(prompts)))))
+
+
+def _check_plan(prompts, groups):
+    assert sorted(i for g in groups for i in g.members) == list(range(len(prompts)))
+    for g in groups:
+        head = prompts[g.members[0]][: g.prefix_len]
+        for i in g.members:
+            assert prompts[i].numel() > g.prefix_len and torch.equal(prompts[i][: g.prefix_len], head)
+    # computed tokens = unique prefix tokens + suffix tokens
+    computed = sum(g.prefix_len for g in groups) + sum(prompts[i].numel() - g.prefix_len for g in groups
+                                                       for i in g.members)
+    assert computed == sum(p.numel() for p in prompts) - plan_saving(groups)
+
+
+def test_prefix_tree_and_plan_against_brute_force():
+    rng = random.Random(0)
+    ratios = []
+    for trial in range(40):
+        n = rng.randint(2, 6)
+        prompts = [torch.tensor([rng.randint(0, 2) for _ in range(rng.randint(1, 7))]) for _ in range(n)]
+        tree = build_prefix_tree(prompts)
+        assert sorted(tree.leaves()) == list(range(n))
+        groups = plan_prefix_groups(prompts)
+        _check_plan(prompts, groups)
+        best = _brute_force(prompts)
+        assert plan_saving(groups) <= best
+        ratios.append(plan_saving(groups) / best if best else 1.0)
+    assert sum(ratios) / len(ratios) > 0.95  # the one-level DP is near the best partition on random sets
+
+
+def test_plan_on_documents_with_questions_is_optimal():
+    docs = [torch.randint(10, 50, (n,)) for n in (12, 9)]
+    prompts = [torch.cat([docs[d], torch.randint(50, 60, (q,))]) for d in (0, 1, 0, 1, 0) for q in (3,)]
+    prompts.append(torch.randint(60, 70, (5,)))
+    groups = plan_prefix_groups(prompts)
+    _check_plan(prompts, groups)
+    assert plan_saving(groups) >= 2 * 12 + 1 * 9
+    assert plan_saving(groups) == _brute_force(prompts)
+
+
+def test_schedule_decode_heavy_first_and_budget():
+    prompts = [torch.zeros(n, dtype=torch.long) for n in (10, 10, 4, 4, 30)]
+    groups = plan_prefix_groups([torch.arange(n) for n in (10, 10, 4, 4, 30)])
+    mnt = [2, 2, 40, 40, 5]
+    batches = schedule(prompts, groups, mnt, kv_budget_tokens=60)
+    first = batches[0].groups[0].members
+    assert set(first) <= {2, 3}  # highest decode/prompt ratio first
+    assert all(b.kv_tokens <= 60 or len(b.groups) == 1 for b in batches)
+    assert sorted(i for b in batches for g in b.groups for i in g.members) == list(range(5))
+
+
+@pytest.mark.parametrize("lse_merge", [True, False])
+def test_engine_greedy_equals_each_prompt_alone(lse_merge):
+    model = tiny_causal_lm("llama", vocab_size=60)
+    doc_a, doc_b = torch.randint(3, 60, (9,)), torch.randint(3, 60, (6,))
+    prompts = [torch.cat([doc_a, torch.randint(3, 60, (n,))]) for n in (2, 4, 1)]
+    prompts += [torch.cat([doc_b, torch.randint(3, 60, (n,))]) for n in (3, 2)]
+    prompts += [torch.randint(3, 60, (5,))]
+    mnt = [4, 6, 3, 5, 2, 4]
+    engine = BatchLLMEngine(model, kv_budget_tokens=40, eos_id=None, lse_merge=lse_merge)
+    out = engine.generate(prompts, mnt)
+    assert engine.stats["prefill_tokens"] < engine.stats["prompt_tokens"] and engine.stats["batches"] > 1
+    for p, o, m in zip(prompts, out, mnt):
+        alone = sample_completions(model, [p], 1, m, greedy=True)[0][0]
+        assert o.tolist() == alone.tolist()
+
+
+def test_engine_with_eos_stops():
+    model = tiny_causal_lm("qwen2", vocab_size=30)
+    prompts = [torch.randint(3, 30, (6,)) for _ in range(3)]
+    ref = [sample_completions(model, [p], 1, 8, greedy=True)[0][0] for p in prompts]
+    eos = int(ref[0][2])
+    out = BatchLLMEngine(model, eos_id=eos).generate(prompts, 8)
+    for o, r in zip(out, ref):
+        cut = (r == eos).nonzero()
+        expect = r[: int(cut[0]) + 1] if cut.numel() else r
+        assert o.tolist() == expect.tolist()

@@ -1,0 +1,37 @@
+"""The LLM benchmark scripts run in their CPU smoke mode and write well-formed JSON lines."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name,args", [
+    ("bench_prefix_grouper", ["--P", "12", "--S", "4", "--G", "2", "--probe-G", "3", "--iters", "1", "--warmup", "0"]),
+    ("bench_ape", ["--m", "2", "--Lc", "6", "--iters", "1"]),
+    ("bench_batchllm", ["--D", "10", "--Q", "2", "--alone", "1"]),
+])
+def test_benchmark_smoke(name, args, tmp_path):
+    out = tmp_path / "r.jsonl"
+    assert _load(name).main(["--device", "cpu", "--tiny", "--out", str(out), *args]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert recs[-1]["kind"] == "done" and all("command" in r and "torch" in r for r in recs)
+    points = [r for r in recs if r["kind"] == "point"]
+    assert points and all(r["status"] == "ok" for r in points)
+    if name == "bench_prefix_grouper":
+        (par,) = [r for r in recs if r["kind"] == "parity"]
+        assert par["loss_rel_diff"] < 1e-4 and par["grad_norm_rel_diff"] < 1e-4
+        summ = [r for r in recs if r["kind"] == "summary"]
+        assert all(0 < r["flop_ratio_analytic"] < 1 for r in summ)
+        assert any(r["kind"] == "max_group_size" and r["max_G_prefix_grouper"] == 3 for r in recs)

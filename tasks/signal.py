@@ -217,6 +217,8 @@ class CardioAlignTask(ZooTask):
         _check_window(self)
 
     def on_net_built(self) -> None:
+        # stage 2's flow transformer is not trained here: freeze it so DDP does not wait for its gradients
+        self.net.flow.requires_grad_(False)
         self._stage1 = self.net
         if self.compile_mode:  # compile the stage-1 modules; the wrapper stays outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)

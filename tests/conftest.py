@@ -13,7 +13,6 @@ import torch  # noqa: E402
 # tiny test models gain nothing from intra-op threads, and on a shared 2-core machine extra threads thrash
 torch.set_num_threads(1)
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 @pytest.fixture(autouse=True)

@@ -310,11 +310,18 @@ def time_datamodule(dm, batches: int) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ provenance
 def provenance(argv: list[str]) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    except OSError:
-        commit, dirty = "", False
+    # a copy of the tree without .git (a remote GPU machine) passes the commit in SHAREZOO_GIT_COMMIT
+    commit, dirty = os.environ.get("SHAREZOO_GIT_COMMIT", ""), False
+    if not commit:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+            if len(out) == 40:
+                commit = out
+                dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                                            text=True).stdout)
+        except OSError:
+            pass
+    commit = commit or "unknown"
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -17,6 +17,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own empty weight cache."""
+    """Every test gets its own empty weight cache, one intra-op thread and a fixed seed."""
     monkeypatch.setenv("SHAREZOO_CACHE", str(tmp_path / "sharezoo-cache"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(n)

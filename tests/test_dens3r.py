@@ -12,15 +12,6 @@ from zoo.dens3r import Dens3R, convert_official_checkpoint, upstream_model_kwarg
 from zoo.layers.rope2d import RoPE2D, grid_positions
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads are up to ~50x slower for these tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------ RoPE
 def test_rope_positions_span_same_range_for_64_and_128_px():
     rope = RoPE2D(100.0, interpolate=True)

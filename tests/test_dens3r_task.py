@@ -13,14 +13,6 @@ from datamodules.geometry import SyntheticGeometryDataModule
 from tasks.geometry import GeometryTask
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads are up to ~50x slower for these tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "dens3r*" / "*.yaml")))
 

@@ -19,14 +19,6 @@ pytestmark = pytest.mark.skipif(not UPSTREAM or not os.path.isdir(os.path.join(U
                                 reason="set DENS3R_UPSTREAM to a Dens3R checkout to compare with the released code")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("shared", [False, True], ids=["two_stacks", "symmetrize_dec"])
 def test_matches_released_model(shared):
     sys.path.insert(0, UPSTREAM)

@@ -11,15 +11,6 @@ import zoo
 from zoo.fusionreid import FEATURE_NAMES, FusionReID, FusionReIDOutput, MutualFusionUnit, convert_official_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the shared 2-core test machine thrashes with 2 intra-op threads under load; these models are tiny
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(b: int = 8, cams: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(b, 3, 64, 32), torch.randint(0, cams, (b,))
 

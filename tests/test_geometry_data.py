@@ -24,15 +24,6 @@ from datamodules.geometry_synthetic import (
 from tasks.geometry import normals_from_pointmap
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads are up to ~50x slower for these tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def views():
     return render_views(11, 2, 40, 48)

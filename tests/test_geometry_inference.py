@@ -23,15 +23,6 @@ from tasks.geometry_inference import (
 from tasks.metrics.geometry import relative_pose_error
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads are up to ~50x slower for these tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_preprocess_and_rescale_back_to_original_resolution():
     rng = np.random.default_rng(0)
     scene = random_scene(rng)

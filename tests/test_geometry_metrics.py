@@ -23,15 +23,6 @@ from tasks.metrics.geometry import align_scale_shift, border_mask, relative_pose
 from zoo.dens3r import Dens3ROutput, Dens3RView
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads are up to ~50x slower for these tiny ops."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _np_depth_metrics(pred, gt, lo=1e-3, hi=20.0):
     """Reference: the protocol written out with numpy lstsq, per image, then averaged."""
     res = {k: [] for k in ("abs_rel", "delta1", "delta2", "delta3", "rmse")}

@@ -12,15 +12,6 @@ from datamodules.inpainting import CelebAHQInpaintingDataModule, write_skimage_p
 from tasks.inpainting import InpaintingTask, coarse_weight_at, hinge_d_loss, hinge_g_loss, ssim_per_image
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread when the 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     return write_skimage_photos(tmp_path_factory.mktemp("photos"), "celebahq", image_size=32, crops_per_photo=2)

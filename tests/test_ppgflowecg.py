@@ -18,15 +18,6 @@ from tasks.signal import (
 from zoo.ppgflowecg import LATENT_SCALE, checkpoint_filter_fn, convert_official_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is 10-40x faster than two under load (OpenMP spin-waits)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)

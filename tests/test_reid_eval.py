@@ -18,14 +18,6 @@ from tasks.reid import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------ evaluate_rank
 def _reference(dist, qp, gp, qc, gc, max_rank, use_cams=True):
     """Brute force: per query, filter, sklearn AP on -distance, CMC from the first correct rank."""

@@ -10,14 +10,6 @@ from datamodules import signal as ds
 from datamodules.signal import BUNDLED_ROOT, SignalDataError, WFDBPairedSignalDataModule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _copy(dst: Path, rec: str, new: str | None = None) -> None:
     """Copy a bundled record, renaming it (header first line and file names) when ``new`` is given."""
     new = new or rec

@@ -13,14 +13,6 @@ from tasks.signal import CardioAlignTask, ECGClassificationTask, ECGFlowTask, lo
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ppgflowecg"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def a103l_windows(tmp_path_factory):
     dm = WFDBPairedSignalDataModule(window_s=2, split_by="time", cache_dir=str(tmp_path_factory.mktemp("c")))

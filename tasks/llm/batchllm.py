@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tasks.llm.prefix.hf import enable_prefix_attention, lm_logits
-from tasks.llm.prefix.segments import KVSegment, SegmentAttention, run_segment_forward
+from tasks.llm.prefix.segments import SegmentAttention, run_segment_forward
 
 
 # ------------------------------------------------------------------------------------------------ prefix tree

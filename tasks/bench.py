@@ -193,6 +193,9 @@ def _loss(out: Any) -> torch.Tensor:
 
 def train_step_fn(task, batch_size: int, device: torch.device, precision: str) -> tuple[Callable[[], Any], Callable]:
     """(step, flop_probe): one optimiser step of the task's own training_step on a synthetic batch."""
+    if not task.automatic_optimization:
+        raise ValueError(f"{type(task).__name__} optimises manually (several optimisers per step); "
+                         "time its real loop with --task fit instead of --task train")
     batch = _to(task.example_batch(batch_size), device)
     opt = _optimizer(task)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None

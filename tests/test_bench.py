@@ -116,3 +116,17 @@ def test_fit_loop_mode_times_the_real_trainer(toy_config):
     rec = json.loads((bench.RESULTS / "toy.jsonl").read_text().splitlines()[-1])
     assert rec["task"] == "fit" and rec["loop_steps"] == 5
     assert rec["loop_samples_per_s"] > 0 and rec["samples_per_s"] == rec["loop_samples_per_s"]
+
+
+def test_manual_optimisation_task_is_pointed_to_fit_mode(toy_config, tmp_path):
+    cfg = tmp_path / "manual.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"class_path": "test_bench.ManualToyTask", "init_args": {}},
+                                   "data": {"class_path": "test_bench.ToyData", "init_args": {}}}))
+    with pytest.raises(ValueError, match="--task fit"):
+        bench.main(["--config", str(cfg), "--batch", "2", "--steps", "1", "--device", "cpu", "--no-save"])
+
+
+class ManualToyTask(ToyTask):
+    def __init__(self, model: str = "ztest_benchtoy", compile: bool | str = False) -> None:
+        super().__init__(model, compile=compile)
+        self.automatic_optimization = False

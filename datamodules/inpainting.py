@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ._base import SplitDataModule
 
 _logger = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def scan_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
 
 
-class InpaintingDataModule(pl.LightningDataModule):
+class InpaintingDataModule(SplitDataModule):
     """Image folder + split lists for inpainting. Subclasses fix the layout of a dataset.
 
     Args:
@@ -418,18 +419,6 @@ class InpaintingDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           drop_last=shuffle and len(ds) >= self.batch_size, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 class CelebAHQInpaintingDataModule(InpaintingDataModule):

@@ -17,9 +17,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ._base import SplitDataModule
 
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
 
@@ -99,7 +100,7 @@ def collate_response_selection(items: list[dict]) -> dict:
     }
 
 
-class ResponseSelectionDataModule(pl.LightningDataModule):
+class ResponseSelectionDataModule(SplitDataModule):
     """Ubuntu/Douban-format response selection (``train.txt``/``valid.txt``/``test.txt``).
 
     Args:
@@ -164,15 +165,6 @@ class ResponseSelectionDataModule(pl.LightningDataModule):
         self.setup()
         return DataLoader(self.sets[split], batch_size=self.batch_size, shuffle=shuffle,
                           collate_fn=collate_response_selection, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def write_synthetic_response_selection(

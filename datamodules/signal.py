@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from scipy import signal as sps
 from torch.utils.data import DataLoader, Dataset
+
+from ._base import SplitDataModule
 
 _logger = logging.getLogger(__name__)
 
@@ -411,7 +412,7 @@ class WindowDataset(Dataset):
         return item
 
 
-class WFDBPairedSignalDataModule(pl.LightningDataModule):
+class WFDBPairedSignalDataModule(SplitDataModule):
     """Paired PPG→ECG windows (or ECG-only windows with labels) from a folder of WFDB records.
 
     Args:
@@ -800,14 +801,3 @@ class WFDBPairedSignalDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle and len(ds) > 0,
                           num_workers=self.num_workers, drop_last=False, persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

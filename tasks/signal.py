@@ -396,6 +396,10 @@ class ECGFlowTask(ZooTask):
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=z.shape[0])
         return loss
 
+    def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Synthetic paired windows of the model's length (``sharezoo bench``)."""
+        return _paired_batch(self.net, batch_size)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._sched is not None and outputs is not None:
             self._sched.step(float(outputs["loss"]))

@@ -324,6 +324,20 @@ class GeometryTask(ZooTask):
             self.log(f"train/{k}", v, batch_size=bs)
         return loss
 
+    def example_batch(self, batch_size: int, size: int | None = None) -> dict[str, torch.Tensor]:
+        """One rendered pair with exact ground truth at the model's resolution, repeated (``sharezoo bench``)."""
+        from torch.utils.data import default_collate
+
+        from datamodules.geometry import SyntheticPairs
+
+        size = size or int(getattr(self.net, "img_size", 64))
+        sample = SyntheticPairs(1, size=size)[0]
+        return default_collate([sample] * batch_size)
+
+    def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.example_batch(batch_size)
+        return b["img1"], b["img2"]
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 

@@ -130,3 +130,24 @@ class ManualToyTask(ToyTask):
     def __init__(self, model: str = "ztest_benchtoy", compile: bool | str = False) -> None:
         super().__init__(model, compile=compile)
         self.automatic_optimization = False
+
+
+@pytest.mark.parametrize("model,config,task", [
+    ("fusionreid_tiny", "configs/fusionreid_tiny/demo.yaml", "train"),
+    ("ppgflowecg_tiny", "configs/ppgflowecg/demo.yaml", "train"),
+    ("ppgflowecg_tiny", "configs/ppgflowecg/demo_stage2.yaml", "train"),
+    ("dens3r_tiny", "configs/dens3r_tiny/demo.yaml", "train"),
+    ("pepsi_tiny", "configs/pepsi/demo.yaml", "infer"),
+])
+def test_every_family_runs_through_the_harness(model, config, task, tmp_path, monkeypatch):
+    """The shipped tiny configs drive `sharezoo bench` on synthetic batches of the real shapes."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # data-linked sizes may write the demo data under ./runs
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    assert bench.main(["--model", model, "--config", str(root / config), "--task", task, "--batch", "2",
+                       "--steps", "1", "--warmup", "0", "--device", "cpu", "--precision", "32-true",
+                       "--name", "fam"]) == 0
+    rec = json.loads((tmp_path / "results" / "fam.jsonl").read_text().splitlines()[-1])
+    assert rec["model"] == model and rec["samples_per_s"] > 0 and rec["flops_fwd_per_sample"] > 0

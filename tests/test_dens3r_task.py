@@ -128,28 +128,8 @@ def test_demo_beats_constant_depth_baseline_on_held_out_scenes(tmp_path):
     assert ours < 0.9 * const, (ours, const)
 
 
-def test_notebook_executes(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        pytest.skip("no python3 Jupyter kernel")
-    nb = nbformat.read(ROOT / "notebooks" / "dens3r.ipynb", as_version=4)
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env_path}" if env_path else str(ROOT)
-    omp = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # the kernel inherits it (see _single_thread)
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-        if omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = omp
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+def test_notebook_executes(tmp_path, run_notebook):
+    outputs = run_notebook("dens3r.ipynb", cwd=tmp_path)
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
 

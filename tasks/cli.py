@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
-def _lightning_cli(args: Sequence[str]) -> None:
+def lightning_cli(args: Sequence[str]):
+    """Run ``sharezoo <fit|validate|test|predict> ...`` in process; returns the ``LightningCLI`` (trainer, model,
+    datamodule) for callers such as the demo."""
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningCLI
 
-    LightningCLI(
+    return LightningCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
@@ -115,7 +117,7 @@ def main(args: Sequence[str] | None = None) -> int | None:
             return 2
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
-    _lightning_cli(argv)
+    lightning_cli(argv)
     return 0
 
 

@@ -23,17 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "fusionreid_tiny" / "demo.yaml"))
     p.add_argument("--out", default="runs/demo", help="run folder (checkpoint, config.yaml, logs)")
     a, extra = p.parse_known_args(argv)
-    import pytorch_lightning as pl
-    from pytorch_lightning.cli import LightningCLI
     from rich.console import Console
     from rich.table import Table
 
     t0 = time.perf_counter()
-    cli = LightningCLI(
-        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-        args=["fit", "--config", a.config, "--trainer.default_root_dir", a.out, *extra],
-    )
+    from tasks.cli import lightning_cli
+
+    cli = lightning_cli(["fit", "--config", a.config, "--trainer.default_root_dir", a.out, *extra])
     ckpt = cli.trainer.checkpoint_callback.best_model_path or cli.trainer.checkpoint_callback.last_model_path
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt or None, verbose=False)[0]
     table = Table(title=f"{cli.model.hparams.get('model', 'model')} on the demo data (test split)")

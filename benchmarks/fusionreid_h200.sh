@@ -27,6 +27,15 @@ infer)  # test-time embedding, batch 256 (official: fp16)
   "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile default --task-arg channels_last=true --steps 30 --warmup 15
   "${B[@]}" --task infer --batch 256 --precision bf16-mixed --compile reduce-overhead --task-arg channels_last=true --steps 30 --warmup 15
   ;;
+diag)  # why compile=reduce-overhead did not engage CUDA graphs (perf hints), and where inference GPU time goes
+  OUTD=${SHAREZOO_BENCH_RESULTS}
+  TORCH_LOGS=perf_hints timeout 100 "${B[@]}" --name diag --task infer --batch 256 --precision bf16-mixed \
+    --compile reduce-overhead --task-arg channels_last=true --steps 5 --warmup 5 || true
+  TORCH_LOGS=perf_hints timeout 120 "${B[@]}" --name diag --task train --batch 128 --precision bf16-mixed \
+    --compile reduce-overhead --task-arg channels_last=true --steps 5 --warmup 5 || true
+  timeout 100 python3 benchmarks/profile_step.py --config "$CFG" --task infer --batch 256 --task-arg "$MK" \
+    --task-arg channels_last=true --compile default --rows 40 --out "$OUTD/fusionreid_profile_infer.txt" || true
+  ;;
 loop)  # the real training loop end to end: Market-1501-layout JPEGs (synthetic, full size) through the datamodule
   python3 -c "from datamodules.synthetic import write_reid_dataset as w; w('/tmp/reid', 'market1501', num_train_ids=751, num_test_ids=20, train_images_per_id=17)"
   "${B[@]}" --task fit --batch 128 --precision bf16-mixed --compile "${COMPILE:-reduce-overhead}" --task-arg channels_last=true \

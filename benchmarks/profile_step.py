@@ -1,4 +1,4 @@
-"""Profile one training step of a model's task on synthetic batches (where does the step time go?).
+"""Profile one training step (or the inference forward) of a model's task on synthetic batches (where does the step time go?).
 
     python3 benchmarks/profile_step.py --config configs/fusionreid_vitb16_r50/market1501.yaml --batch 128 \
         --task-arg 'model_kwargs={num_classes: 751, num_cameras: 6}' --task-arg channels_last=true [--compile default]
@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--precision", default="bf16-mixed")
     p.add_argument("--compile", default="off")
+    p.add_argument("--task", default="train", choices=("train", "infer"), help="a training step or the forward")
     p.add_argument("--task-arg", action="append", default=[])
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=10)
@@ -34,8 +35,11 @@ def main() -> None:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     task = bench.build_task(bench.load_config(a.config), a.model, a.compile, a.task_arg).to(device)
-    task.train()
-    step, _ = bench.train_step_fn(task, a.batch, device, a.precision)
+    if a.task == "train":
+        task.train()
+        step, _ = bench.train_step_fn(task, a.batch, device, a.precision)
+    else:
+        step = bench.infer_step_fn(task, a.batch, device, a.precision)
     for _ in range(a.warmup):
         step()
     torch.cuda.synchronize()

@@ -243,24 +243,26 @@ class _LoopTimer:
         import pytorch_lightning as pl
 
         class _CB(pl.Callback):
+            # batches are counted across epochs (a small dataset has fewer batches per epoch than warmup + steps)
             def on_train_batch_start(cb, trainer, module, batch, batch_idx):  # noqa: N805
-                if batch_idx == warmup:
+                if self.seen == warmup:
                     _sync(module.device)
                     self.t0 = time.perf_counter()
                     if module.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(module.device)
-                if batch_idx >= warmup:
+                if self.seen >= warmup:
                     self.samples += _batch_len(batch)
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):  # noqa: N805
-                if batch_idx == warmup + steps - 1:
+                self.seen += 1
+                if self.seen == warmup + steps:
                     _sync(module.device)
                     self.t1 = time.perf_counter()
                     trainer.should_stop = True
 
         self.callback = _CB()
         self.t0 = self.t1 = 0.0
-        self.samples = 0
+        self.samples = self.seen = 0
 
 
 def _sync(device: torch.device) -> None:
@@ -283,7 +285,8 @@ def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: t
     timer = _LoopTimer(a.warmup, a.steps)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=a.precision,
-        max_steps=a.warmup + a.steps, max_epochs=10_000, callbacks=[timer.callback], logger=False,
+        max_steps=4 * (a.warmup + a.steps), max_epochs=10_000,  # stopped by the timer; manual-opt. tasks count >1/batch
+        callbacks=[timer.callback], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, benchmark=device.type == "cuda",
     )

@@ -128,7 +128,7 @@ def main() -> None:
     sizes = a.sizes or ([64, 128] if a.tiny else [512, 1024])
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[a.dtype or ("bf16" if gpu else "fp32")]
     warmup, iters = a.warmup or (2 if a.tiny else 5), a.iters or (3 if a.tiny else 20)
-    scenes = a.scenes or (2 if a.tiny else 8)
+    scenes = a.scenes if a.scenes is not None else (2 if a.tiny else 8)
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -139,6 +139,13 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+
+    def emit(row):  # appended as soon as measured: a run cut at its time limit keeps what it finished
+        rows.append({**common, **row})
+        with out.open("a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+        print(json.dumps(row), flush=True)
+
     torch.manual_seed(0)
     model = build(name, a.device, a.checkpoint)
     params = sum(p.numel() for p in model.parameters())
@@ -162,20 +169,15 @@ def main() -> None:
                 row = {"bench": "latency", "mode": mode, "size": s, "batch": a.batch, "error": repr(e)[:300]}
             if gpu:
                 row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            rows.append({**common, **row})
-            print(json.dumps(row), flush=True)
+            emit(row)
     # position interpolation consistency: PI on (paper) vs off (plain RoPE), same weights
     lo, hi = min(sizes), max(sizes)
-    for pi in (True, False):
+    for pi in (True, False) if scenes else ():
         model.rope.interpolate = pi
         row = {"bench": "pi_consistency", "rope_interpolate": pi, "sizes": [lo, hi], "scenes": scenes,
                **consistency(model, (lo, hi), a.device, dt, scenes)}
-        rows.append({**common, **row})
-        print(json.dumps(row), flush=True)
+        emit(row)
     model.rope.interpolate = True
-    with out.open("a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     print(f"wrote {len(rows)} rows to {out}")
 
 

@@ -7,6 +7,8 @@ back into the hyperparameters so ``load_from_checkpoint`` needs no config.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -43,6 +45,7 @@ class ZooTask(pl.LightningModule):
         self.compile_mode = compile
         self.net: nn.Module | None = None
         object.__setattr__(self, "_compiled", None)
+        self._eager = False  # inside ``eager_network()``
         if all(k in self.model_kwargs for k in self.data_links):
             self._build()
 
@@ -76,7 +79,22 @@ class ZooTask(pl.LightningModule):
         """The network to call: the compiled wrapper when ``compile`` is on, else the plain module."""
         if self.net is None:
             raise RuntimeError("the network is built in setup(); pass the data-linked model_kwargs to build it now")
-        return self._compiled if self._compiled is not None else self.net  # type: ignore[return-value]
+        if self._compiled is not None and not self._eager:
+            return self._compiled
+        return self.net
+
+    @contextlib.contextmanager
+    def eager_network(self) -> Iterator[nn.Module]:
+        """Within the block ``network`` is the plain module, not the ``torch.compile`` wrapper, and a task skips its
+        own CUDA graphs: for FLOP counting (a ``TorchDispatchMode`` must not see the first compilation), profiling
+        or debugging. Yields the plain module."""
+        if self.net is None:
+            raise RuntimeError("the network is built in setup(); pass the data-linked model_kwargs to build it now")
+        previous, self._eager = self._eager, True
+        try:
+            yield self.net
+        finally:
+            self._eager = previous
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.network(*args, **kwargs)

@@ -18,6 +18,7 @@ import contextlib
 import datetime as _dt
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -155,7 +156,8 @@ def build_task(config: dict[str, Any], model: str | None, compile_mode: str, ove
     init = {**spec.get("init_args", {}), **_overrides(list(overrides))}
     if model:
         init["model"] = model
-    init["compile"] = False if compile_mode == "off" else (True if compile_mode == "default" else compile_mode)
+    if "compile" in inspect.signature(cls).parameters:  # the zoo tasks; the LLM tasks have no compile switch
+        init["compile"] = False if compile_mode == "off" else (True if compile_mode == "default" else compile_mode)
     return cls(**init)
 
 
@@ -191,12 +193,28 @@ def _loss(out: Any) -> torch.Tensor:
     return out["loss"] if isinstance(out, dict) else out
 
 
+def _bench_train_hook(task) -> Callable | None:
+    """A manually optimised task's own timed step, ``bench_train_step(batch, step=True)`` (e.g. ReIDTask with
+    cuda_graphs); ``step=False`` runs its eager forward (+ backward under grad) alone, for the FLOP probes."""
+    return None if task.automatic_optimization else getattr(task, "bench_train_step", None)
+
+
 def train_step_fn(task, batch_size: int, device: torch.device, precision: str) -> tuple[Callable[[], Any], Callable]:
     """(step, flop_probe): one optimiser step of the task's own training_step on a synthetic batch."""
-    if not task.automatic_optimization:
+    hook = _bench_train_hook(task)
+    if not task.automatic_optimization and hook is None:
         raise ValueError(f"{type(task).__name__} optimises manually (several optimisers per step); "
                          "time its real loop with --task fit instead of --task train")
     batch = _to(task.example_batch(batch_size), device)
+    if hook is not None:
+        if precision == "16-mixed":
+            raise ValueError(f"{type(task).__name__}.bench_train_step has no GradScaler: use bf16-mixed or 32-true")
+
+        def hook_step(step: bool = True) -> None:
+            with autocast(device, precision):
+                hook(batch, step=step)
+
+        return hook_step, lambda: hook_step(step=False)
     opt = _optimizer(task)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
 
@@ -223,14 +241,16 @@ def train_step_fn(task, batch_size: int, device: torch.device, precision: str) -
 
 
 def infer_step_fn(task, batch_size: int, device: torch.device, precision: str) -> Callable[[], Any]:
+    """The network's forward on ``example_inputs``, or the task's ``bench_infer_step(*inputs)`` when it has one
+    (e.g. CUDA-graph replays); the callable is looked up per call, so ``task.eager_network()`` applies to it."""
     args = _to(task.example_inputs(batch_size), device)
-    net = task.network
-    net.eval()
+    task.network.eval()
+    hook = getattr(task, "bench_infer_step", None)
 
     @torch.inference_mode()
     def step() -> Any:
         with autocast(device, precision):
-            return net(*args)
+            return hook(*args) if hook is not None else task.network(*args)
 
     return step
 
@@ -274,7 +294,8 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return len(batch)
     if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
+        first = next(iter(batch.values()))
+        return len(first) if isinstance(first, list) else _batch_len(first)  # a list value: ragged samples (LLM)
     return _batch_len(batch[0])
 
 
@@ -284,17 +305,28 @@ def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: t
 
     timer = _LoopTimer(a.warmup, a.steps)
     trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=a.precision,
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=a.devices, strategy=a.strategy,
+        sync_batchnorm=a.sync_batchnorm, precision=a.precision,
         max_steps=4 * (a.warmup + a.steps), max_epochs=10_000,  # stopped by the timer; manual-opt. tasks count >1/batch
         callbacks=[timer.callback], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, benchmark=device.type == "cuda",
     )
     trainer.fit(task, datamodule=build_datamodule(config, a.data_arg))
-    dt = timer.t1 - timer.t0
-    return {"loop_samples_per_s": timer.samples / dt if dt > 0 else None, "loop_wall_s": dt,
-            "loop_steps": a.steps, "loop_peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30
-            if device.type == "cuda" else None}
+    root = trainer.strategy.root_device
+    mine = {"samples": timer.samples, "dt": timer.t1 - timer.t0,
+            "peak": torch.cuda.max_memory_allocated(root) / 2**30 if root.type == "cuda" else None}
+    ranks = [mine]
+    if trainer.world_size > 1:  # every rank timed its own batches (per-device batch size): sum the samples
+        ranks = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, mine)
+    dt = max(r["dt"] for r in ranks)
+    samples = sum(r["samples"] for r in ranks)
+    peaks = [r["peak"] for r in ranks]
+    return {"loop_samples_per_s": samples / dt if dt > 0 else None, "loop_wall_s": dt, "loop_steps": a.steps,
+            "loop_step_ms_mean": dt / a.steps * 1e3, "devices": trainer.world_size, "strategy": a.strategy,
+            "sync_batchnorm": a.sync_batchnorm, "loop_peak_mem_gib": max(peaks) if peaks[0] is not None else None,
+            "loop_peak_mem_gib_per_device": peaks, "global_rank": trainer.global_rank}
 
 
 def time_datamodule(dm, batches: int) -> dict[str, float]:
@@ -365,38 +397,52 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     cfg_path = Path(a.config) if a.config else default_config_for(a.model)
     config = load_config(cfg_path)
     task = build_task(config, a.model, a.compile, a.task_arg)
-    if task.net is None:  # data-linked kwargs (num_classes, ...) come from the datamodule
+    if getattr(task, "net", False) is None:  # data-linked kwargs (num_classes, ...) come from the datamodule
         dm = build_datamodule(config, a.data_arg)
         for k in task.data_links:
             task.model_kwargs.setdefault(k, getattr(dm, k))
         task._build()
-    task.to(device)
-    rec: dict[str, Any] = {**provenance(argv), "model": task.model_name, "task": a.task, "batch": a.batch,
+    if a.devices > 1 and a.task != "fit":
+        raise ValueError("--devices > 1 needs --task fit (the Trainer's strategy runs the processes)")
+    if a.devices == 1:
+        task.to(device)  # --devices > 1: Lightning moves each rank's copy to its own GPU
+    rec: dict[str, Any] = {**provenance(argv), "model": getattr(task, "model_name", type(task).__name__),
+                           "task": a.task, "batch": a.batch,
                            "precision": a.precision, "compile": a.compile, "config": str(cfg_path.relative_to(ROOT))
                            if cfg_path.is_relative_to(ROOT) else str(cfg_path)}
-    rec["params"] = sum(p.numel() for p in task.net.parameters())
+    rec["params"] = sum(p.numel() for p in getattr(task, "net", task).parameters())
     if a.task == "fit":
         rec.update(time_fit_loop(config, task, a, device))
         rec["samples_per_s"] = rec["loop_samples_per_s"]
+        if hasattr(task, "cuda_graph_counts"):
+            rec["cuda_graph_counts"] = task.cuda_graph_counts()
         if a.reference:
             rec.update(_reference(a, task, device, "train"))
             rec["speedup_vs_reference"] = rec["samples_per_s"] / rec["reference"]["samples_per_s"]
         if a.data:
             rec.update(time_datamodule(build_datamodule(load_config(a.data), a.data_arg), a.data_batches))
         return rec
+    # FLOPs are counted on the plain module (task.eager_network()): the first torch.compile compilation, or a
+    # CUDA-graph capture, must not run under FlopCounterMode's dispatch mode and module hooks
     if a.task == "train":
         task.train()
         step, probe = train_step_fn(task, a.batch, device, a.precision)
-        rec["flops_fwd_bwd_per_sample"] = count_flops(probe) / a.batch
-        with torch.no_grad():
-            fwd_batch = _to(task.example_batch(a.batch), device)
-            rec["flops_fwd_per_sample"] = count_flops(lambda: task.training_step(fwd_batch, 0)) / a.batch
+        hook = _bench_train_hook(task)
+        fwd_batch = _to(task.example_batch(a.batch), device)
+        with task.eager_network():
+            rec["flops_fwd_bwd_per_sample"] = count_flops(probe) / a.batch
+            with torch.no_grad():
+                fwd = (lambda: hook(fwd_batch, step=False)) if hook else (lambda: task.training_step(fwd_batch, 0))
+                rec["flops_fwd_per_sample"] = count_flops(fwd) / a.batch
         flops = rec["flops_fwd_bwd_per_sample"]
     else:
         step = infer_step_fn(task, a.batch, device, a.precision)
-        rec["flops_fwd_per_sample"] = count_flops(step) / a.batch
+        with task.eager_network():
+            rec["flops_fwd_per_sample"] = count_flops(step) / a.batch
         flops = rec["flops_fwd_per_sample"]
     rec.update(time_steps(step, a.steps, a.warmup, device))
+    if hasattr(task, "cuda_graph_counts"):
+        rec["cuda_graph_counts"] = task.cuda_graph_counts()
     rec["samples_per_s"] = a.batch * a.steps / rec["wall_s"]
     rec["samples_per_s_median_step"] = a.batch / (rec["step_ms_median"] / 1e3)
     peak = peak_flops(device, a.precision)
@@ -463,10 +509,16 @@ def parser() -> argparse.ArgumentParser:
                         "fit: the real Trainer loop end to end on the config's datamodule")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
-    p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead"), default="off")
+    p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead",
+                                         "max-autotune-no-cudagraphs"), default="off")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="--task fit: GPUs (or CPU processes) of the Trainer; --batch and the datamodule's batch size "
+                        "stay per device, samples/s counts all devices")
+    p.add_argument("--strategy", default="auto", help="--task fit: Lightning strategy for --devices > 1 (ddp, fsdp)")
+    p.add_argument("--sync-batchnorm", action="store_true", help="--task fit: SyncBatchNorm across devices")
     p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task init arg (YAML value), e.g. channels_last=true; repeatable")
     p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -488,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.model or a.config):
         parser().error("give --model or --config")
     rec = run(a, argv)
+    if rec.pop("global_rank", 0) != 0:  # --devices > 1: every rank runs this; rank 0 reports for all
+        return 0
     print(json.dumps(rec, indent=2))
     if not a.no_save:
         print(f"appended to {append_result(rec, a.name or rec['model'])}")

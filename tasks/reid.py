@@ -10,13 +10,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.core.optimizer import LightningOptimizer
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ._base import ZooTask
 
@@ -203,6 +208,50 @@ def timm_cosine_lr(t: int, base_lr: float, ref_lr: float, epochs: int, warmup_ep
     return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * t / epochs))
 
 
+# ------------------------------------------------------------------------------------------------------ CUDA graphs
+def _inductor_cudagraphs(compile_mode: bool | str) -> bool:
+    """True for the ``torch.compile`` modes whose inductor output runs under inductor's own CUDA graphs."""
+    return isinstance(compile_mode, str) and ("reduce-overhead" in compile_mode or compile_mode == "max-autotune")
+
+
+def _graph_autocast() -> torch.autocast:
+    """The current CUDA autocast state with autocast's cast cache off, around every call on the CUDA-graph path.
+
+    A cast cached before a capture (same autocast region) would be read by the graph instead of recomputed: stale
+    weights, or memory freed when the region ends. With the cache off every replay casts the live fp32 weights. All
+    calls on the graph path (warm-up, capture, eager fallbacks) use this same state, so ``torch.compile``'s guards
+    (which include the cache flag) see one global state and nothing recompiles during a capture.
+    """
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
+                          cache_enabled=False)
+
+
+class _CudaGraphs:
+    """A task's captured CUDA graphs and their static buffers; a copy or an unpickled task starts empty."""
+
+    def __init__(self) -> None:
+        self.warned = False  # the off-CUDA warning was shown
+        self.captures = self.train_replays = self.infer_replays = 0  # totals, kept across reset()
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the graphs (the module moved: Lightning's teardown moves it to the CPU after fit, for one)."""
+        self.stream: torch.cuda.Stream | None = None  # warm-up side stream
+        self.train: dict[str, Any] | None = None  # the training-step graph: key, graph, static inputs/stats, lrs
+        self.train_warmup: dict[tuple, int] = {}  # eager warm-up steps done per batch signature
+        self.infer: dict[tuple, dict[str, Any]] = {}  # eval-forward graphs per input signature
+        self.infer_seen: dict[tuple, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def __deepcopy__(self, memo: dict) -> _CudaGraphs:
+        return _CudaGraphs()
+
+
 # -------------------------------------------------------------------------------------------------------------- task
 class ReIDTask(ZooTask):
     """Person re-identification with a multi-head ReID model (FusionReID).
@@ -232,9 +281,39 @@ class ReIDTask(ZooTask):
         rerank_lambda: re-ranking lambda.
         max_rank: CMC length.
         channels_last: run the CNN branch in channels-last memory format (faster convolutions on GPU).
+        cuda_graphs: run whole steps as captured CUDA graphs (one GPU; precision 32-true or bf16-mixed), against the
+            host/launch overhead of the step. Training switches to manual optimisation: the first
+            ``graph_warmup_steps`` (3) steps of a batch shape run eagerly on a side stream, then one graph holding the
+            forward (the compiled network and loss when ``compile`` is on), backward and the fused SGD step is
+            captured, and every later batch of that shape is copied into its static inputs and replayed. Eval and
+            predict forwards replay one graph per input shape (captured when a shape comes a second time). Off CUDA
+            it warns once and every step is eager. See "CUDA graphs" below.
+
+    CUDA graphs (``cuda_graphs=True``):
+        - Learning rate: at capture each param group's lr becomes a 0-d fp32 tensor on the GPU that the captured
+          fused-SGD kernel reads on every replay. The LambdaLR schedule (stepped per epoch by this task in
+          ``on_train_epoch_end``, as Lightning does in automatic optimisation) fills that tensor in place, so a new
+          lr needs no recapture; a float assigned to a group's lr is copied into the tensor before the next replay;
+          a change of any other hyper-parameter (momentum, weight decay, ...) recaptures.
+        - ``trainer.global_step``: the raw optimiser runs inside the graph, not ``LightningOptimizer.step()``, so the
+          task advances Lightning's manual-optimisation step counter after each replay (``max_steps``, logging and
+          checkpoint names behave as in automatic optimisation).
+        - A batch of another shape takes an eager step and the graph is kept (the P x K sampler with ``drop_last``
+          never yields one). Logged values are copies of the graph's static outputs: no host synchronisation.
+        - BatchNorm running statistics are updated in place by the replays, so eval sees the real buffers; eval runs
+          its own graphs (eval mode) outside the training graph. Moving the module (``.to()``) drops all graphs.
+        - Not supported: compile modes with inductor's own CUDA graphs (reduce-overhead, max-autotune; use
+          ``compile=True`` or 'max-autotune-no-cudagraphs'), 16-mixed (GradScaler's skip-step check is not
+          capturable), several devices, ``Trainer(gradient_clip_val=...)`` and ``accumulate_grad_batches > 1``
+          (Lightning refuses both in manual optimisation). Hooks around ``backward()``/``optimizer.step()``
+          (``on_after_backward``, ``on_before_optimizer_step``) run on eager steps only.
     """
 
     data_links = ("num_classes", "num_cameras")
+    #: eager steps (on a side stream) of a batch shape before its training step is captured
+    graph_warmup_steps: ClassVar[int] = 3
+    #: eval-forward graphs kept (one per input shape); further shapes run eagerly
+    max_infer_graphs: ClassVar[int] = 4
 
     def __init__(
         self,
@@ -262,42 +341,80 @@ class ReIDTask(ZooTask):
         rerank_lambda: float = 0.3,
         max_rank: int = 50,
         channels_last: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
+        if cuda_graphs and _inductor_cudagraphs(compile):
+            raise ValueError(f"cuda_graphs=True captures whole steps itself and cannot contain inductor's CUDA graphs "
+                             f"(compile={compile!r}): use compile=True or 'max-autotune-no-cudagraphs'")
         self.channels_last = channels_last
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs = _CudaGraphs()
+        self._bench_opt: torch.optim.Optimizer | None = None
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
+        # with CUDA graphs the task runs the optimiser itself (inside the captured graph)
+        self.automatic_optimization = not self.cuda_graphs
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------------------------------------ training
     def on_net_built(self) -> None:
         # with compile on, the twelve loss terms are fused too (the eager loss is launch-bound beside the model)
         self._loss_fn = torch.compile(reid_losses) if self.compile_mode else reid_losses
-        self._cudagraphs = isinstance(self.compile_mode, str) and (
-            "reduce-overhead" in self.compile_mode or self.compile_mode == "max-autotune")
+        self._cudagraphs = _inductor_cudagraphs(self.compile_mode)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
-    def _images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = batch["image"]
+    def _cl(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._cl(batch["image"])
 
     def _camids(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch.get("camid") if self.hparams.use_camids else None
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self._cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA-graph outputs of the last may be reused
-        out = self.network(self._images(batch), self._camids(batch))
+    def _forward_loss(self, images: torch.Tensor, pids: torch.Tensor, camids: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed loss and the (4,) statistics logged per step: [loss, ID losses, triplet losses, accuracy]."""
+        out = self.network(images, camids)
         hp = self.hparams
-        loss, parts = self._loss_fn(out.features, out.logits, batch["pid"], hp.label_smoothing, hp.triplet_margin,
-                                  hp.id_loss_weight, hp.triplet_loss_weight)
+        loss_fn = reid_losses if self._eager else self._loss_fn  # eager_network(): no compiled loss either
+        loss, parts = loss_fn(out.features, out.logits, pids, hp.label_smoothing, hp.triplet_margin,
+                              hp.id_loss_weight, hp.triplet_loss_weight)
+        id_loss = sum(v for k, v in parts.items() if k.startswith("id"))
+        tri_loss = sum(v for k, v in parts.items() if k.startswith("tri"))
+        acc = (out.logits[0].argmax(1) == pids).float().mean()
+        return loss, torch.stack([loss.detach(), id_loss, tri_loss, acc])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.automatic_optimization:
+            if self._cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA-graph outputs of the last may be reused
+            loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
+        else:
+            stats = self._manual_step(batch, self.optimizers())
+            loss = stats[0]
         bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/id", sum(v for k, v in parts.items() if k.startswith("id")), batch_size=bs)
-        self.log("train/triplet", sum(v for k, v in parts.items() if k.startswith("tri")), batch_size=bs)
-        acc = (out.logits[0].argmax(1) == batch["pid"]).float().mean()
-        self.log("train/acc", acc, prog_bar=True, batch_size=bs)
+        self.log("train/loss", stats[0], prog_bar=True, batch_size=bs)
+        self.log("train/id", stats[1], batch_size=bs)
+        self.log("train/triplet", stats[2], batch_size=bs)
+        self.log("train/acc", stats[3], prog_bar=True, batch_size=bs)
         return loss
+
+    def on_fit_start(self) -> None:
+        if not (self.cuda_graphs and self.device.type == "cuda"):
+            return
+        if self.trainer.world_size > 1:
+            raise ValueError("ReIDTask(cuda_graphs=True) runs on one GPU; drop cuda_graphs for multi-device training")
+        if self.trainer.precision == "16-mixed":
+            raise ValueError("ReIDTask(cuda_graphs=True) supports precision 32-true or bf16-mixed, not "
+                             f"{self.trainer.precision} (GradScaler's skip-step check cannot be captured)")
+
+    def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization:  # Lightning steps the schedulers itself only in automatic optimisation
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -323,6 +440,193 @@ class ReIDTask(ZooTask):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
+    # ------------------------------------------------------------------------------------------- CUDA graphs
+    def _graph_path(self) -> bool:
+        """Whether this call may use CUDA graphs: the option is on, the network is on a GPU, no ``eager_network()``."""
+        if not self.cuda_graphs or self._eager:
+            return False
+        if self.device.type == "cuda":
+            return True
+        if not self._graphs.warned:
+            self._graphs.warned = True
+            rank_zero_warn(f"ReIDTask(cuda_graphs=True): the network is on {self.device}, not a CUDA device; every "
+                           "step runs eagerly (this warning is shown once)")
+        return False
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        # .to()/.cuda()/.float() may give parameters new storage that a captured graph would not see
+        graphs = self.__dict__.get("_graphs")
+        if graphs is not None and (graphs.train is not None or graphs.infer):
+            self._drop_train_graph()
+            graphs.reset()
+        return super()._apply(fn, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _side_stream(self) -> Iterator[None]:
+        """Run the block on a side stream that waits for the current stream's work and is waited for after it."""
+        g = self._graphs
+        if g.stream is None:
+            g.stream = torch.cuda.Stream(self.device)
+        main = torch.cuda.current_stream(self.device)
+        g.stream.wait_stream(main)
+        try:
+            with torch.cuda.stream(g.stream):
+                yield
+        finally:
+            main.wait_stream(g.stream)
+
+    def _train_key(self, batch: dict[str, torch.Tensor]) -> tuple:
+        cam = self._camids(batch)
+        return (tuple(batch["image"].shape), batch["image"].dtype, tuple(batch["pid"].shape),
+                None if cam is None else (tuple(cam.shape), cam.dtype), self.net.training,  # type: ignore[union-attr]
+                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+
+    @staticmethod
+    def _hyper(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+        """The param groups' hyper-parameters a captured optimiser step has baked in (all but params and lr)."""
+        return [{k: v for k, v in g.items() if k not in ("params", "lr") and not isinstance(v, torch.Tensor)}
+                for g in opt.param_groups]
+
+    def _manual_step(self, batch: dict[str, torch.Tensor], opt: Any) -> torch.Tensor:
+        """One optimiser step in manual optimisation: a replay of the captured training graph when the batch matches
+        it, else an eager step (before the capture: the warm-up steps, on a side stream). ``opt`` is the
+        ``LightningOptimizer`` inside ``Trainer.fit`` or a torch optimiser (benchmark). Returns the step's
+        statistics (see ``_forward_loss``), owned by the caller."""
+        lightning = isinstance(opt, LightningOptimizer)
+        raw = opt.optimizer if lightning else opt
+        if not self._graph_path():
+            return self._eager_step(batch, opt, raw, lightning)
+        g = self._graphs
+        key = self._train_key(batch)
+        if g.train is None:
+            done = g.train_warmup.get(key, 0)
+            if done < self.graph_warmup_steps:  # momentum buffers, cuDNN autotuning, compilation before the capture
+                g.train_warmup[key] = done + 1
+                with self._side_stream(), _graph_autocast():
+                    return self._eager_step(batch, opt, raw, lightning)
+            self._capture_train(batch, raw, key)
+        elif g.train["key"] != key:  # another batch shape: eager, the graph is kept
+            with _graph_autocast():
+                return self._eager_step(batch, opt, raw, lightning)
+        return self._replay_train(batch, raw, lightning)
+
+    def _eager_step(self, batch: dict[str, torch.Tensor], opt: Any, raw: torch.optim.Optimizer, lightning: bool
+                    ) -> torch.Tensor:
+        raw.zero_grad(set_to_none=self._graphs.train is None)  # a captured graph keeps its gradient buffers
+        loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
+        if lightning:
+            self.manual_backward(loss)
+            opt.step()  # LightningOptimizer: Lightning's hooks, and it counts the step
+        else:
+            loss.backward()
+            raw.step()
+        return stats
+
+    def _capture_train(self, batch: dict[str, torch.Tensor], raw: torch.optim.Optimizer, key: tuple) -> None:
+        """Capture forward + loss + backward + optimiser step on static inputs of the batch's signature."""
+        if not all(grp.get("fused") for grp in raw.param_groups):
+            raise RuntimeError("ReIDTask(cuda_graphs=True) captures the optimiser step and needs a fused optimiser "
+                               "(configure_optimizers() builds a fused SGD on CUDA)")
+        lrs = []
+        for grp in raw.param_groups:  # the schedule fills these in place; the captured kernel reads them
+            lr = grp["lr"]
+            if not (isinstance(lr, torch.Tensor) and lr.is_cuda and lr.dtype == torch.float32 and lr.dim() == 0):
+                lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
+            grp["lr"] = lr
+            lrs.append(lr)
+        x, cam = batch["image"], self._camids(batch)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        static = {"image": torch.empty_like(x, memory_format=fmt), "pid": torch.empty_like(batch["pid"])}
+        if cam is not None:
+            static["camid"] = torch.empty_like(cam)
+        raw.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's memory pool
+        graph = torch.cuda.CUDAGraph()
+        t0 = time.perf_counter()
+        # thread_local: DataLoader pin-memory threads may call CUDA while this thread captures
+        with _graph_autocast(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            loss, stats = self._forward_loss(static["image"], static["pid"], static.get("camid"))
+            loss.backward()
+            raw.step()
+        self._graphs.train = {"key": key, "graph": graph, "static": static, "stats": stats, "lrs": lrs,
+                              "hyper": self._hyper(raw)}
+        self._graphs.captures += 1
+        rank_zero_info(f"ReIDTask(cuda_graphs): captured the training step (batch {tuple(x.shape)}, "
+                       f"{self._graphs.train_warmup.get(key, 0)} eager warm-up steps, {time.perf_counter() - t0:.2f} s)")
+
+    def _replay_train(self, batch: dict[str, torch.Tensor], raw: torch.optim.Optimizer, lightning: bool
+                      ) -> torch.Tensor:
+        t = self._graphs.train
+        assert t is not None
+        for grp, lr in zip(raw.param_groups, t["lrs"]):
+            if grp["lr"] is not lr:  # a float (or another tensor) was assigned: the graph reads `lr`
+                lr.fill_(grp["lr"])
+                grp["lr"] = lr
+        if self._hyper(raw) != t["hyper"]:
+            rank_zero_info("ReIDTask(cuda_graphs): optimiser hyper-parameters changed; recapturing the training step")
+            self._drop_train_graph()
+            self._capture_train(batch, raw, t["key"])
+            t = self._graphs.train
+        s = t["static"]
+        s["image"].copy_(batch["image"], non_blocking=True)
+        s["pid"].copy_(batch["pid"], non_blocking=True)
+        if "camid" in s:
+            s["camid"].copy_(batch["camid"], non_blocking=True)
+        t["graph"].replay()
+        self._graphs.train_replays += 1
+        if lightning:
+            # The raw optimiser stepped inside the graph, not LightningOptimizer.step(), which is what counts
+            # Lightning's manual-optimisation steps: count this one so that trainer.global_step (max_steps,
+            # log_every_n_steps, checkpoint names) advances as with opt.step().
+            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            progress.increment_ready()
+            progress.increment_completed()
+        return t["stats"].clone()  # the next replay overwrites the static outputs
+
+    def _drop_train_graph(self) -> None:
+        if self._graphs.train is not None:
+            self._graphs.train = None
+            self.net.zero_grad(set_to_none=True)  # type: ignore[union-attr]  # the gradients live in its pool
+
+    def _embed(self, images: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
+        """The eval-mode embedding of a batch (a copy of a CUDA-graph output when graphs are on)."""
+        if self.cuda_graphs and not self.net.training and not torch.is_grad_enabled() and self._graph_path():
+            return self._infer_graphed(images, camids)
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.network(self._cl(images), camids).clone()  # inductor reuses its graph outputs next step
+        return self.network(self._cl(images), camids)
+
+    def _infer_graphed(self, images: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
+        g = self._graphs
+        key = (tuple(images.shape), images.dtype, None if camids is None else (tuple(camids.shape), camids.dtype),
+               torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        entry = g.infer.get(key)
+        if entry is None:
+            seen = g.infer_seen.get(key, 0)
+            g.infer_seen[key] = seen + 1
+            if seen == 0 or len(g.infer) >= self.max_infer_graphs:  # first sight (the warm-up): eager
+                with self._side_stream(), _graph_autocast():
+                    return self.network(self._cl(images), camids)
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            entry = {"image": torch.empty_like(images, memory_format=fmt),
+                     "camid": None if camids is None else torch.empty_like(camids), "graph": torch.cuda.CUDAGraph()}
+            with _graph_autocast(), torch.cuda.graph(entry["graph"], capture_error_mode="thread_local"):
+                entry["out"] = self.network(entry["image"], entry["camid"])
+            g.infer[key] = entry
+            g.captures += 1
+            rank_zero_info(f"ReIDTask(cuda_graphs): captured the eval forward for batch {tuple(images.shape)}")
+        entry["image"].copy_(images, non_blocking=True)
+        if camids is not None:
+            entry["camid"].copy_(camids, non_blocking=True)
+        entry["graph"].replay()
+        g.infer_replays += 1
+        return entry["out"].clone()
+
+    def cuda_graph_counts(self) -> dict[str, int]:
+        """Graphs captured and replayed so far (``sharezoo bench`` records them; tests check the path taken)."""
+        g = self._graphs
+        return {"captures": g.captures, "train_replays": g.train_replays, "infer_replays": g.infer_replays}
+
     # ----------------------------------------------------------------------------------------------- benchmark
     def example_batch(self, batch_size: int, num_instances: int = 16) -> dict[str, torch.Tensor]:
         """A synthetic P x K training batch of the model's input size (``sharezoo bench``)."""
@@ -340,13 +644,27 @@ class ReIDTask(ZooTask):
         b = self.example_batch(batch_size)
         return self._images(b), self._camids(b)
 
+    def bench_train_step(self, batch: dict[str, torch.Tensor], step: bool = True) -> torch.Tensor:
+        """``sharezoo bench --task train`` of this manually optimised task (``cuda_graphs``): one optimiser step by
+        the same path as ``training_step`` (warm-up, capture, replays) with the task's own optimiser. ``step=False``:
+        the eager forward, and backward when grad is enabled, without the optimiser (the FLOP probe)."""
+        if not step:
+            loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
+            if torch.is_grad_enabled():
+                loss.backward()
+                self.net.zero_grad(set_to_none=self._graphs.train is None)  # type: ignore[union-attr]
+            return stats
+        if self._bench_opt is None:
+            self._bench_opt = self.configure_optimizers()["optimizer"]
+        return self._manual_step(batch, self._bench_opt)
+
+    def bench_infer_step(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+        """``sharezoo bench --task infer``: the eval forward of ``example_inputs`` (graph replays with cuda_graphs)."""
+        return self._embed(images, camids)
+
     # ---------------------------------------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
-        if self._cudagraphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        emb = self.network(self._images(batch), self._camids(batch))
-        if self._cudagraphs:
-            emb = emb.clone()  # kept across steps: a CUDA-graph output buffer is reused by the next replay
+        emb = self._embed(batch["image"], self._camids(batch))
         self._eval_outputs.append({
             "emb": emb.float(), "pid": batch["pid"], "camid": batch["camid"], "is_query": batch["is_query"],
             "index": batch["index"],
@@ -359,7 +677,7 @@ class ReIDTask(ZooTask):
         self._eval_step(batch)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.network(self._images(batch), self._camids(batch))
+        return self._embed(batch["image"], self._camids(batch))
 
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs = []

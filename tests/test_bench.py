@@ -126,6 +126,51 @@ def test_manual_optimisation_task_is_pointed_to_fit_mode(toy_config, tmp_path):
         bench.main(["--config", str(cfg), "--batch", "2", "--steps", "1", "--device", "cpu", "--no-save"])
 
 
+@pytest.mark.parametrize("task", ["train", "infer"])
+def test_flop_probes_never_call_the_compiled_network(toy_config, monkeypatch, task):
+    """FLOPs are counted on the plain module: the compiled wrapper's first call (its compilation) must not happen
+    under FlopCounterMode's dispatch mode."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    modes = []
+
+    class Spy(nn.Module):  # stands in for the torch.compile wrapper
+        def __init__(self, net):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, *args):
+            modes.append(_get_current_dispatch_mode())
+            return self.inner(*args)
+
+    build = bench.build_task
+
+    def build_spied(*args, **kwargs):
+        t = build(*args, **kwargs)
+        object.__setattr__(t, "_compiled", Spy(t.net))
+        return t
+
+    monkeypatch.setattr(bench, "build_task", build_spied)
+    assert bench.main(["--config", str(toy_config), "--task", task, "--batch", "4", "--steps", "2", "--warmup", "1",
+                       "--device", "cpu", "--precision", "32-true", "--no-save"]) == 0
+    assert modes and all(m is None for m in modes)
+
+
+def test_manual_task_with_its_own_bench_step(tmp_path, monkeypatch, capsys):
+    """A manually optimised task that defines bench_train_step (ReIDTask with cuda_graphs) is timed by it."""
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    assert bench.main(["--model", "fusionreid_tiny", "--config", str(root / "configs/fusionreid_tiny/demo.yaml"),
+                       "--task", "train", "--batch", "4", "--steps", "1", "--warmup", "1", "--device", "cpu",
+                       "--precision", "32-true", "--task-arg", "cuda_graphs=true", "--no-save"]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    assert rec["flops_fwd_bwd_per_sample"] > rec["flops_fwd_per_sample"] > 0 and rec["samples_per_s"] > 0
+    assert rec["cuda_graph_counts"] == {"captures": 0, "train_replays": 0, "infer_replays": 0}  # CPU: eager steps
+
+
 class ManualToyTask(ToyTask):
     def __init__(self, model: str = "ztest_benchtoy", compile: bool | str = False) -> None:
         super().__init__(model, compile=compile)

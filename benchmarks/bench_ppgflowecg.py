@@ -1,25 +1,42 @@
 """PPGFlowECG throughput: stage-1 training, stage-2 training, sampling at 10 Euler steps; eager vs torch.compile vs
 CUDA graphs, fp32 vs bf16; optionally side by side with the reference implementation in the same run.
 
-    python3 benchmarks/bench_ppgflowecg.py                              # GPU, paper size, batch 256
-    python3 benchmarks/bench_ppgflowecg.py --official-repo /path/to/PPGFlowECG   # + the reference code
+    python3 benchmarks/bench_ppgflowecg.py --time-budget 510 --official-repo .upstream/PPGFlowECG   # GPU, batch 256
     python3 benchmarks/bench_ppgflowecg.py --device cpu --tiny          # CPU smoke test (seconds)
 
-Writes one JSON line per measurement to benchmarks/results/ppgflowecg.jsonl (command, GPU, versions, commit).
-Only torch is needed besides this repository (the zoo package is imported without the other model families). The
-reference code (github.com/PKUDigitalHealth/PPGFlowECG, not vendored) additionally needs einops, scipy and tqdm.
-Outputs are compared with fp32 eager on the same weights and noise (``max_abs_diff``/``rel_err`` columns); the
-reference is compared with ours after converting its weights (``convert_*_state_dict``).
+Modes: ``eager-fp32``, ``eager-bf16``; ``compile-bf16`` (torch.compile of the modules, as the tasks' ``compile``
+option does: encoder + decoders in stage 1, flow + frozen encoder in stage 2); ``cudagraph-bf16`` (eager bf16, the
+whole stage-2 step and the whole sampling call captured with ``torch.cuda.graph`` and replayed);
+``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs). Stage 1 is
+compute-bound and is not measured in the CUDA-graph modes.
+
+Every measurement calls the functions the training tasks use (``tasks.signal.cardioalign_loss``,
+``flow_latents``, ``flow_matching_loss``; ``zoo.ppgflowecg.euler_sample``), with the random draws (posterior ε,
+flow times and noise, initial noise) fixed outside so every mode sees the same inputs, and optimisers at lr 0 so the
+weights never change. Outputs (loss values, sampled waveforms) are compared with fp32 eager on the same weights and
+inputs (``max_abs_diff``/``rel_err``); the reference is compared with ours after converting its weights.
+
+One JSON line per measurement is appended to ``--out`` as soon as it is measured. On CUDA each mode (and the
+reference code) runs in its own subprocess by default (``--isolate``), killed when it outruns its share of
+``--time-budget``: a long compile or a failed graph capture costs that mode's remaining rows only, and the run
+records an ``error`` row for it. Needs the repository's requirements (tasks.signal imports Lightning); the reference
+code (github.com/PKUDigitalHealth/PPGFlowECG, not vendored) additionally imports einops, scipy and tqdm.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
+import io
 import json
+import os
 import platform
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -30,9 +47,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+ALL_MODES = ("eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-cudagraph-bf16", "compile-bf16", "autotune-bf16")
+CUDA_MODES = "eager-fp32,eager-bf16,cudagraph-bf16,compile-bf16,compile-cudagraph-bf16"
+BENCH_ORDER = ("stage2", "sample", "stage1")
+# compiled modes measure stage 1 first: it is what compilation is for (stage 2 and sampling are launch-bound, which
+# the CUDA-graph modes address), so a compile that outruns the time limit costs the less important rows
+COMPILED_BENCH_ORDER = ("stage1", "stage2", "sample")
+
 
 def _import_ppgflowecg():
-    """zoo.ppgflowecg without importing the other families (their backbones need timm/open_clip/diffusers)."""
+    """zoo.ppgflowecg without importing the other families when their dependencies (timm, ...) are missing."""
     try:
         import zoo  # noqa: F401
 
@@ -47,50 +71,7 @@ def _import_ppgflowecg():
 
 
 P = _import_ppgflowecg()
-
-
-# ------------------------------------------------------------------------------------------------ objectives
-# Same maths as tasks.signal.cardioalign_loss / rectified_flow_loss (kept here so the benchmark needs no Lightning
-# or scipy; test_ppgflowecg checks tasks.signal against the reference definitions).
-def kl_prior(m, lv):
-    return (0.5 * (m.pow(2) + lv.exp() - 1.0 - lv)).sum(1).mean()
-
-
-def kl_pair(mp, lp, mq, lq):
-    return (0.5 * ((lp - lq).exp() + (mq - mp).pow(2) / lq.exp() - 1.0 + lq - lp)).sum(-1).mean()
-
-
-def stage1_loss(net, ecg, ppg, eps_e, eps_p):
-    me, le = net.encoder(ecg)
-    mp, lp = net.encoder(ppg)
-    ze, zp = (me + (0.5 * le).exp() * eps_e) * P.LATENT_SCALE, (mp + (0.5 * lp).exp() * eps_p) * P.LATENT_SCALE
-    re, rp = net.ecg_decoder(ze), net.ppg_decoder(zp)
-    align = F.mse_loss(me, mp) + 0.5 * (kl_pair(me, le, mp, lp) + kl_pair(mp, lp, me, le))
-    cross = F.mse_loss(net.ecg_decoder(zp.detach()), ecg) + F.mse_loss(net.ppg_decoder(ze.detach()), ppg)
-    a, b = F.normalize(me.mean(1), dim=-1), F.normalize(mp.mean(1), dim=-1)
-    logits = a @ b.t() / 0.07
-    lab = torch.arange(a.shape[0], device=a.device)
-    nce = 0.5 * (F.cross_entropy(logits, lab) + F.cross_entropy(logits.t(), lab))
-    return (F.mse_loss(re, ecg) + 1e-4 * kl_prior(me, le) + F.mse_loss(rp, ppg) + 1e-4 * kl_prior(mp, lp)
-            + 1e-2 * align + 5e-4 * cross + 1e-3 * nce)
-
-
-def flow_loss(flow, z, c, t, eps):
-    """4 t-draws given as (4, B) times and (4, B, C, L) noise (drawn outside so compiled graphs stay pure)."""
-    total = 0.0
-    for i in range(t.shape[0]):
-        tt = t[i].view(-1, 1, 1)
-        total = total + F.mse_loss(flow((1 - tt) * eps[i] + tt * z, t[i], c).float(), (z - eps[i]).float())
-    return total / t.shape[0]
-
-
-def sample(net, ppg, eps_post, x0, steps):
-    m, lv = net.encoder(ppg)
-    cond = (m + (0.5 * lv).exp() * eps_post) * P.LATENT_SCALE
-    x, dt = x0, 1.0 / steps
-    for i in range(steps):
-        x = x + dt * net.flow(x, torch.full((x.shape[0],), i * dt, device=x.device, dtype=x.dtype), cond)
-    return net.ecg_decoder(x)
+S = importlib.import_module("tasks.signal")  # the training tasks' objectives (same functions, same maths)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -100,125 +81,235 @@ def sync(dev):
 
 
 def timed(fn, dev, warmup, iters):
+    """(mean seconds per call over ``iters``, seconds of the ``warmup`` calls)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
-        out = fn()
+        fn()
     sync(dev)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(iters):
-        out = fn()
+        fn()
     sync(dev)
-    return (time.perf_counter() - t0) / iters, first, out
+    return (time.perf_counter() - t0) / iters, first
 
 
 def compare(a, b):
-    a, b = a.detach().float(), b.detach().float()
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
     d = (a - b).abs().max().item()
     return {"max_abs_diff": d, "rel_err": ((a - b).norm() / b.norm().clamp_min(1e-12)).item()}
 
 
-# ------------------------------------------------------------------------------------------------ benches
-def bench_ours(args, dev, emit_row):
+def capture(step, dev, warmup):
+    """Run ``step`` ``warmup`` times on a side stream (cuDNN autotuning, lazy compilation, optimiser state), then
+    capture one call into a CUDA graph. Returns (graph, the captured call's outputs: static, refreshed by replay)."""
+    s = torch.cuda.Stream(dev)
+    s.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(s):
+        for _ in range(max(warmup, 2)):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(s)
+    sync(dev)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, capture_error_mode="thread_local"):
+        out = step()
+    sync(dev)
+    return g, out
+
+
+# ------------------------------------------------------------------------------------------------ ours
+class Ours:
+    """The model, the fixed inputs of every measurement and the fp32 eager reference outputs."""
+
+    def __init__(self, args, dev):
+        self.args, self.dev = args, dev
+        self.name = "ppgflowecg_tiny" if args.tiny else "ppgflowecg_base"
+        torch.manual_seed(0)
+        self.net = getattr(P, self.name)().to(dev)
+        L, B, lat, D = self.net.seq_len, args.batch, self.net.latent_shape, args.draws
+        g = torch.Generator(device=dev).manual_seed(0)
+        self.ecg = torch.randn(B, 1, L, device=dev, generator=g)
+        self.ppg = torch.randn(B, 1, L, device=dev, generator=g)
+        self.eps_e = torch.randn(B, *lat, device=dev, generator=g)
+        self.eps_p = torch.randn(B, *lat, device=dev, generator=g)
+        self.t = torch.rand(D, B, device=dev, generator=g)
+        self.eps = torch.randn(D, B, *lat, device=dev, generator=g)
+        self.x0 = torch.randn(B, *lat, device=dev, generator=g)
+        self.eps_ep = torch.cat([self.eps_e, self.eps_p])
+        self._refs: dict[str, torch.Tensor] = {}
+
+    # the three computations, on given modules (plain or compiled)
+    def stage1_loss(self, stage1):
+        return S.cardioalign_loss(stage1, self.ecg, self.ppg, noise=(self.eps_e, self.eps_p))["loss"]
+
+    def latents(self, encoder):
+        return S.flow_latents(encoder, self.ecg, self.ppg, noise=self.eps_ep)
+
+    def stage2_loss(self, flow, z, c):
+        return S.flow_matching_loss(flow, z, c, self.t, self.eps)
+
+    def sample(self, encoder, flow, decoder):
+        cond = P.PPGFlowECG.reparameterize(*encoder(self.ppg), noise=self.eps_p)
+        return decoder(P.euler_sample(flow, cond, self.args.steps, noise=self.x0))
+
+    def ref(self, key):
+        """fp32 eager output of ``key`` (stage1/stage2/sample), shared through ``--ref-file`` by isolated modes."""
+        path = Path(self.args.ref_file) if self.args.ref_file else None
+        if key not in self._refs and path is not None and path.is_file():
+            self._refs.update(torch.load(path, map_location="cpu", weights_only=True))
+        if key not in self._refs:
+            net = self.net
+            with torch.no_grad():
+                if key == "stage1":
+                    v = self.stage1_loss(net)
+                elif key == "stage2":
+                    v = self.stage2_loss(net.flow, *self.latents(net.encoder))
+                else:
+                    v = self.sample(net.encoder, net.flow, net.ecg_decoder)
+            self._refs[key] = v.detach().float().cpu()
+            if path is not None:
+                torch.save(self._refs, path)
+        return self._refs[key]
+
+
+def bench_ours(args, dev, emit_row, ours=None):
+    ours = ours or Ours(args, dev)
+    net, B = ours.net, args.batch
+
     def emit(r):
         if dev.type == "cuda":
             r["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
             torch.cuda.reset_peak_memory_stats(dev)
         emit_row(r)
 
-    name = "ppgflowecg_tiny" if args.tiny else "ppgflowecg_base"
-    torch.manual_seed(0)
-    net = getattr(P, name)().to(dev)
-    L, B = net.seq_len, args.batch
-    lat = net.latent_shape
-    g = torch.Generator(device=dev).manual_seed(0)
-    ecg = torch.randn(B, 1, L, device=dev, generator=g)
-    ppg = torch.randn(B, 1, L, device=dev, generator=g)
-    eps_e = torch.randn(B, *lat, device=dev, generator=g)
-    eps_p = torch.randn(B, *lat, device=dev, generator=g)
-    t4 = torch.rand(4, B, device=dev, generator=g)
-    eps4 = torch.randn(4, B, *lat, device=dev, generator=g)
-    x0 = torch.randn(B, *lat, device=dev, generator=g)
-    ref: dict[str, torch.Tensor] = {}
-
     for mode in args.modes:
-        compiled, bf16 = not mode.startswith("eager"), mode.endswith("bf16")
-        cmode = "reduce-overhead" if mode.startswith("cudagraph") else "max-autotune-no-cudagraphs" \
-            if mode.startswith("autotune") else None
-        ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
-        extra = {"impl": "ours", "model": name, "mode": mode, "batch": B, "compile_mode": cmode}
+        bf16, graph = mode.endswith("bf16"), "cudagraph" in mode
+        compiled = mode.startswith(("compile", "autotune"))
+        cmode = "max-autotune-no-cudagraphs" if mode.startswith("autotune") else None
+        # under CUDA-graph capture the autocast weight-cast cache must be off (the graph must cast on every replay)
+        ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph)
+        extra = {"impl": "ours", "model": ours.name, "mode": mode, "batch": B, "compile_mode": cmode if compiled else
+                 None, "cuda_graph": graph}
+        if graph and dev.type != "cuda":
+            emit_row({"bench": "all", "error": "CUDA graphs need a CUDA device", **extra})
+            continue
 
-        # stage 1: full CardioAlign step (both modalities, cross-reconstruction), AdamW. Compute-bound: CUDA graphs
-        # are not measured here (compile time only).
-        if "stage1" in args.benches and not mode.startswith("cudagraph"):
-            params = [p for n, p in net.named_parameters() if not n.startswith("flow.")]
-            opt = torch.optim.AdamW(params, lr=1e-12)  # ~no weight change: every mode sees the same weights
-            loss_fn = torch.compile(stage1_loss, mode=cmode) if compiled else stage1_loss
+        def comp(fn, compiled=compiled, cmode=cmode):
+            return torch.compile(fn, mode=cmode) if compiled else fn
 
-            def step1():
-                with ac:
-                    loss = loss_fn(net, ecg, ppg, eps_e, eps_p)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss.detach()
-
-            dt, first, loss = timed(step1, dev, args.warmup, args.iters)
-            ref.setdefault("stage1", loss)
-            emit({"bench": "stage1_train", "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first,
-                  "loss": loss.item(), **compare(loss, ref["stage1"]), **extra})
-            del opt
-
-        # stage 2: flow step with the frozen encoder inside (as the reference trains) and on latents only
-        if "stage2" in args.benches:
-            opt = torch.optim.Adam(net.flow.parameters(), lr=1e-12, betas=(0.9, 0.96))
-            floss = torch.compile(flow_loss, mode=cmode) if compiled else flow_loss
-            enc = torch.compile(net.encoder, mode=cmode) if compiled else net.encoder
-
-            def latents():
-                with torch.no_grad(), ac:
-                    me, le = enc(ecg)
-                    mp, lp = enc(ppg)
-                return ((me + (0.5 * le).exp() * eps_e) * P.LATENT_SCALE).float(), \
-                    ((mp + (0.5 * lp).exp() * eps_p) * P.LATENT_SCALE).float()
-
-            z_fixed, c_fixed = (x.clone() for x in latents())  # own copies (CUDA-graph outputs are reused)
-
-            def make_step(with_encoder):
-                def step2():
-                    z, c = latents() if with_encoder else (z_fixed, c_fixed)
-                    with ac:
-                        loss = floss(net.flow, z, c, t4, eps4)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(net.flow.parameters(), 1.0)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    return loss.detach()
-                return step2
-
-            for tag, with_enc in (("stage2_train_with_encoder", True), ("stage2_train_latents", False)):
-                dt, first, loss = timed(make_step(with_enc), dev, args.warmup, args.iters)
-                ref.setdefault(tag, loss)
-                emit({"bench": tag, "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first,
-                      "loss": loss.item(), **compare(loss, ref[tag]), **extra})
-            del opt
-
-        # sampling: encode PPG → 10 Euler steps → decode ECG
-        if "sample" in args.benches:
-            fn = torch.compile(sample, mode=cmode) if compiled else sample
-
-            def run():
-                with torch.no_grad(), ac:
-                    return fn(net, ppg, eps_p, x0, args.steps)
-
-            dt, first, out = timed(run, dev, args.warmup, args.iters)
-            ref.setdefault("sample", out.float().clone())
-            emit({"bench": "sample", "euler_steps": args.steps, "windows_per_s": B / dt, "ms_per_batch": dt * 1e3,
-                  "first_s": first, **compare(out, ref["sample"]), **extra})
+        for bench in [b for b in (COMPILED_BENCH_ORDER if compiled else BENCH_ORDER) if b in args.benches]:
+            t_start = time.perf_counter()
+            try:
+                if bench == "stage1":
+                    if graph:  # compute-bound: launch overhead is negligible there
+                        continue
+                    rows = _stage1(ours, dev, args, ac, cmode if compiled else False)
+                elif bench == "stage2":
+                    rows = _stage2(ours, dev, args, ac, comp, graph)
+                else:
+                    rows = _sample(ours, dev, args, ac, comp, graph)
+                for r, out in rows:
+                    key = r.pop("ref")
+                    emit({**r, **compare(out, ours.ref(key)), **extra})
+            except Exception as e:  # noqa: BLE001 - one failed measurement must not lose the others
+                emit({"bench": bench, "error": f"{type(e).__name__}: {e}"[:2000],
+                      "seconds_before_error": round(time.perf_counter() - t_start, 1), **extra})
+            finally:
+                if dev.type == "cuda":
+                    sync(dev)
+                    torch.cuda.empty_cache()
         torch._dynamo.reset()
     return net
 
 
+def _stage1(ours, dev, args, ac, cmode):
+    """Full CardioAlign step (both modalities, cross-reconstruction), AdamW."""
+    net, B = ours.net, args.batch
+    stage1 = S._CompiledStage1(net, cmode) if cmode is not False else net  # what CardioAlignTask(compile=...) runs
+    opt = torch.optim.AdamW([p for n, p in net.named_parameters() if not n.startswith("flow.")], lr=0.0)
+    holder = {}
+
+    def step():
+        with ac:
+            loss = ours.stage1_loss(stage1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        holder["loss"] = loss.detach()
+
+    t0 = time.perf_counter()
+    dt, _ = timed(step, dev, args.warmup, args.iters)
+    first = time.perf_counter() - t0 - dt * args.iters
+    r = {"bench": "stage1_train", "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first,
+         "loss": holder["loss"].item(), "ref": "stage1"}
+    return [(r, holder["loss"])]
+
+
+def _stage2(ours, dev, args, ac, comp, graph):
+    """Flow step with the frozen encoder inside (as the reference trains) and on fixed latents only."""
+    net, B = ours.net, args.batch
+    flow, enc = comp(net.flow), comp(net.encoder)  # what ECGFlowTask(compile=...) compiles
+    opt = torch.optim.Adam(net.flow.parameters(), lr=0.0, betas=(0.9, 0.96), capturable=graph)
+    t0 = time.perf_counter()
+    with torch.no_grad(), ac:
+        z_fixed, c_fixed = (x.clone() for x in ours.latents(enc))
+    rows = []
+    for tag, with_enc in (("stage2_train_with_encoder", True), ("stage2_train_latents", False)):
+        def step(with_enc=with_enc):
+            if with_enc:
+                with torch.no_grad(), ac:
+                    z, c = ours.latents(enc)
+            else:
+                z, c = z_fixed, c_fixed
+            with ac:
+                loss = ours.stage2_loss(flow, z, c)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.flow.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        if graph:
+            g, loss = capture(step, dev, args.warmup)
+            dt, _ = timed(g.replay, dev, 1, args.iters)
+        else:
+            holder = {}
+            dt, _ = timed(lambda h=holder, f=step: h.__setitem__("loss", f()), dev, args.warmup, args.iters)
+            loss = holder["loss"]
+        first = time.perf_counter() - t0 - dt * args.iters  # warm-up (compilation, capture) before the timed calls
+        r = {"bench": tag, "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": loss.item(),
+             "t_draws": args.draws, "ref": "stage2"}
+        rows.append((r, loss.clone()))
+        if graph:
+            del g
+        t0 = time.perf_counter()
+    return rows
+
+
+def _sample(ours, dev, args, ac, comp, graph):
+    """Encode PPG → ``steps`` Euler steps of the flow → ECG decoder."""
+    net, B = ours.net, args.batch
+    enc, flow, dec = comp(net.encoder), comp(net.flow), comp(net.ecg_decoder)
+
+    def run():
+        with torch.no_grad(), ac:
+            return ours.sample(enc, flow, dec)
+
+    t0 = time.perf_counter()
+    if graph:
+        g, out = capture(run, dev, args.warmup)
+        dt, _ = timed(g.replay, dev, 1, args.iters)
+    else:
+        holder = {}
+        dt, _ = timed(lambda: holder.__setitem__("out", run()), dev, args.warmup, args.iters)
+        out = holder["out"]
+    first = time.perf_counter() - t0 - dt * args.iters
+    r = {"bench": "sample", "euler_steps": args.steps, "windows_per_s": B / dt, "ms_per_batch": dt * 1e3,
+         "first_s": first, "ref": "sample"}
+    return [(r, out.float().clone())]
+
+
+# ------------------------------------------------------------------------------------------------ reference code
 def _stub_missing_modules() -> list[str]:
     """The reference modules import einops, scipy and tqdm at the top but the benchmarked paths use only tqdm (a
     progress bar). On a machine without them, stand-ins are installed (and recorded in the results)."""
@@ -250,7 +341,7 @@ def _stub_missing_modules() -> list[str]:
     return stubs
 
 
-def bench_official(args, dev, emit, ours):
+def bench_official(args, dev, emit, ours=None):
     """The reference implementation as shipped (fp32; anomaly detection on in stage 1, as its train.py does)."""
     repo = Path(args.official_repo).resolve()
     sys.path.insert(0, str(repo))
@@ -263,6 +354,9 @@ def bench_official(args, dev, emit, ours):
     except Exception as e:  # noqa: BLE001
         emit({"bench": "official", "impl": "official", "error": f"cannot import the reference code: {e!r}"})
         return
+    if ours is None:
+        torch.manual_seed(0)
+        ours = P.ppgflowecg_base().to(dev)
     B, L = args.batch, 1280
     torch.manual_seed(0)
     enc, dec_e, dec_p = cam.VAE_Encoder().to(dev), cam.VAE_Decoder().to(dev), cam.VAE_Decoder().to(dev)
@@ -279,15 +373,18 @@ def bench_official(args, dev, emit, ours):
     ppg = torch.randn(B, 1, L, device=dev, generator=g)
     noise = torch.randn(B, 4, 40, device=dev, generator=g)
     with torch.no_grad():
-        z_ref, m_ref, _ = enc(ecg.transpose(1, 2), noise)
+        z_ref, _, _ = enc(ecg.transpose(1, 2), noise)
         m_ours, lv_ours = ours.encoder(ecg)
-        z_ours = (m_ours + (0.5 * lv_ours).exp() * noise) * P.LATENT_SCALE
+        z_ours = P.PPGFlowECG.reparameterize(m_ours, lv_ours, noise=noise)
         t = torch.rand(B, device=dev, generator=g)
         v_ref = flow.output(z_ref, t, cond=z_ref)
         v_ours = ours.flow(z_ours, t, z_ours)
         x_ref, x_ours = dec_e(z_ref), ours.ecg_decoder(z_ours).transpose(1, 2)
     emit({"bench": "equivalence", "impl": "ours_vs_official", "batch": B,
           "latent": compare(z_ours, z_ref), "velocity": compare(v_ours, v_ref), "ecg_decoder": compare(x_ours, x_ref)})
+    del ours
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
     ecg_t, ppg_t = ecg.transpose(1, 2).contiguous(), ppg.transpose(1, 2).contiguous()
     from torch.distributions import Normal, kl_divergence
@@ -296,12 +393,64 @@ def bench_official(args, dev, emit, ours):
         prior = Normal(torch.zeros_like(mu), torch.ones_like(lv))
         return F.mse_loss(rec, x) + 1e-4 * kl_divergence(Normal(mu, lv.mul(0.5).exp()), prior).sum(1).mean()
 
-    if "stage1" in args.benches:
+    def kl_pair(mp, lp, mq, lq):
+        return (0.5 * ((lp - lq).exp() + (mq - mp).pow(2) / lq.exp() - 1.0 + lq - lp)).sum(-1).mean()
+
+    def guarded(bench, fn):
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            emit({"bench": bench, "impl": "official", "mode": "as-shipped-fp32", "error": f"{type(e).__name__}: {e}"
+                  [:2000], "seconds_before_error": round(time.perf_counter() - t0, 1)})
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def stage2():
+        enc.eval().requires_grad_(False)
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-12, betas=(0.9, 0.96))
+
+        def step2():  # the reference Trainer.train body (its per-step loss.item() included; EMA/scheduler left out)
+            with torch.no_grad():
+                z, c = enc(ecg_t)[0], enc(ppg_t)[0]
+            loss = flow(x=z, target=z, cond=c)
+            loss.backward()
+            loss.item()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            return loss.detach()
+
+        holder = {}
+        dt, first = timed(lambda: holder.__setitem__("loss", step2()), dev, args.warmup, args.iters)
+        emit({"bench": "stage2_train_with_encoder", "impl": "official", "mode": "as-shipped-fp32", "batch": B,
+              "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": holder["loss"].item(),
+              "host_sync_per_step": True})
+
+    def sample():
+        flow.eval()
+        enc.eval()
+        dec_e.eval()
+
+        def run():  # Trainer.sample_shift body: encode PPG, Euler sampling, decode ECG
+            with torch.no_grad():
+                c = enc(ppg_t)[0]
+                x = flow.sample(shape=c.shape, num_steps=args.steps, cond=c)
+                return dec_e(x)
+
+        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+            dt, first = timed(run, dev, args.warmup, args.iters)
+        emit({"bench": "sample", "impl": "official", "mode": "as-shipped-fp32", "batch": B, "euler_steps": args.steps,
+              "windows_per_s": B / dt, "ms_per_batch": dt * 1e3, "first_s": first})
+
+    def stage1():
+        enc.train().requires_grad_(True)
+        dec_e.train()
         params = list(enc.parameters()) + list(dec_e.parameters()) + list(dec_p.parameters())
         opt = torch.optim.AdamW(params, lr=1e-12)
 
         def step1():  # the reference train_loop body (shared encoder), anomaly detection as shipped
-            with torch.autograd.set_detect_anomaly(args.official_anomaly):
+            with torch.autograd.set_detect_anomaly(bool(args.official_anomaly)):
                 ze, me, le = enc(ecg_t)
                 zp, mp, lp = enc(ppg_t)
                 re, rp = dec_e(ze), dec_p(zp)
@@ -318,44 +467,14 @@ def bench_official(args, dev, emit, ours):
             opt.zero_grad()
             return loss.detach()
 
-        dt, first, loss = timed(step1, dev, args.warmup, args.iters)
+        holder = {}
+        dt, first = timed(lambda: holder.__setitem__("loss", step1()), dev, args.warmup, args.iters)
         emit({"bench": "stage1_train", "impl": "official", "mode": "as-shipped-fp32", "batch": B,
-              "anomaly_detection": args.official_anomaly, "pairs_per_s": B / dt, "ms_per_step": dt * 1e3,
-              "first_s": first, "loss": loss.item()})
-        del opt
-    if "stage2" in args.benches:
-        enc.eval().requires_grad_(False)
-        opt = torch.optim.Adam(flow.parameters(), lr=1e-12, betas=(0.9, 0.96))
+              "anomaly_detection": bool(args.official_anomaly), "pairs_per_s": B / dt, "ms_per_step": dt * 1e3,
+              "first_s": first, "loss": holder["loss"].item()})
 
-        def step2():  # the reference Trainer.train body
-            with torch.no_grad():
-                z, c = enc(ecg_t)[0], enc(ppg_t)[0]
-            loss = flow(x=z, target=z, cond=c)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-            return loss.detach()
-
-        dt, first, loss = timed(step2, dev, args.warmup, args.iters)
-        emit({"bench": "stage2_train_with_encoder", "impl": "official", "mode": "as-shipped-fp32", "batch": B,
-              "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": loss.item()})
-    if "sample" in args.benches:
-        flow.eval()
-
-        def run():  # Trainer.sample_shift body: encode PPG, Euler sampling, decode ECG
-            with torch.no_grad():
-                c = enc(ppg_t)[0]
-                x = flow.sample(shape=c.shape, num_steps=args.steps, cond=c)
-                return dec_e(x)
-
-        import contextlib
-        import io
-
-        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
-            dt, first, _ = timed(run, dev, args.warmup, args.iters)
-        emit({"bench": "sample", "impl": "official", "mode": "as-shipped-fp32", "batch": B, "euler_steps": args.steps,
-              "windows_per_s": B / dt, "ms_per_batch": dt * 1e3, "first_s": first})
+    for bench in [b for b in BENCH_ORDER if b in args.benches]:
+        guarded(bench, {"stage1": stage1, "stage2": stage2, "sample": sample}[bench])
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -375,50 +494,129 @@ def environment(dev):
         env["pytorch_lightning"] = pl.__version__
     except ImportError:
         pass
-    try:
+    with contextlib.suppress(Exception):
         env["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, timeout=5).stdout.strip()
-    except Exception:  # noqa: BLE001
-        pass
+                                       text=True, timeout=5, check=False).stdout.strip()
     return env
 
 
-def main(argv=None):
+def _parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="ppgflowecg_tiny, batch 4, 2 iterations (smoke test)")
     p.add_argument("--batch", type=int, default=None, help="windows per step (default 256; tiny: 4)")
     p.add_argument("--steps", type=int, default=10, help="Euler steps when sampling")
-    p.add_argument("--warmup", type=int, default=None, help="untimed iterations (compilation happens here)")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations")
-    p.add_argument("--modes", default=None,
-                   help="comma list of eager-fp32, eager-bf16, compile-bf16, autotune-bf16, cudagraph-bf16 "
-                        "(default: all four but autotune on CUDA; eager-fp32,eager-bf16 on CPU)")
+    p.add_argument("--draws", type=int, default=4, help="flow-time draws per stage-2 step (reference: 4)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls (compilation, cuDNN autotuning; default 3)")
+    p.add_argument("--iters", type=int, default=None, help="timed calls (default 10)")
+    p.add_argument("--modes", default=None, help=f"comma list of {', '.join(ALL_MODES)} (default on CUDA: "
+                   f"{CUDA_MODES}; on CPU: eager-fp32,eager-bf16)")
     p.add_argument("--benches", default="stage1,stage2,sample", help="comma list of stage1, stage2, sample")
     p.add_argument("--official-repo", default=None, help="checkout of github.com/PKUDigitalHealth/PPGFlowECG")
     p.add_argument("--official-anomaly", type=int, default=1, help="reference stage 1 with anomaly detection (1)")
+    p.add_argument("--official-only", action="store_true", help="only the reference code (needs --official-repo)")
+    p.add_argument("--isolate", type=int, default=None,
+                   help="each mode and the reference code in its own subprocess (default: 1 on CUDA, 0 on CPU)")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds for the whole run with --isolate (0: none): a subprocess still running when the "
+                        "budget is spent is killed, and modes not started are recorded as skipped")
+    p.add_argument("--unit-timeout", type=float, default=0, help="seconds at most per subprocess (0: no cap)")
+    p.add_argument("--ref-file", default=None, help=argparse.SUPPRESS)  # fp32 reference outputs shared by subprocesses
+    p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--command", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ppgflowecg.jsonl"))
-    args = p.parse_args(argv)
+    return p
+
+
+def _run_isolated(argv, args, emit, t0):
+    """Each mode, then the reference code, in a subprocess of its own (official after the cheap modes, before the
+    compiled ones, so a long compile cannot cost the side-by-side rows)."""
+    units = [[m] for m in args.modes]
+    if args.official_repo:  # after the eager and CUDA-graph modes, before the first compiled one
+        at = next((i for i, u in enumerate(units) if u[0].startswith(("compile", "autotune"))), len(units))
+        units.insert(at, ["official"])
+    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    base = _strip_args(base, ("--modes", "--isolate", "--time-budget", "--unit-timeout", "--official-only",
+                              "--official-repo", "--ref-file", "--run-id", "--command", "--out"))
+    tmp = tempfile.mkdtemp(prefix="bench_ppgflowecg_")
+    ref = str(Path(tmp) / "refs.pt")
+    for unit in units:
+        name = unit[0]
+        left = (t0 + args.time_budget - time.time()) if args.time_budget else float("inf")
+        timeout = min(left, args.unit_timeout or float("inf"))
+        tag = {"bench": "all", "impl": "official" if name == "official" else "ours", "mode": name}
+        if timeout < 15:
+            emit({**tag, "error": f"skipped: {max(left, 0):.0f}s of the time budget left"})
+            continue
+        child = [sys.executable, "-u", str(Path(__file__).resolve()), *base, "--isolate", "0", "--ref-file", ref,
+                 "--run-id", args.run_id, "--command", args.command, "--out", args.out]
+        child += ["--official-only", "--official-repo", args.official_repo] if name == "official" else \
+            ["--modes", name]
+        print(f"--- {name} (timeout {timeout:.0f}s)", flush=True)
+        start = time.time()
+        proc = subprocess.Popen(child, start_new_session=True)  # its own group: compile workers die with it
+        try:
+            rc = proc.wait(timeout=None if timeout == float("inf") else timeout)
+            if rc:
+                emit({**tag, "error": f"subprocess exited with {rc} after {time.time() - start:.0f}s (rows written "
+                                      "before are kept)"})
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            out = Path(args.out)
+            if out.is_file() and out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+                with out.open("a") as f:  # a line cut by the kill stays a (skipped) line of its own
+                    f.write("\n")
+            emit({**tag, "error": f"killed at its time limit ({timeout:.0f}s); rows written before are kept"})
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _strip_args(argv, names):
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        key = a.split("=", 1)[0]
+        if key in names:
+            skip = "=" not in a and key != "--official-only"
+            continue
+        out.append(a)
+    return out
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     dev = torch.device(args.device)
     args.batch = args.batch or (4 if args.tiny else 256)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 2)
-    args.iters = args.iters or (2 if args.tiny else 8)
-    default_modes = "eager-fp32,eager-bf16,compile-bf16,cudagraph-bf16" if dev.type == "cuda" else \
-        "eager-fp32,eager-bf16"
-    args.modes = (args.modes or default_modes).split(",")
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    args.iters = args.iters or (2 if args.tiny else 10)
+    args.modes = (args.modes or (CUDA_MODES if dev.type == "cuda" else "eager-fp32,eager-bf16")).split(",")
+    bad = [m for m in args.modes if m not in ALL_MODES]
+    if bad:
+        raise SystemExit(f"unknown modes {bad}; choose from {ALL_MODES}")
     args.benches = args.benches.split(",")
-    if dev.type == "cuda":
+    isolate = args.isolate if args.isolate is not None else int(dev.type == "cuda")
+    if isolate and args.official_only:
+        isolate = 0
+    args.command = args.command or (" ".join(["python3", *sys.argv]) if argv is None else
+                                    "bench_ppgflowecg.main(" + repr(argv) + ")")
+    args.run_id = args.run_id or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if dev.type == "cuda" and not isolate:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the comparison
-    env = environment(dev)
-    cmd = " ".join(["python3", *sys.argv]) if argv is None else "bench_ppgflowecg.main(" + repr(argv) + ")"
-    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # fixed shapes: compile each shape statically (a module seen at a second batch size, e.g. the encoder at 2B
+        # in stage 2 and B in stage 1, would otherwise be recompiled with dynamic shapes)
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    env = environment(dev) if not isolate else {"device": str(dev)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
 
     def emit(r):
-        r = {**r, "run": run_id, "command": cmd, **env}
+        r = {**r, "run": args.run_id, "command": args.command, **env}
         rows.append(r)
         with out.open("a") as f:
             f.write(json.dumps(r, default=str) + "\n")
@@ -428,14 +626,52 @@ def main(argv=None):
               flush=True)
 
     t0 = time.time()
-    ours = bench_ours(args, dev, emit)
-    if args.official_repo:
-        if args.tiny:
-            emit({"bench": "official", "impl": "official", "error": "the reference code has paper size only"})
+    if isolate:
+        _run_isolated(argv, args, emit, t0)
+        rows = []
+        for line in out.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+        rows = [r for r in rows if isinstance(r, dict) and r.get("run") == args.run_id]
+        _summary(rows)
+    elif args.official_only:
+        if args.tiny or not args.official_repo:
+            emit({"bench": "official", "impl": "official", "error": "the reference code needs --official-repo and has "
+                  "paper size only (no --tiny)"})
         else:
-            bench_official(args, dev, emit, ours)
+            bench_official(args, dev, emit)
+    else:
+        ours = bench_ours(args, dev, emit)
+        if args.official_repo:
+            if args.tiny:
+                emit({"bench": "official", "impl": "official", "error": "the reference code has paper size only"})
+            else:
+                bench_official(args, dev, emit, ours)
     print(f"{len(rows)} results in {time.time() - t0:.0f}s -> {out}")
     return rows
+
+
+def _summary(rows):
+    """A short table of the run (the device tool returns the end of the output)."""
+    official = {r["bench"]: r.get("pairs_per_s") or r.get("windows_per_s") for r in rows
+                if r.get("impl") == "official" and (r.get("pairs_per_s") or r.get("windows_per_s"))}
+    print("\nbench                      impl      mode                     rate        ms  x_official  max_abs_diff")
+    for r in rows:
+        rate = r.get("pairs_per_s") or r.get("windows_per_s")
+        ms = r.get("ms_per_step") or r.get("ms_per_batch")
+        if r.get("bench") == "equivalence":
+            print(f"{'equivalence (fp32)':26} {'ours/ref':9} max_abs_diff latent {r['latent']['max_abs_diff']:.3g}, "
+                  f"velocity {r['velocity']['max_abs_diff']:.3g}, ECG decoder {r['ecg_decoder']['max_abs_diff']:.3g}")
+            continue
+        if rate is None:
+            if r.get("error"):
+                print(f"{r.get('bench', '')[:26]:26} {r.get('impl', '')[:9]:9} {r.get('mode', '')[:24]:24} ERROR "
+                      f"{r['error'][:80]}")
+            continue
+        d, ref = r.get("max_abs_diff"), official.get(r["bench"])
+        x = f"{rate / ref:10.2f}" if ref and r.get("impl") == "ours" else " " * 10
+        print(f"{r['bench'][:26]:26} {r.get('impl', '')[:9]:9} {r.get('mode', '')[:24]:24} {rate:9.0f} {ms:9.2f}"
+              f"  {x}  {'' if d is None else f'{d:.3g}'}")
 
 
 if __name__ == "__main__":

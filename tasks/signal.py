@@ -25,7 +25,8 @@ from tasks.metrics import signal as sm
 
 __all__ = [
     "CardioAlignTask", "ECGClassificationTask", "ECGFlowTask", "ModelEMA", "WarmupReduceLROnPlateau",
-    "cardioalign_loss", "gaussian_kl", "infonce_loss", "kl_to_standard_normal", "rectified_flow_loss",
+    "cardioalign_loss", "flow_latents", "flow_matching_loss", "gaussian_kl", "infonce_loss", "kl_to_standard_normal",
+    "rectified_flow_loss",
 ]
 
 
@@ -58,10 +59,11 @@ def infonce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) ->
 def cardioalign_loss(
     net: nn.Module, ecg: torch.Tensor, ppg: torch.Tensor, kld_weight: float = 1e-4, lambda_align: float = 1e-2,
     lambda_cross: float = 5e-4, lambda_infonce: float = 1e-3, temperature: float = 0.07,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage-1 objective (spec §Losses): both VAE losses + λ_align·(L2(μ) + symmetric KL) + λ_cross·cross-recon
-    with detached latents + λ_infonce·InfoNCE(μ_ecg, μ_ppg)."""
-    out = net.cardioalign(ecg, ppg)
+    with detached latents + λ_infonce·InfoNCE(μ_ecg, μ_ppg). ``noise``: posterior ε of ECG and PPG (drawn when None)."""
+    out = net.cardioalign(ecg, ppg) if noise is None else net.cardioalign(ecg, ppg, noise)
     mse_e, mse_p = F.mse_loss(out.recon_ecg, ecg), F.mse_loss(out.recon_ppg, ppg)
     kl_e = kl_to_standard_normal(out.mean_ecg, out.logvar_ecg)
     kl_p = kl_to_standard_normal(out.mean_ppg, out.logvar_ppg)
@@ -78,24 +80,56 @@ def cardioalign_loss(
             "cross": cross, "infonce": nce}
 
 
+def flow_matching_loss(
+    velocity: Any, z: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+) -> torch.Tensor:
+    """Rectified-flow MSE for given draws: times ``t`` (D, B) in [0, 1] and noise ``eps`` (D, *z.shape).
+
+    All D draws go through ONE forward of ``velocity`` on the batch repeated D times (draw-major, ``cond`` repeated
+    alike). Since the draws have equal size, the MSE over the stacked batch equals the mean over draws of each draw's
+    ‖v(x_t, t | c) - (z - ε)‖² mean, x_t = (1-t)·ε + t·z: the reference's per-draw loop, D times fewer launches.
+    """
+    d, b = t.shape
+    tt = t.reshape(d, b, *([1] * (z.ndim - 1)))
+    x_t = ((1 - tt) * eps + tt * z).flatten(0, 1)
+    v = velocity(x_t, t.reshape(d * b), cond.repeat(d, *([1] * (cond.ndim - 1))))
+    return F.mse_loss(v.float(), (z - eps).flatten(0, 1).float())
+
+
 def rectified_flow_loss(
     velocity: Any, z: torch.Tensor, cond: torch.Tensor, num_draws: int = 4, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mean over ``num_draws`` t ~ U(0,1) of ‖v(x_t, t | c) - (z - ε)‖², x_t = (1-t)·ε + t·z (noise at t=0)."""
-    total = z.new_zeros(())
-    b = z.shape[0]
-    for _ in range(num_draws):
-        t = torch.rand((b,), generator=generator, device=z.device, dtype=z.dtype)
-        eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        tt = t.view(b, *([1] * (z.ndim - 1)))
-        total = total + F.mse_loss(velocity(((1 - tt) * eps + tt * z), t, cond).float(), (z - eps).float())
-    return total / num_draws
+    """Mean over ``num_draws`` t ~ U(0,1) of ‖v(x_t, t | c) - (z - ε)‖², x_t = (1-t)·ε + t·z (noise at t=0).
+
+    Draws all times first, t (num_draws, B), then all noise, ε (num_draws, *z.shape), and evaluates every draw in one
+    forward (:func:`flow_matching_loss`). The loss is the reference's; the order in which the random stream is
+    consumed is not (the reference draws t then ε per draw), so a given seed gives other draws than it did there.
+    """
+    t = torch.rand((num_draws, z.shape[0]), generator=generator, device=z.device, dtype=z.dtype)
+    eps = torch.randn((num_draws, *z.shape), generator=generator, device=z.device, dtype=z.dtype)
+    return flow_matching_loss(velocity, z, cond, t, eps)
+
+
+def flow_latents(
+    encoder: Any, ecg: torch.Tensor, ppg: torch.Tensor, sample: bool = True, noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled float32 stage-1 latents of the ECG (flow target) and the PPG (condition), both modalities in ONE
+    forward of the (frozen, shared) encoder: per-window ops only (GroupNorm, attention over time), so this is the
+    same as encoding each alone. ``noise`` (2B, 4, L) is the posterior ε of [ecg; ppg] (drawn when None)."""
+    from zoo.ppgflowecg import PPGFlowECG
+
+    mean, logvar = encoder(torch.cat([ecg, ppg]))
+    z = PPGFlowECG.reparameterize(mean, logvar, sample=sample, noise=noise).float()
+    return z[: ecg.shape[0]], z[ecg.shape[0]:]
 
 
 # ------------------------------------------------------------------------------------------------ EMA, schedule
 class ModelEMA(nn.Module):
     """Exponential moving average of a module's parameters and buffers (the reference uses ema_pytorch with
     beta 0.995, update_every 10, weights copied during the first ``start`` steps).
+
+    The step count is a Python int (:attr:`steps`), so :meth:`step` never reads the device; the ``num_steps``
+    buffer is its copy in state dicts and checkpoints (written when saving, read back when loading).
 
     Args:
         model: the online module (deep-copied).
@@ -108,32 +142,51 @@ class ModelEMA(nn.Module):
         super().__init__()
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.every, self.start = decay, every, start
+        self.steps = 0
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        with torch.no_grad():
+            self.num_steps.fill_(self.steps)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "num_steps" in state_dict:
+            self.steps = int(state_dict[prefix + "num_steps"])
 
     @torch.no_grad()
     def step(self, model: nn.Module) -> None:
-        self.num_steps += 1
-        n = int(self.num_steps)
-        if n % self.every:
+        self.steps += 1
+        if self.steps % self.every:
             return
-        if n <= self.start:
+        if self.steps <= self.start:
             self.copy_from(model)
         else:
             self.update(model, self.decay)
 
+    def _pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ema = [*self.module.parameters(), *self.module.buffers()]
+        src = [*model.parameters(), *model.buffers()]
+        if len(ema) != len(src) or any(e.shape != s.shape for e, s in zip(ema, src)):
+            raise ValueError("ModelEMA: the module does not match the averaged one")
+        return list(zip(ema, src))
+
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float) -> None:
-        """ema ← decay·ema + (1-decay)·online for floating tensors; other buffers are copied."""
-        src = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.lerp_(src[k].to(v.dtype), 1.0 - decay)
-            else:
-                v.copy_(src[k])
+        """ema ← decay·ema + (1-decay)·online for floating tensors; other buffers are copied (one foreach each)."""
+        pairs = self._pairs(model)
+        fl = [(e, s.detach().to(e.dtype)) for e, s in pairs if e.dtype.is_floating_point]
+        other = [(e, s.detach()) for e, s in pairs if not e.dtype.is_floating_point]
+        if fl:
+            torch._foreach_lerp_([e for e, _ in fl], [s for _, s in fl], 1.0 - decay)
+        if other:
+            torch._foreach_copy_([e for e, _ in other], [s for _, s in other])
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
-        self.module.load_state_dict(model.state_dict())
+        pairs = self._pairs(model)
+        torch._foreach_copy_([e for e, _ in pairs], [s.detach() for _, s in pairs])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -298,12 +351,14 @@ class _CompiledStage1:
     def decode_ppg(self, z: torch.Tensor) -> torch.Tensor:
         return self.ppg_decoder(z)
 
-    def cardioalign(self, ecg: torch.Tensor, ppg: torch.Tensor) -> Any:
+    def cardioalign(self, ecg: torch.Tensor, ppg: torch.Tensor,
+                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
         from zoo.ppgflowecg import CardioAlignOutput
 
         me, le = self.encode_dist(ecg)
         mp, lp = self.encode_dist(ppg)
-        ze, zp = self.net.reparameterize(me, le), self.net.reparameterize(mp, lp)
+        ne, np_ = noise if noise is not None else (None, None)
+        ze, zp = self.net.reparameterize(me, le, noise=ne), self.net.reparameterize(mp, lp, noise=np_)
         return CardioAlignOutput(ze, me, le, zp, mp, lp, self.decode_ecg(ze), self.decode_ppg(zp))
 
 
@@ -345,11 +400,12 @@ class ECGFlowTask(ZooTask):
         val_sample_batches: int = 1, encode_with_noise: bool = True,
     ) -> None:
         # what on_net_built needs, set before ZooTask may build the network inside its __init__
-        object.__setattr__(self, "_cfg", dict(stage1_checkpoint=stage1_checkpoint, ema_decay=ema_decay,
-                                              ema_every=ema_every, ema_start=ema_start))
+        object.__setattr__(self, "_cfg", {"stage1_checkpoint": stage1_checkpoint, "ema_decay": ema_decay,
+                                          "ema_every": ema_every, "ema_start": ema_start})
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
         self._sched: WarmupReduceLROnPlateau | None = None
+        self._sched_losses: list[torch.Tensor] = []  # step losses not yet given to the schedule (see _step_schedule)
         self._eval_store: dict[str, list[np.ndarray]] = {}
 
     def on_net_built(self) -> None:
@@ -357,10 +413,11 @@ class ECGFlowTask(ZooTask):
         for name in ("encoder", "ecg_decoder", "ppg_decoder"):
             getattr(self.net, name).requires_grad_(False).eval()
         self.flow_ema = ModelEMA(self.net.flow, cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
-        self._flow = self.net.flow
-        if self.compile_mode:
+        self._flow, self._encoder = self.net.flow, self.net.encoder
+        if self.compile_mode:  # the flow and the frozen encoder; the wrappers stay outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_flow", torch.compile(self.net.flow, mode=mode))
+            object.__setattr__(self, "_encoder", torch.compile(self.net.encoder, mode=mode))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -384,16 +441,16 @@ class ECGFlowTask(ZooTask):
 
     @torch.no_grad()
     def latents(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen stage-1 latents (scaled): ECG target and PPG condition."""
-        s = self.hparams.encode_with_noise  # float32 latents (t and x_t stay precise under bf16 autocast)
-        return self.net.encode(batch["ecg"], sample=s).float(), self.net.encode(batch["ppg"], sample=s).float()
+        """Frozen stage-1 latents (scaled, float32 so t and x_t stay precise under bf16 autocast): ECG target and PPG
+        condition, from one encoder forward over both."""
+        self.net._check_input(batch["ecg"])
+        self.net._check_input(batch["ppg"])
+        return flow_latents(self._encoder, batch["ecg"], batch["ppg"], sample=self.hparams.encode_with_noise)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         z, c = self.latents(batch)
         loss = rectified_flow_loss(self._flow, z, c, self.hparams.num_t_draws)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=z.shape[0])
-        if self._trainer is not None:
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=z.shape[0])
         return loss
 
     def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
@@ -402,8 +459,35 @@ class ECGFlowTask(ZooTask):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._sched is not None and outputs is not None:
-            self._sched.step(float(outputs["loss"]))
+            self._sched_losses.append(outputs["loss"].detach())
         self.flow_ema.step(self.net.flow)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._step_schedule()
+        if self._trainer is not None:
+            self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    def _step_schedule(self) -> None:
+        """Step the lr schedule with the losses of the batches finished since the last optimiser step.
+
+        The schedule sets the lr of the next optimiser step from each step's loss, so its values are read here, just
+        before that step (this step's forward and backward are already queued) rather than at each batch end, which
+        would stall the host on the device every step. Same lr sequence; during warm-up the losses are not read."""
+        losses, self._sched_losses = self._sched_losses, []
+        if not losses or self._sched is None:
+            return
+        if self._sched.steps + len(losses) <= self._sched.warmup:
+            values = [math.nan] * len(losses)  # warm-up ignores the loss
+        else:
+            stacked = torch.stack(losses).float()
+            if self._trainer is not None and self.trainer.world_size > 1:  # one schedule: every rank sees the mean
+                stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+            values = stacked.tolist()
+        for v in values:
+            self._sched.step(v)
+
+    def on_train_end(self) -> None:
+        self._step_schedule()
 
     def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
         z, c = self.latents(batch)
@@ -459,6 +543,7 @@ class ECGFlowTask(ZooTask):
         return opt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._step_schedule()
         if self._sched is not None:
             checkpoint["flow_lr_schedule"] = self._sched.state_dict()
 
@@ -469,9 +554,6 @@ class ECGFlowTask(ZooTask):
         state = getattr(self, "_pending_sched", None)
         if state and self._sched is not None:
             self._sched.load_state_dict(state)
-
-    def example_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
-        return _paired_batch(self.net, batch_size)
 
     def example_inputs(self, batch_size: int) -> tuple:
         return (_paired_batch(self.net, batch_size)["ppg"],)
@@ -538,7 +620,7 @@ class ECGClassificationTask(ZooTask):
             raise ValueError("input_source must be 'real' or 'generated'")
         if input_source == "generated" and not generator_model:
             raise ValueError("input_source='generated' needs generator_model")
-        object.__setattr__(self, "_cfg", dict(threshold=threshold))
+        object.__setattr__(self, "_cfg", {"threshold": threshold})
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
         self._generator = None

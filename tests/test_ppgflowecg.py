@@ -10,6 +10,8 @@ from tasks.signal import (
     ModelEMA,
     WarmupReduceLROnPlateau,
     cardioalign_loss,
+    flow_latents,
+    flow_matching_loss,
     gaussian_kl,
     infonce_loss,
     kl_to_standard_normal,
@@ -282,6 +284,58 @@ def test_flow_loss_and_sampler(tiny):
     # a perfect velocity field has zero rectified-flow loss
     zero = rectified_flow_loss(lambda x, t, cc: torch.zeros_like(x), torch.zeros(2, 4, 32), c[:2], 1)
     assert zero > 0.5  # E|eps|^2 = 1 with a zero field
+
+
+def test_batched_flow_loss_equals_the_per_draw_loop(tiny):
+    """One forward over the draws stacked equals the reference's loop of one forward per draw (same t and ε)."""
+    torch.manual_seed(1)
+    z, c = torch.randn(3, 4, 32), torch.randn(3, 4, 32)
+    t, eps = torch.rand(4, 3), torch.randn(4, 3, 4, 32)
+    loop = sum(F.mse_loss(tiny.flow((1 - t[i].view(-1, 1, 1)) * eps[i] + t[i].view(-1, 1, 1) * z, t[i], c),
+                          z - eps[i]) for i in range(4)) / 4
+    batched = flow_matching_loss(tiny.flow, z, c, t, eps)
+    torch.testing.assert_close(batched, loop, rtol=1e-5, atol=1e-6)
+    calls = []
+    flow_matching_loss(lambda x, tt, cc: calls.append((x.shape, tt.shape, cc.shape)) or x, z, c, t, eps)
+    assert calls == [((12, 4, 32), (12,), (12, 4, 32))]  # one call, draw-major
+    # rectified_flow_loss draws all t (D, B), then all ε (D, B, ...): documented order of the random stream
+    g = torch.Generator().manual_seed(5)
+    t2, eps2 = torch.rand(4, 3, generator=g), torch.randn(4, 3, 4, 32, generator=g)
+    got = rectified_flow_loss(tiny.flow, z, c, 4, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got, flow_matching_loss(tiny.flow, z, c, t2, eps2))
+
+
+def test_flow_latents_one_encoder_pass_equals_two(tiny):
+    ecg, ppg = torch.randn(2, 1, 256), torch.randn(2, 1, 256)
+    noise = torch.randn(4, 4, 32)
+    with torch.no_grad():
+        z, c = flow_latents(tiny.encoder, ecg, ppg, noise=noise)
+        torch.testing.assert_close(z, tiny.reparameterize(*tiny.encoder(ecg), noise=noise[:2]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c, tiny.reparameterize(*tiny.encoder(ppg), noise=noise[2:]), rtol=1e-5, atol=1e-6)
+        z0, _ = flow_latents(tiny.encoder, ecg, ppg, sample=False)
+        torch.testing.assert_close(z0, tiny.encode(ecg, sample=False), rtol=1e-5, atol=1e-6)
+
+
+def test_ema_count_is_host_side_and_survives_state_dict():
+    lin = torch.nn.Linear(3, 3)
+    ema = ModelEMA(lin, decay=0.5, every=1, start=2)
+    for _ in range(5):
+        ema.step(lin)
+    assert ema.steps == 5 and int(ema.num_steps) == 0  # stepping never touches the buffer
+    sd = ema.state_dict()
+    assert int(sd["num_steps"]) == 5
+    fresh = ModelEMA(torch.nn.Linear(3, 3), decay=0.5, every=1, start=2)
+    fresh.load_state_dict(sd)
+    assert fresh.steps == 5
+    torch.testing.assert_close(fresh.module.weight, ema.module.weight)
+    # past `start` the fresh copy averages (it does not copy) on its next step, like the original
+    with torch.no_grad():
+        lin.weight.add_(2.0)
+    before = fresh.module.weight.clone()
+    fresh.step(lin)
+    torch.testing.assert_close(fresh.module.weight, 0.5 * before + 0.5 * lin.weight)
+    with pytest.raises(ValueError, match="does not match"):
+        fresh.step(torch.nn.Linear(3, 4))
 
 
 def test_ema_update_and_schedule():

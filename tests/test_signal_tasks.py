@@ -102,6 +102,7 @@ def test_cli_fit_and_test_end_to_end(tmp_path):
     ckpt2 = tmp_path / "stage2" / "ckpt" / "last.ckpt"
     main(["test", "--config", str(s2), "--ckpt_path", str(ckpt2)])
     task = ECGFlowTask.load_from_checkpoint(str(ckpt2), weights_only=False)
+    assert task.flow_ema.steps == 4  # the host-side EMA step count round-trips through the checkpoint
     # stage 1 stayed frozen through stage 2
     torch.testing.assert_close(task.net.encoder.state_dict(), reloaded.net.encoder.state_dict())
     out = task.net.sample_ecg(torch.randn(2, 1, 256), steps=3, flow=task.flow_ema.module)
@@ -144,3 +145,23 @@ def test_bench_hooks():
     assert cls.training_step(cls.example_batch(2), 0).isfinite()
     s1 = CardioAlignTask("ppgflowecg_tiny")
     assert s1.training_step(s1.example_batch(2), 0).isfinite()
+
+
+def test_flow_schedule_reads_losses_before_the_next_optimizer_step():
+    """The lr schedule gets each step's loss before the next optimiser step (deferred device read): the same lr
+    sequence as stepping it at every batch end."""
+    from tasks.signal import WarmupReduceLROnPlateau
+
+    task = ECGFlowTask("ppgflowecg_tiny", warmup_steps=3, warmup_lr=1e-3, plateau_patience=2, plateau_factor=0.5)
+    opt = task.configure_optimizers()
+    ref_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=task.hparams.lr)
+    ref = WarmupReduceLROnPlateau(ref_opt, 1e-3, 3, 0.5, 2, 1e-2, task.hparams.min_lr)
+    losses = [1.0, 0.9, 0.8, 0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4]
+    for i, loss in enumerate(losses):
+        task.on_before_optimizer_step(opt)  # the lr of this step
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"]), i
+        task.on_train_batch_end({"loss": torch.tensor(loss)}, None, i)
+        ref.step(loss)
+    task.on_train_end()
+    assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
+    assert opt.param_groups[0]["lr"] < 1e-3  # the plateau decayed it

@@ -405,12 +405,14 @@ class PPGFlowECG(nn.Module):
 
     @staticmethod
     def reparameterize(
-        mean: torch.Tensor, logvar: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+        mean: torch.Tensor, logvar: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scaled latent (mean + σ·ε)·0.18215 (ε = 0 when ``sample`` is False)."""
+        """Scaled latent (mean + σ·ε)·0.18215 (ε = 0 when ``sample`` is False; ``noise`` gives ε, else it is drawn)."""
         if not sample:
             return mean * LATENT_SCALE
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        eps = noise if noise is not None else torch.randn(mean.shape, generator=generator, device=mean.device,
+                                                          dtype=mean.dtype)
         return (mean + (0.5 * logvar).exp() * eps) * LATENT_SCALE
 
     def encode(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -425,11 +427,15 @@ class PPGFlowECG(nn.Module):
         """Scaled latent (B, 4, L/32) → PPG (B, C, L)."""
         return self.ppg_decoder(latent)
 
-    def cardioalign(self, ecg: torch.Tensor, ppg: torch.Tensor) -> CardioAlignOutput:
-        """Encode both modalities with the shared encoder and reconstruct each with its decoder."""
+    def cardioalign(
+        self, ecg: torch.Tensor, ppg: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> CardioAlignOutput:
+        """Encode both modalities with the shared encoder and reconstruct each with its decoder (``noise``: the
+        posterior ε of ECG and PPG, drawn when None)."""
         mean_e, logvar_e = self.encode_dist(ecg)
         mean_p, logvar_p = self.encode_dist(ppg)
-        z_e, z_p = self.reparameterize(mean_e, logvar_e), self.reparameterize(mean_p, logvar_p)
+        ne, np_ = noise if noise is not None else (None, None)
+        z_e, z_p = self.reparameterize(mean_e, logvar_e, noise=ne), self.reparameterize(mean_p, logvar_p, noise=np_)
         return CardioAlignOutput(z_e, mean_e, logvar_e, z_p, mean_p, logvar_p,
                                  self.decode_ecg(z_e), self.decode_ppg(z_p))
 

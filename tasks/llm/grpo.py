@@ -24,6 +24,7 @@ from torch import nn
 from tasks.llm.generation import sample_completions
 from tasks.llm.prefix import enable_prefix_attention, lm_logits, packed_suffix_logits, repeated_suffix_logits
 from tasks.llm.rewards import resolve_reward
+from tasks.llm.sharding import clip_sharded_grad_norm_, fsdp_kind, shard_units
 
 
 @dataclass
@@ -126,6 +127,11 @@ def grpo_loss(
     return loss, stats
 
 
+def _cut_after_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    hits = (tokens == eos_id).nonzero()
+    return tokens[: int(hits[0, 0]) + 1].clone() if hits.numel() else tokens
+
+
 def build_causal_lm_from_spec(spec: dict[str, Any], vocab_size: int) -> nn.Module:
     """An HF causal LM from ``{'family': 'llama'|'qwen2'|'mistral', <config fields>}`` (random init, SDPA)."""
     from tasks.llm.hf_models import build_causal_lm, causal_lm_config
@@ -222,6 +228,37 @@ class GRPOTask(pl.LightningModule):
                 raise ValueError("GRPOTask needs vocab_size or a datamodule with a tokenizer")
             self._build(self.tokenizer.vocab_size)
 
+    def configure_model(self) -> None:
+        """FSDP (``tasks.llm.sharding``): each decoder layer is a unit, then the decoder and the LM head, which the
+        log-prob computation calls separately. Nothing to do under other strategies."""
+        if fsdp_kind(self._trainer) is None or self.policy is None:
+            return
+        if self.hparams.kl_coef > 0:
+            raise NotImplementedError("kl_coef > 0 under FSDP: the frozen reference is an unsharded copy of the policy "
+                                      "(use DDP, or kl_coef: 0)")
+        head = self.policy.get_output_embeddings()
+        head_name = next(n for n, m in self.policy.named_modules() if m is head)
+        shard_units(self, self, self.policy._no_split_modules or [],
+                    [f"policy.{self.policy.base_model_prefix}", f"policy.{head_name}"])
+
+    def on_train_start(self) -> None:
+        # seed_everything gives every rank the same RNG stream, so the ranks' rollouts would draw the same random
+        # numbers; offset it on ranks > 0 (rank 0, and so a single process, keeps its stream)
+        if self.global_rank > 0:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
+    def generate(self, prompts: list[torch.Tensor], num_samples: int, max_new_tokens: int, **kw) -> list:
+        """``sample_completions`` of the policy. Under FSDP every rank must run the same number of forwards (each one
+        gathers the shards), so the decode loop does not stop early at ``<eos>`` there: the completions are cut after
+        their first ``<eos>`` instead, which gives the same completions."""
+        sharded = fsdp_kind(self._trainer) is not None
+        eos = self.eos_id
+        outs = sample_completions(self.policy, prompts, num_samples, max_new_tokens, eos_id=None if sharded else eos,
+                                  pad_id=self.pad_id, **kw)
+        if sharded and eos is not None:
+            outs = [[_cut_after_eos(c, eos) for c in group] for group in outs]
+        return outs
+
     @property
     def pad_id(self) -> int:
         return getattr(self.tokenizer, "pad_id", 0)
@@ -244,10 +281,7 @@ class GRPOTask(pl.LightningModule):
     def rollout(self, prompts: list[torch.Tensor], answers: list[str]) -> Rollout:
         """Sample G completions per prompt (KV-cached), score them, group-normalise the advantages."""
         hp = self.hparams
-        completions = sample_completions(
-            self.policy, prompts, hp.group_size, hp.max_new_tokens, hp.temperature, eos_id=self.eos_id,
-            pad_id=self.pad_id,
-        )
+        completions = self.generate(prompts, hp.group_size, hp.max_new_tokens, temperature=hp.temperature)
         texts = [self.tokenizer.decode(c.tolist()) for group in completions for c in group]
         refs = [a for a in answers for _ in range(hp.group_size)]
         rewards = torch.tensor(self.reward_fn(texts, refs), dtype=torch.float32, device=self.device)
@@ -314,7 +348,9 @@ class GRPOTask(pl.LightningModule):
     def _step(self, opt, loss: torch.Tensor) -> None:
         opt.zero_grad()
         self.manual_backward(loss)
-        if self.hparams.max_grad_norm:
+        if self.hparams.max_grad_norm and fsdp_kind(self._trainer) == "fsdp":  # FSDPPrecision refuses norm clipping
+            clip_sharded_grad_norm_(self.policy.parameters(), self.hparams.max_grad_norm, self.trainer.strategy)
+        elif self.hparams.max_grad_norm:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
 
@@ -322,10 +358,10 @@ class GRPOTask(pl.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         prompts = self._to_device(batch["prompt_ids"])
         n_tok = self.hparams.val_max_new_tokens or self.hparams.max_new_tokens
-        outs = sample_completions(self.policy, prompts, 1, n_tok, greedy=True, eos_id=self.eos_id, pad_id=self.pad_id)
+        outs = self.generate(prompts, 1, n_tok, greedy=True)
         texts = [self.tokenizer.decode(g[0].tolist()) for g in outs]
         reward = torch.tensor(self.reward_fn(texts, batch["answer"]), dtype=torch.float32).mean()
-        self.log("val/reward", reward, prog_bar=True, batch_size=len(prompts))
+        self.log("val/reward", reward, prog_bar=True, batch_size=len(prompts), sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams

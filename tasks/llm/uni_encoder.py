@@ -23,6 +23,7 @@ from torch import nn
 
 from tasks.llm.prefix import GroupedAttention, MaskedAttention, PrefixLayout, enable_prefix_attention
 from tasks.llm.prefix.hf import _placeholder_mask
+from tasks.llm.sharding import shard_units
 
 
 def build_backbone(spec: dict[str, Any], vocab_size: int) -> nn.Module:
@@ -147,6 +148,11 @@ class UniEncoderTask(pl.LightningModule):
                 raise ValueError("UniEncoderTask needs vocab_size or a datamodule that provides it")
             self._build(dm.vocab_size)
 
+    def configure_model(self) -> None:
+        """FSDP (``tasks.llm.sharding``): each backbone block is a unit, then the whole ranker."""
+        if self.net is not None:
+            shard_units(self, self, self.net.backbone._no_split_modules or [], ["net"])
+
     def forward(self, contexts, candidates):
         return self.net(contexts, candidates)
 
@@ -155,13 +161,14 @@ class UniEncoderTask(pl.LightningModule):
         labels = batch["label"].to(scores.device)
         loss = nn.functional.cross_entropy(scores, labels)
         n = scores.shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n)
+        sync = stage != "train"  # epoch-level metrics: averaged over the ranks under DDP / FSDP (no-op otherwise)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=sync)
         if stage != "train":
             n_cand = scores.shape[1]
             for k in self.hparams.recall_ks:
                 if k < n_cand:
-                    self.log(f"{stage}/R{n_cand}@{k}", recall_at_k(scores, labels, k), batch_size=n)
-            self.log(f"{stage}/MRR", mean_reciprocal_rank(scores, labels), batch_size=n)
+                    self.log(f"{stage}/R{n_cand}@{k}", recall_at_k(scores, labels, k), batch_size=n, sync_dist=True)
+            self.log(f"{stage}/MRR", mean_reciprocal_rank(scores, labels), batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -480,8 +480,9 @@ def report() -> str:
         if "samples_per_s" not in r:
             continue
         gf = r.get("flops_fwd_bwd_per_sample") if r.get("task") == "train" else r.get("flops_fwd_per_sample")
+        graphs = " + CUDA graphs" if (r.get("cuda_graph_counts") or {}).get("captures") else ""  # the task's own
         out.append(
-            f"| {r.get('model')} | {r.get('task')} | {r.get('batch')} | {r.get('precision')} | {r.get('compile')} | "
+            f"| {r.get('model')} | {r.get('task')} | {r.get('batch')} | {r.get('precision')} | {r.get('compile')}{graphs} | "
             f"{r['samples_per_s']:.1f} | {fmt(r.get('step_ms_median'), '.1f')}/{fmt(r.get('step_ms_p90'), '.1f')} | "
             f"{fmt(r.get('peak_mem_gib'), '.2f')} | {fmt(gf and gf / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | "
             f"{fmt(r.get('speedup_vs_reference'), '.2f')} | {r.get('gpu') or r.get('cpu')} | "

@@ -6,8 +6,9 @@ that RoPE position interpolation keeps the 1024-px output consistent with the 51
 
 Writes one JSON line per measurement to benchmarks/results/dens3r.jsonl (with command, machine, versions).
 Absolute numbers count only from a GPU. ``--checkpoint`` loads weights (ours, or an upstream .pth converted on
-the fly); without it the weights are random, which is fine for latency and still meaningful for the *relative*
-PI-vs-no-PI consistency comparison (the architecture, not training, decides how positions extrapolate).
+the fly); without it the weights are random, which is fine for latency but makes the PI consistency check a mere
+code-path exercise (an untrained network has learned nothing about positions; ``--scenes 0`` skips it). The check on
+a trained model is ``benchmarks/dens3r_pi_consistency.py``.
 """
 from __future__ import annotations
 

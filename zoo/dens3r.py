@@ -60,7 +60,10 @@ MODEL_CARD = {
         "Normals: the released reg_dense_normal clips to [-1, 1] and then L2-normalises (the spec says 'no "
         "renormalisation'; the code at commit a734987 does renormalise); normal_renorm=True follows the code.",
         "RoPE: position interpolation t = m * 32 / L with L = longest token side (the released pos_embed.py); "
-        "training jitter draws one offset per coordinate value per forward call (upstream caches it once).",
+        "training jitter draws one offset per coordinate value per forward call (upstream caches it once). "
+        "PI alone did not keep a dens3r_tiny trained at 64 px consistent at 128 px (benchmarks/dens3r_pi_consistency"
+        ".py: depth AbsRel 0.13 -> 0.27-0.33 with PI, beating plain extrapolated RoPE with 1 of 3 seeds), in line "
+        "with the paper's note that PI needs high-resolution training (its 1024-px fine stage).",
         "Only the RoPE100 position mode is implemented (not ATMRoPE / DINO learned pos-embed); the released "
         "model's mode is not confirmed.",
         "Landscape transposition (transpose_to_landscape) is not applied inside the model: inputs of any "

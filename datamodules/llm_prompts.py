@@ -84,6 +84,31 @@ def collate_prompts(items: list[dict]) -> dict:
     return {k: [it[k] for it in items] for k in items[0]}
 
 
+class DrawWithReplacement(torch.utils.data.Sampler[int]):
+    """``num_samples`` indices of ``range(n)`` drawn uniformly with replacement, new draws every epoch.
+
+    The same draws as ``RandomSampler(replacement=True, num_samples=..., generator=Generator().manual_seed(seed))``,
+    but not a ``RandomSampler``: Lightning replaces a ``RandomSampler`` under DDP with a ``DistributedSampler`` over
+    the dataset (one pass over the prompts, ``steps_per_epoch`` lost), whereas it wraps any other sampler in a
+    ``DistributedSamplerWrapper`` that splits these draws (identical on every rank: same seed) between the ranks.
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int = 0) -> None:
+        if n <= 0 or num_samples <= 0:
+            raise ValueError(f"need a non-empty set and num_samples > 0 (got n={n}, num_samples={num_samples})")
+        self.n, self.num_samples = n, num_samples
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        full, rest = divmod(self.num_samples, 32)  # RandomSampler's chunking, so the sequence is the same
+        for _ in range(full):
+            yield from torch.randint(self.n, (32,), dtype=torch.int64, generator=self.generator).tolist()
+        yield from torch.randint(self.n, (rest,), dtype=torch.int64, generator=self.generator).tolist()
+
+
 class PromptDataModule(pl.LightningDataModule):
     """Prompt/answer pairs for GRPO with a character tokenizer.
 
@@ -156,10 +181,7 @@ class PromptDataModule(pl.LightningDataModule):
         self.setup()
         sampler = None
         if self.steps_per_epoch:
-            gen = torch.Generator().manual_seed(self.seed)
-            sampler = torch.utils.data.RandomSampler(
-                self.train_set, replacement=True, num_samples=self.steps_per_epoch * self.batch_size, generator=gen
-            )
+            sampler = DrawWithReplacement(len(self.train_set), self.steps_per_epoch * self.batch_size, self.seed)
         return DataLoader(
             self.train_set, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
             collate_fn=collate_prompts, drop_last=True,

@@ -137,3 +137,25 @@ def test_chunked_logps_equal_unchunked_with_grads():
     torch.testing.assert_close(out[0][0], out[1][0])
     for a, b in zip(out[0][1], out[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_prompt_sampler_draws_like_random_sampler_and_splits_under_ddp():
+    """steps_per_epoch survives DDP: Lightning wraps (not replaces) the sampler, and the ranks split its draws."""
+    from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from datamodules.llm_prompts import DrawWithReplacement
+
+    n, num = 10, 70
+    ref = torch.utils.data.RandomSampler(range(n), replacement=True, num_samples=num,
+                                         generator=torch.Generator().manual_seed(3))
+    ours = DrawWithReplacement(n, num, seed=3)
+    assert not isinstance(ours, torch.utils.data.RandomSampler)
+    for _ in range(2):  # two epochs: new draws, the same as the reference's
+        assert list(ours) == list(ref)
+    draws = list(DrawWithReplacement(n, num, seed=3))
+    ranks = [list(DistributedSamplerWrapper(DrawWithReplacement(n, num, seed=3), num_replicas=2, rank=r,
+                                            shuffle=False)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [35, 35]
+    assert sorted(ranks[0] + ranks[1]) == sorted(draws)
+    dm = PromptDataModule(batch_size=4, steps_per_epoch=3, max_operand=4, num_val=4, val_batch_size=4)
+    assert len(dm.train_dataloader()) == 3

@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# Eager vs torch.compile on one H200 for PEPSI / Diet-PEPSI (issue 5) and Dens3R ViT-L (issue 6), plus Dens3R
-# training steps through the harness (issue 3). Every command appends its rows as it goes and runs under `timeout`,
-# so the whole script ends inside one 10-minute device command.
-#   benchmarks/families_h200.sh [OUT_DIR]      (default benchmarks/results)
+# Eager vs torch.compile on one H200 for the families beside FusionReID (issue 3's per-family rows; PPGFlowECG's come
+# from benchmarks/bench_ppgflowecg.py). Every command appends its rows as it goes and runs under `timeout`, so each
+# case ends inside one 10-minute device command.
+#   benchmarks/families_h200.sh infer [OUT_DIR]  PEPSI / Diet-PEPSI (issue 5) and Dens3R ViT-L (issue 6) latency
+#   benchmarks/families_h200.sh train [OUT_DIR]  training steps through the harness (bf16): PEPSI, Diet-PEPSI (one
+#                                                D + G iteration), Dens3R ViT-L, the ECG ResNet-1D classifier
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1
-D=${1:-benchmarks/results}
+D=${2:-benchmarks/results}
 export SHAREZOO_BENCH_RESULTS=$D
-timeout 170 python3 benchmarks/bench_pepsi.py --modes eager,compile --iters 50 --warmup 5 --out "$D/pepsi.jsonl"
-timeout 200 python3 benchmarks/bench_dens3r.py --modes eager compile --sizes 512 1024 --warmup 3 --iters 15 \
-  --scenes 0 --out "$D/dens3r.jsonl"
-B=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r
-   --task train --batch 4 --precision bf16-mixed --steps 10)
-timeout 80 "${B[@]}" --compile off --warmup 3
-timeout 130 "${B[@]}" --compile default --warmup 4
+case "${1:-infer}" in
+infer)
+  timeout 170 python3 benchmarks/bench_pepsi.py --modes eager,compile --iters 50 --warmup 5 --out "$D/pepsi.jsonl"
+  timeout 200 python3 benchmarks/bench_dens3r.py --modes eager compile --sizes 512 1024 --warmup 3 --iters 15 \
+    --scenes 0 --out "$D/dens3r.jsonl"
+  ;;
+train)
+  for m in pepsi diet_pepsi; do  # paper batch 8 at 256 px
+    B=(python3 -m tasks.cli bench --model $m --config configs/$m/celebahq.yaml --name pepsi --task train --batch 8
+       --precision bf16-mixed --steps 20)
+    timeout 60 "${B[@]}" --compile off --warmup 3 || echo "$m train eager: rc $?"
+    timeout 110 "${B[@]}" --compile default --warmup 4 || echo "$m train compile: rc $?"
+  done
+  B=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r
+     --task train --batch 4 --precision bf16-mixed --steps 10)
+  timeout 70 "${B[@]}" --compile off --warmup 3 || echo "dens3r train eager: rc $?"
+  timeout 140 "${B[@]}" --compile default --warmup 4 || echo "dens3r train compile: rc $?"
+  B=(python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml
+     --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30)
+  for t in train infer; do
+    timeout 40 "${B[@]}" --task $t --compile off --warmup 5 || echo "ecg_resnet1d18 $t eager: rc $?"
+    timeout 70 "${B[@]}" --task $t --compile default --warmup 5 || echo "ecg_resnet1d18 $t compile: rc $?"
+  done
+  ;;
+esac

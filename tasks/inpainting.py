@@ -138,32 +138,47 @@ class InpaintingTask(ZooTask):
         return max(1, int(trainer.estimated_stepping_batches))
 
     # --------------------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def _iteration(self, image: torch.Tensor, mask: torch.Tensor, opt_g: torch.optim.Optimizer,
+                   opt_d: torch.optim.Optimizer, backward: Any, toggle: Any, untoggle: Any, step: bool = True,
+                   ) -> tuple[torch.Tensor, ...]:
+        """One training iteration: the discriminator step, then the generator step against the updated
+        discriminator. ``step=False`` (the benchmark's FLOP probe) runs the same forwards and backwards (backwards
+        only under grad) without the optimiser steps and without counting the iteration."""
         hp = self.hparams
-        image, mask = batch["image"], batch["mask"]
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
         out = self.network(image, mask, with_coarse=True)
+        grad = torch.is_grad_enabled()
 
         # discriminator step on the composite (generator detached)
-        self.toggle_optimizer(opt_d)
+        toggle(opt_d)
         d_loss = hinge_d_loss(self.disc(image), self.disc(out.composite.detach()))
         opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
+        if grad:
+            backward(d_loss)
+        if step:
+            opt_d.step()
+        untoggle(opt_d)
 
         # generator step against the updated discriminator
-        self.toggle_optimizer(opt_g)
+        toggle(opt_g)
         adv = hinge_g_loss(self.disc(out.composite))
         l1 = (out.inpainted - image).abs().mean()
         l1_coarse = (out.coarse - image).abs().mean()
         w_coarse = coarse_weight_at(int(self.iterations), self.coarse_decay_total(), hp.coarse_weight)
         g_loss = hp.adv_weight * adv + hp.l1_weight * l1 + w_coarse * l1_coarse
         opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
-        self.iterations += 1
+        if grad:
+            backward(g_loss)
+        if step:
+            opt_g.step()
+            self.iterations += 1
+        untoggle(opt_g)
+        return d_loss, g_loss, adv, l1, l1_coarse, w_coarse
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        d_loss, g_loss, adv, l1, l1_coarse, w_coarse = self._iteration(
+            image, mask, opt_g, opt_d, self.manual_backward, self.toggle_optimizer, self.untoggle_optimizer)
 
         self.log_dict({"train/d_loss": d_loss.detach(), "train/g_loss": g_loss.detach(), "train/adv": adv.detach(),
                        "train/l1": l1.detach(), "train/l1_coarse": l1_coarse.detach(), "train/coarse_weight": w_coarse},
@@ -240,6 +255,27 @@ class InpaintingTask(ZooTask):
         mask = torch.zeros(batch_size, 1, s, s)
         mask[:, :, s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1
         return {"image": image, "mask": mask}
+
+    def bench_train_step(self, batch: dict[str, torch.Tensor], step: bool = True) -> torch.Tensor:
+        """``sharezoo bench --task train``: one training iteration (D step + G step) by ``training_step``'s own
+        path outside a Trainer, with the task's two Adam optimisers; freezing the other network's parameters during
+        each step as Lightning's ``toggle_optimizer`` does. ``step=False``: forwards and backwards only (FLOP probe)."""
+        if getattr(self, "_bench_opts", None) is None:
+            self._bench_opts = self.configure_optimizers()
+        opt_g, opt_d = self._bench_opts
+        saved = {p: p.requires_grad for p in self.parameters()}
+
+        def toggle(opt: torch.optim.Optimizer) -> None:
+            mine = {id(p) for g in opt.param_groups for p in g["params"]}
+            for p, r in saved.items():
+                p.requires_grad_(r and id(p) in mine)
+
+        def untoggle(opt: torch.optim.Optimizer) -> None:
+            for p, r in saved.items():
+                p.requires_grad_(r)
+
+        return self._iteration(batch["image"], batch["mask"], opt_g, opt_d, torch.Tensor.backward, toggle, untoggle,
+                               step=step)[1]
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image, mask)`` for the generator's inference forward."""

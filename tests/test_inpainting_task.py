@@ -147,3 +147,36 @@ def test_demo_config_lowers_validation_l1(config, tmp_path):
     assert cfg["trainer"]["max_steps"] == 2 * int(cli.model.iterations)
     assert after["val/l1"] < 0.9 * before["val/l1"], (before, after)
     assert after["val/l1_hole"] < before["val/l1_hole"] and after["val/psnr"] > before["val/psnr"]
+
+
+def test_bench_train_step_matches_one_trainer_iteration(tmp_path):
+    """`sharezoo bench --task train` times the same iteration as Trainer.fit (D step, then G step, each with the
+    other network frozen): from the same init and batch both give the same weights."""
+    torch.manual_seed(0)
+    task = _task()
+    task.configure_model()
+    bench_task = _task()
+    bench_task.configure_model()
+    bench_task.load_state_dict(task.state_dict())
+    batch = task.example_batch(2)
+
+    loader = torch.utils.data.DataLoader([{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(2)],
+                                         batch_size=2)
+    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path).fit(task, loader)
+    assert int(task.iterations) == 1
+
+    before = {k: v.clone() for k, v in bench_task.state_dict().items()}
+    g_loss = bench_task.bench_train_step(batch)
+    assert torch.isfinite(g_loss) and int(bench_task.iterations) == 1
+    after = bench_task.state_dict()
+    for k, v in task.state_dict().items():
+        torch.testing.assert_close(after[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    for prefix in ("disc.", "net."):  # both networks stepped
+        assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith(prefix)), prefix
+    assert all(p.requires_grad for p in bench_task.parameters())  # the toggling is undone
+
+    # the FLOP probe: forwards and backwards, no optimiser step, no iteration counted
+    bench_task.bench_train_step(batch, step=False)
+    assert int(bench_task.iterations) == 1
+    assert all(torch.equal(bench_task.state_dict()[k], after[k]) for k in after)

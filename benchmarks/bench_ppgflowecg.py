@@ -7,7 +7,8 @@ CUDA graphs, fp32 vs bf16; optionally side by side with the reference implementa
 Modes: ``eager-fp32``, ``eager-bf16``; ``compile-bf16`` (torch.compile of the modules, as the tasks' ``compile``
 option does: encoder + decoders in stage 1, flow + frozen encoder in stage 2); ``cudagraph-bf16`` (eager bf16, the
 whole stage-2 step and the whole sampling call captured with ``torch.cuda.graph`` and replayed);
-``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs). Stage 1 is
+``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs); ``compile-conv2d-*``
+(the compiled modes with ``zoo.ppgflowecg.conv1d_as_conv2d``: 1-D convolutions run as channels-last 2-D ones). Stage 1 is
 compute-bound and is not measured in the CUDA-graph modes.
 
 Every measurement calls the functions the training tasks use (``tasks.signal.cardioalign_loss``,
@@ -47,7 +48,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ALL_MODES = ("eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-cudagraph-bf16", "compile-bf16", "autotune-bf16")
+ALL_MODES = ("eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-cudagraph-bf16", "compile-bf16", "autotune-bf16",
+             "compile-conv2d-bf16", "compile-conv2d-cudagraph-bf16")
 CUDA_MODES = "eager-fp32,eager-bf16,cudagraph-bf16,compile-bf16,compile-cudagraph-bf16"
 BENCH_ORDER = ("stage2", "sample", "stage1")
 # compiled modes measure stage 1 first: it is what compilation is for (stage 2 and sampling are launch-bound, which
@@ -189,7 +191,8 @@ def bench_ours(args, dev, emit_row, ours=None):
         # under CUDA-graph capture the autocast weight-cast cache must be off (the graph must cast on every replay)
         ac = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not graph)
         extra = {"impl": "ours", "model": ours.name, "mode": mode, "batch": B, "compile_mode": cmode if compiled else
-                 None, "cuda_graph": graph}
+                 None, "cuda_graph": graph, "conv1d_as_conv2d": "conv2d" in mode}
+        P.conv1d_as_conv2d(ours.net, "conv2d" in mode)
         if graph and dev.type != "cuda":
             emit_row({"bench": "all", "error": "CUDA graphs need a CUDA device", **extra})
             continue

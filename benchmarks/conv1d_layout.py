@@ -50,7 +50,7 @@ def main() -> None:
             if layout == "ncl":
                 x.requires_grad_(True)
 
-                def step(x=x):
+                def step(x=x, w=w):
                     F.conv1d(x, w, padding=a.kernel // 2).sum().backward()
             else:
                 x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last).requires_grad_(True)

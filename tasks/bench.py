@@ -315,7 +315,10 @@ def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: t
     trainer.fit(task, datamodule=build_datamodule(config, a.data_arg))
     root = trainer.strategy.root_device
     mine = {"samples": timer.samples, "dt": timer.t1 - timer.t0,
-            "peak": torch.cuda.max_memory_allocated(root) / 2**30 if root.type == "cuda" else None}
+            "peak": torch.cuda.max_memory_allocated(root) / 2**30 if root.type == "cuda" else None,
+            # reserved counts memory the allocator holds for CUDA-graph pools captured before the timer started,
+            # which the allocated peak (reset when timing starts) does not see
+            "reserved": torch.cuda.max_memory_reserved(root) / 2**30 if root.type == "cuda" else None}
     ranks = [mine]
     if trainer.world_size > 1:  # every rank timed its own batches (per-device batch size): sum the samples
         ranks = [None] * trainer.world_size
@@ -326,7 +329,8 @@ def time_fit_loop(config: dict[str, Any], task, a: argparse.Namespace, device: t
     return {"loop_samples_per_s": samples / dt if dt > 0 else None, "loop_wall_s": dt, "loop_steps": a.steps,
             "loop_step_ms_mean": dt / a.steps * 1e3, "devices": trainer.world_size, "strategy": a.strategy,
             "sync_batchnorm": a.sync_batchnorm, "loop_peak_mem_gib": max(peaks) if peaks[0] is not None else None,
-            "loop_peak_mem_gib_per_device": peaks, "global_rank": trainer.global_rank}
+            "loop_peak_mem_gib_per_device": peaks, "loop_peak_reserved_gib": max(r["reserved"] or 0 for r in ranks)
+            if root.type == "cuda" else None, "global_rank": trainer.global_rank}
 
 
 def time_datamodule(dm, batches: int) -> dict[str, float]:

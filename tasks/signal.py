@@ -244,6 +244,9 @@ class CardioAlignTask(ZooTask):
         pretrained: False, True, a tag, or a local weight file/folder.
         model_kwargs: constructor overrides (``seq_len`` must equal the datamodule's window length; checked).
         compile: compile the encoder and decoders with torch.compile.
+        conv1d_as_conv2d: with ``compile``, run the VAE's 1-D convolutions as 2-D ones
+            (``zoo.ppgflowecg.conv1d_as_conv2d``) so inductor lays them out channels-last: stage 1 1.09x faster on an
+            H200 in bf16 (benchmarks/README.md). No effect without ``compile``.
         lr: AdamW learning rate (reference 2e-5).
         weight_decay: AdamW weight decay (reference: torch default 0.01).
         kld_weight: KL-to-prior weight (1e-4).
@@ -261,7 +264,9 @@ class CardioAlignTask(ZooTask):
         compile: bool | str = False, lr: float = 2e-5, weight_decay: float = 0.01, kld_weight: float = 1e-4,
         lambda_align: float = 1e-2, lambda_cross: float = 5e-4, lambda_infonce: float = 1e-3,
         temperature: float = 0.07, cosine_steps: int = 40_000, eta_min: float = 1e-9,
+        conv1d_as_conv2d: bool = True,
     ) -> None:
+        object.__setattr__(self, "_conv2d", conv1d_as_conv2d)  # read by on_net_built, maybe inside ZooTask's __init__
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
 
@@ -275,6 +280,8 @@ class CardioAlignTask(ZooTask):
         self._stage1 = self.net
         if self.compile_mode:  # compile the stage-1 modules; the wrapper stays outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
+            for name in ("encoder", "ecg_decoder", "ppg_decoder"):
+                zoo.ppgflowecg.conv1d_as_conv2d(getattr(self.net, name), self._conv2d)
             object.__setattr__(self, "_stage1", _CompiledStage1(self.net, mode))
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -370,7 +377,9 @@ class ECGFlowTask(ZooTask):
         model: registered PPGFlowECG model.
         pretrained: False, True, a tag, or a local weight file/folder (whole model).
         model_kwargs: constructor overrides (``seq_len`` must equal the datamodule's window length; checked).
-        compile: compile the flow transformer with torch.compile.
+        compile: compile the flow transformer and the frozen encoder with torch.compile.
+        conv1d_as_conv2d: with ``compile``, run the frozen encoder's 1-D convolutions as 2-D ones
+            (``zoo.ppgflowecg.conv1d_as_conv2d``; channels-last under inductor). No effect without ``compile``.
         stage1_checkpoint: stage-1 weights, loaded when fitting starts: a CardioAlignTask ``.ckpt``, our
             safetensors/folder, or the reference ``VAE-iter-*.pth``; None keeps the weights given by ``pretrained``
             (the zoo).
@@ -397,11 +406,12 @@ class ECGFlowTask(ZooTask):
         betas: tuple[float, float] = (0.9, 0.96), warmup_lr: float = 8e-4, warmup_steps: int = 1000,
         plateau_factor: float = 0.5, plateau_patience: int = 1000, min_lr: float = 1e-9, num_t_draws: int = 4,
         ema_decay: float = 0.995, ema_every: int = 10, ema_start: int = 100, sample_steps: int = 10,
-        val_sample_batches: int = 1, encode_with_noise: bool = True,
+        val_sample_batches: int = 1, encode_with_noise: bool = True, conv1d_as_conv2d: bool = True,
     ) -> None:
         # what on_net_built needs, set before ZooTask may build the network inside its __init__
         object.__setattr__(self, "_cfg", {"stage1_checkpoint": stage1_checkpoint, "ema_decay": ema_decay,
-                                          "ema_every": ema_every, "ema_start": ema_start})
+                                          "ema_every": ema_every, "ema_start": ema_start,
+                                          "conv1d_as_conv2d": conv1d_as_conv2d})
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
         self._sched: WarmupReduceLROnPlateau | None = None
@@ -417,6 +427,7 @@ class ECGFlowTask(ZooTask):
         if self.compile_mode:  # the flow and the frozen encoder; the wrappers stay outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_flow", torch.compile(self.net.flow, mode=mode))
+            zoo.ppgflowecg.conv1d_as_conv2d(self.net.encoder, cfg["conv1d_as_conv2d"])
             object.__setattr__(self, "_encoder", torch.compile(self.net.encoder, mode=mode))
 
     def setup(self, stage: str) -> None:

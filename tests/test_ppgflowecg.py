@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import zoo
 from tasks.signal import (
@@ -382,3 +383,57 @@ def test_base_forward_and_official_layout_full_size(tmp_path):
     assert sum(v.numel() for v in s1["encoder_ecg"].values()) == 96_491_984
     assert sum(v.numel() for v in s1["decoder_ecg"].values()) == 110_915_114
     assert sum(v.numel() for v in _official_flow_state_dict(4, 256, length=40).values()) == 6_857_988
+
+
+def test_conv1d_as_conv2d_same_outputs_keys_and_round_trips():
+    import copy
+    import pickle
+
+    from zoo.ppgflowecg import Conv1dAs2d, conv1d_as_conv2d
+
+    torch.manual_seed(0)
+    ref = zoo.create_model("ppgflowecg_tiny").eval()
+    net = conv1d_as_conv2d(copy.deepcopy(ref))
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv1d)]
+    assert convs and all(type(m) is Conv1dAs2d for m in convs)
+    assert list(net.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 1, ref.seq_len)
+    with torch.no_grad():
+        mean_ref, _ = ref.encode_dist(x)
+        mean, _ = net.encode_dist(x)
+        torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net.decode_ecg(mean), ref.decode_ecg(mean_ref), rtol=1e-5, atol=1e-5)
+    # a strided, padded convolution (the down-sampling ones) agrees too, with gradients
+    conv = nn.Conv1d(4, 6, 15, stride=2, padding=7)
+    conv2 = conv1d_as_conv2d(copy.deepcopy(conv))
+    x = torch.randn(2, 4, 50, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    conv(x).square().sum().backward()
+    conv2(x2).square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad)
+    torch.testing.assert_close(conv2.weight.grad, conv.weight.grad)
+    # pickles (checkpoints of whole modules, spawn) and switches back
+    again = pickle.loads(pickle.dumps(net))
+    assert type(again.encoder.blocks[0]) is Conv1dAs2d
+    conv1d_as_conv2d(net, enable=False)
+    assert not any(type(m) is Conv1dAs2d for m in net.modules())
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_tasks_run_convs_as_2d_only_when_compiling(flag):
+    from tasks.signal import CardioAlignTask, ECGFlowTask
+    from zoo.ppgflowecg import Conv1dAs2d
+
+    def n2d(module):
+        return sum(type(m) is Conv1dAs2d for m in module.modules())
+
+    for cls in (CardioAlignTask, ECGFlowTask):
+        eager = cls(model="ppgflowecg_tiny")
+        eager.configure_model()
+        assert n2d(eager.net) == 0
+        compiled = cls(model="ppgflowecg_tiny", compile=True, conv1d_as_conv2d=flag)  # torch.compile is lazy
+        compiled.configure_model()
+        if cls is CardioAlignTask:
+            assert (n2d(compiled.net) > 0) is flag and n2d(compiled.net.flow) == 0
+        else:  # stage 2 compiles the frozen encoder and the flow; the decoders stay eager
+            assert (n2d(compiled.net.encoder) > 0) is flag and n2d(compiled.net.ecg_decoder) == 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,16 @@ from ._registry import register_model
 from .layers.signal_blocks import BasicBlock1d, Downsample1d, SignalResBlock, SignalSelfAttentionBlock
 
 __all__ = [
-    "CardioAlignDecoder", "CardioAlignEncoder", "CardioAlignOutput", "ECGResNet1d", "LatentFlowTransformer",
-    "PPGFlowECG", "checkpoint_filter_fn", "conv1d_as_conv2d", "convert_official_checkpoint",
+    "CardioAlignDecoder",
+    "CardioAlignEncoder",
+    "CardioAlignOutput",
+    "Conv1dAs2d",
+    "ECGResNet1d",
+    "LatentFlowTransformer",
+    "PPGFlowECG",
+    "checkpoint_filter_fn",
+    "conv1d_as_conv2d",
+    "convert_official_checkpoint",
 ]
 
 LATENT_SCALE = 0.18215  # the SD-VAE latent scale the paper keeps (spec "must-not-miss")
@@ -205,29 +212,29 @@ class CardioAlignDecoder(nn.Module):
         return out
 
 
-def _conv1d_via_conv2d(self: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Conv1d.forward`` as a height-1 2-D convolution: the same sums in the same order of terms per output."""
-    pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
-    y = F.conv2d(x.unsqueeze(-2), self.weight.unsqueeze(-2), self.bias, (1, self.stride[0]), pad,
-                 (1, self.dilation[0]), self.groups)
-    return y.squeeze(-2)
+class Conv1dAs2d(nn.Conv1d):
+    """An ``nn.Conv1d`` computed as a height-1 2-D convolution (same parameters, same state-dict keys, same sums)."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        pad = self.padding if isinstance(self.padding, str) else (0, self.padding[0])
+        y = F.conv2d(x.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, self.stride[0]), pad, (1, self.dilation[0]),
+                     self.groups)
+        return y.squeeze(-2)
 
 
 def conv1d_as_conv2d(module: nn.Module, enable: bool = True) -> nn.Module:
-    """Run every zero-padded ``nn.Conv1d`` inside ``module`` as a (N, C, 1, L) 2-D convolution (or back, with
-    ``enable=False``); parameters and state-dict keys are unchanged.
+    """Run every zero-padded ``nn.Conv1d`` inside ``module`` as a (N, C, 1, L) 2-D convolution (``Conv1dAs2d``), or
+    back with ``enable=False``; parameters and state-dict keys are unchanged. In place; returns ``module``.
 
-    Why: under ``torch.compile`` inductor lays 2-D convolutions out channels-last (NHWC) on CUDA, but leaves 1-D ones
-    in (N, C, L) (its ``layout_optimization`` handles 2-D only), and cuDNN's channels-last kernels for PPGFlowECG's
+    Why: under ``torch.compile`` inductor lays 2-D convolutions out channels-last (NHWC) on CUDA but leaves 1-D ones
+    in (N, C, L) (its layout optimisation handles 2-D only), and cuDNN's channels-last kernels for PPGFlowECG's
     kernel-15 convolutions are 1.2-1.6x faster in bf16 on an H200 (``benchmarks/conv1d_layout.py``). Useful with
-    compilation on a GPU; eager, it changes nothing but the call path. In place; returns ``module``.
+    compilation on a GPU; eager, it changes only the call path.
     """
+    src, dst = (nn.Conv1d, Conv1dAs2d) if enable else (Conv1dAs2d, nn.Conv1d)
     for m in module.modules():
-        if type(m) is nn.Conv1d and m.padding_mode == "zeros":
-            if enable:
-                m.forward = types.MethodType(_conv1d_via_conv2d, m)
-            else:
-                m.__dict__.pop("forward", None)
+        if type(m) is src and m.padding_mode == "zeros":
+            m.__class__ = dst
     return module
 
 

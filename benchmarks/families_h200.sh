@@ -5,6 +5,10 @@
 #   benchmarks/families_h200.sh infer [OUT_DIR]  PEPSI / Diet-PEPSI (issue 5) and Dens3R ViT-L (issue 6) latency
 #   benchmarks/families_h200.sh train [OUT_DIR]  training steps through the harness (bf16): PEPSI, Diet-PEPSI (one
 #                                                D + G iteration), Dens3R ViT-L, the ECG ResNet-1D classifier
+#   benchmarks/families_h200.sh rest [OUT_DIR]   what `train` left unmeasured on 2026-11-29 (its 470-s limit): Dens3R
+#                                                compiled training (a cold compile of fwd+bwd takes > 140 s), the
+#                                                ECG classifier's compiled inference; then PPGFlowECG stage 1 with
+#                                                fused AdamW; at most 8.5 minutes
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1
 D=${2:-benchmarks/results}
@@ -32,5 +36,14 @@ train)
     timeout 40 "${B[@]}" --task $t --compile off --warmup 5 || echo "ecg_resnet1d18 $t eager: rc $?"
     timeout 70 "${B[@]}" --task $t --compile default --warmup 5 || echo "ecg_resnet1d18 $t compile: rc $?"
   done
+  ;;
+rest)
+  timeout 280 python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r \
+    --task train --batch 4 --precision bf16-mixed --steps 10 --compile default --warmup 4 || echo "dens3r train compile: rc $?"
+  timeout 60 python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml \
+    --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30 --task infer --compile default --warmup 5 \
+    || echo "ecg_resnet1d18 infer compile: rc $?"
+  timeout 180 python3 benchmarks/bench_ppgflowecg.py --modes compile-conv2d-bf16 --benches stage1 --time-budget 170 \
+    --out "$D/ppgflowecg.jsonl" || echo "ppgflowecg stage 1: rc $?"
   ;;
 esac

@@ -63,7 +63,7 @@ def cardioalign_loss(
 ) -> dict[str, torch.Tensor]:
     """Stage-1 objective (spec §Losses): both VAE losses + λ_align·(L2(μ) + symmetric KL) + λ_cross·cross-recon
     with detached latents + λ_infonce·InfoNCE(μ_ecg, μ_ppg). ``noise``: posterior ε of ECG and PPG (drawn when None)."""
-    out = net.cardioalign(ecg, ppg) if noise is None else net.cardioalign(ecg, ppg, noise)
+    out = net.cardioalign(ecg, ppg, noise=noise, cross=lambda_cross > 0)
     mse_e, mse_p = F.mse_loss(out.recon_ecg, ecg), F.mse_loss(out.recon_ppg, ppg)
     kl_e = kl_to_standard_normal(out.mean_ecg, out.logvar_ecg)
     kl_p = kl_to_standard_normal(out.mean_ppg, out.logvar_ppg)
@@ -71,8 +71,7 @@ def cardioalign_loss(
         gaussian_kl(out.mean_ecg, out.logvar_ecg, out.mean_ppg, out.logvar_ppg)
         + gaussian_kl(out.mean_ppg, out.logvar_ppg, out.mean_ecg, out.logvar_ecg))
     zero = ecg.new_zeros(())
-    cross = (F.mse_loss(net.decode_ecg(out.z_ppg.detach()), ecg) + F.mse_loss(net.decode_ppg(out.z_ecg.detach()), ppg)
-             if lambda_cross > 0 else zero)
+    cross = F.mse_loss(out.cross_ecg, ecg) + F.mse_loss(out.cross_ppg, ppg) if lambda_cross > 0 else zero
     nce = infonce_loss(out.mean_ecg, out.mean_ppg, temperature) if lambda_infonce > 0 else zero
     loss = (mse_e + kld_weight * kl_e) + (mse_p + kld_weight * kl_p) + lambda_align * align + lambda_cross * cross \
         + lambda_infonce * nce
@@ -361,14 +360,8 @@ class _CompiledStage1:
         return self.ppg_decoder(z)
 
     def cardioalign(self, ecg: torch.Tensor, ppg: torch.Tensor,
-                    noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
-        from zoo.ppgflowecg import CardioAlignOutput
-
-        me, le = self.encode_dist(ecg)
-        mp, lp = self.encode_dist(ppg)
-        ne, np_ = noise if noise is not None else (None, None)
-        ze, zp = self.net.reparameterize(me, le, noise=ne), self.net.reparameterize(mp, lp, noise=np_)
-        return CardioAlignOutput(ze, me, le, zp, mp, lp, self.decode_ecg(ze), self.decode_ppg(zp))
+                    noise: tuple[torch.Tensor, torch.Tensor] | None = None, cross: bool = False) -> Any:
+        return zoo.ppgflowecg.cardioalign_forward(self, ecg, ppg, noise, cross)
 
 
 # ------------------------------------------------------------------------------------------------ stage 2

@@ -36,6 +36,7 @@ __all__ = [
     "ECGResNet1d",
     "LatentFlowTransformer",
     "PPGFlowECG",
+    "cardioalign_forward",
     "checkpoint_filter_fn",
     "conv1d_as_conv2d",
     "convert_official_checkpoint",
@@ -368,6 +369,30 @@ class CardioAlignOutput:
     logvar_ppg: torch.Tensor
     recon_ecg: torch.Tensor
     recon_ppg: torch.Tensor
+    cross_ecg: torch.Tensor | None = None  # decode_ecg(z_ppg.detach()), with ``cross``
+    cross_ppg: torch.Tensor | None = None  # decode_ppg(z_ecg.detach())
+
+
+def cardioalign_forward(
+    m: Any, ecg: torch.Tensor, ppg: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    cross: bool = False,
+) -> CardioAlignOutput:
+    """The stage-1 forward on anything with ``encode_dist``/``decode_ecg``/``decode_ppg`` (a PPGFlowECG or its
+    compiled stage-1 modules). ECG and PPG go through the shared encoder in ONE call (ECG then PPG along the batch);
+    with ``cross`` each decoder also decodes the other modality's detached latent in the same call as its own. Every
+    layer acts per sample (GroupNorm, attention over time, the decomposition), so this equals separate calls; it
+    halves the calls and doubles each call's batch. Posterior noise is drawn ECG first, then PPG."""
+    b = ecg.shape[0]
+    mean, logvar = m.encode_dist(torch.cat([ecg, ppg]))
+    mean_e, mean_p, logvar_e, logvar_p = mean[:b], mean[b:], logvar[:b], logvar[b:]
+    ne, np_ = noise if noise is not None else (None, None)
+    z_e = PPGFlowECG.reparameterize(mean_e, logvar_e, noise=ne)
+    z_p = PPGFlowECG.reparameterize(mean_p, logvar_p, noise=np_)
+    if not cross:
+        return CardioAlignOutput(z_e, mean_e, logvar_e, z_p, mean_p, logvar_p, m.decode_ecg(z_e), m.decode_ppg(z_p))
+    ecgs = m.decode_ecg(torch.cat([z_e, z_p.detach()]))
+    ppgs = m.decode_ppg(torch.cat([z_p, z_e.detach()]))
+    return CardioAlignOutput(z_e, mean_e, logvar_e, z_p, mean_p, logvar_p, ecgs[:b], ppgs[:b], ecgs[b:], ppgs[b:])
 
 
 class PPGFlowECG(nn.Module):
@@ -462,16 +487,13 @@ class PPGFlowECG(nn.Module):
         return self.ppg_decoder(latent)
 
     def cardioalign(
-        self, ecg: torch.Tensor, ppg: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, ecg: torch.Tensor, ppg: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross: bool = False,
     ) -> CardioAlignOutput:
         """Encode both modalities with the shared encoder and reconstruct each with its decoder (``noise``: the
-        posterior ε of ECG and PPG, drawn when None)."""
-        mean_e, logvar_e = self.encode_dist(ecg)
-        mean_p, logvar_p = self.encode_dist(ppg)
-        ne, np_ = noise if noise is not None else (None, None)
-        z_e, z_p = self.reparameterize(mean_e, logvar_e, noise=ne), self.reparameterize(mean_p, logvar_p, noise=np_)
-        return CardioAlignOutput(z_e, mean_e, logvar_e, z_p, mean_p, logvar_p,
-                                 self.decode_ecg(z_e), self.decode_ppg(z_p))
+        posterior ε of ECG and PPG, drawn when None; ``cross``: also each decoder on the other modality's detached
+        latent). See :func:`cardioalign_forward`."""
+        return cardioalign_forward(self, ecg, ppg, noise, cross)
 
     # -- stage 2 ------------------------------------------------------------------------------------------------
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

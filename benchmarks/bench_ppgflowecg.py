@@ -7,9 +7,9 @@ CUDA graphs, fp32 vs bf16; optionally side by side with the reference implementa
 Modes: ``eager-fp32``, ``eager-bf16``; ``compile-bf16`` (torch.compile of the modules, as the tasks' ``compile``
 option does: encoder + decoders in stage 1, flow + frozen encoder in stage 2); ``cudagraph-bf16`` (eager bf16, the
 whole stage-2 step and the whole sampling call captured with ``torch.cuda.graph`` and replayed);
-``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs); ``compile-conv2d-*``
-(the compiled modes with ``zoo.ppgflowecg.conv1d_as_conv2d``: 1-D convolutions run as channels-last 2-D ones). Stage 1 is
-compute-bound and is not measured in the CUDA-graph modes.
+``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs);
+``compile-conv2d-*``, ``autotune-conv2d-bf16`` (those modes with ``zoo.ppgflowecg.conv1d_as_conv2d``: 1-D
+convolutions run as channels-last 2-D ones). Stage 1 is compute-bound and is not measured in the CUDA-graph modes.
 
 Every measurement calls the functions the training tasks use (``tasks.signal.cardioalign_loss``,
 ``flow_latents``, ``flow_matching_loss``; ``zoo.ppgflowecg.euler_sample``), with the random draws (posterior ε,
@@ -498,9 +498,10 @@ def environment(dev):
         env["pytorch_lightning"] = pl.__version__
     except ImportError:
         pass
-    with contextlib.suppress(Exception):
-        env["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True, timeout=5, check=False).stdout.strip()
+    from tasks.bench import git_commit
+
+    commit, dirty = git_commit()
+    env["commit"] = commit[:7] + ("-dirty" if dirty else "") if len(commit) == 40 else commit
     return env
 
 

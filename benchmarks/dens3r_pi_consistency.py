@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -218,14 +217,10 @@ def run_model(a: argparse.Namespace, dm: SyntheticGeometryDataModule, trained_pi
 
 # ------------------------------------------------------------------------------------------- provenance
 def provenance() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+    from tasks.bench import git_commit
 
-    commit = os.environ.get("SHAREZOO_GIT_COMMIT", "")  # a copy of the tree without .git passes it
-    if not commit:
-        with contextlib.suppress(OSError):
-            out, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain")
-            commit = out + ("-dirty" if dirty else "") if len(out) == 40 else ""
+    commit, dirty = git_commit()
+    commit += "-dirty" if dirty else ""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -351,18 +351,26 @@ def time_datamodule(dm, batches: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ provenance
+def git_commit() -> tuple[str, bool]:
+    """(commit, dirty) of this checkout for result provenance. ``SHAREZOO_GIT_COMMIT`` wins: a copy of the tree on a
+    remote GPU machine may carry no ``.git`` or a stale one. ("", False) when neither answers."""
+    commit = os.environ.get("SHAREZOO_GIT_COMMIT", "")
+    if commit:
+        return commit, False
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False,
+                             timeout=10).stdout.strip()
+        if len(out) != 40:
+            return "", False
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False,
+                               timeout=10).stdout
+        return out, bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+
+
 def provenance(argv: list[str]) -> dict[str, Any]:
-    # a copy of the tree without .git (a remote GPU machine) passes the commit in SHAREZOO_GIT_COMMIT
-    commit, dirty = os.environ.get("SHAREZOO_GIT_COMMIT", ""), False
-    if not commit:
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-            if len(out) == 40:
-                commit = out
-                dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                                            text=True).stdout)
-        except OSError:
-            pass
+    commit, dirty = git_commit()
     commit = commit or "unknown"
     cpu = platform.processor()
     with contextlib.suppress(OSError):

@@ -83,17 +83,18 @@ def sync(dev):
 
 
 def timed(fn, dev, warmup, iters):
-    """(mean seconds per call over ``iters``, seconds of the ``warmup`` calls)."""
+    """(mean seconds per call over ``iters``, seconds of the ``warmup`` calls, the last call's return value)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     sync(dev)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
+    out = None
     for _ in range(iters):
-        fn()
+        out = fn()
     sync(dev)
-    return (time.perf_counter() - t0) / iters, first
+    return (time.perf_counter() - t0) / iters, first, out
 
 
 def compare(a, b):
@@ -231,7 +232,6 @@ def _stage1(ours, dev, args, ac, cmode):
     stage1 = S._CompiledStage1(net, cmode) if cmode is not False else net  # what CardioAlignTask(compile=...) runs
     params = [p for n, p in net.named_parameters() if not n.startswith("flow.")]
     opt = torch.optim.AdamW(params, lr=0.0, fused=True if params[0].is_cuda else None)  # as CardioAlignTask
-    holder = {}
 
     def step():
         with ac:
@@ -239,14 +239,14 @@ def _stage1(ours, dev, args, ac, cmode):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        holder["loss"] = loss.detach()
+        return loss.detach()
 
     t0 = time.perf_counter()
-    dt, _ = timed(step, dev, args.warmup, args.iters)
+    dt, _, loss = timed(step, dev, args.warmup, args.iters)
     first = time.perf_counter() - t0 - dt * args.iters
     r = {"bench": "stage1_train", "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first,
-         "loss": holder["loss"].item(), "ref": "stage1"}
-    return [(r, holder["loss"])]
+         "loss": loss.item(), "ref": "stage1"}
+    return [(r, loss)]
 
 
 def _stage2(ours, dev, args, ac, comp, graph):
@@ -275,11 +275,9 @@ def _stage2(ours, dev, args, ac, comp, graph):
 
         if graph:
             g, loss = capture(step, dev, args.warmup)
-            dt, _ = timed(g.replay, dev, 1, args.iters)
+            dt, _, _ = timed(g.replay, dev, 1, args.iters)
         else:
-            holder = {}
-            dt, _ = timed(lambda h=holder, f=step: h.__setitem__("loss", f()), dev, args.warmup, args.iters)
-            loss = holder["loss"]
+            dt, _, loss = timed(step, dev, args.warmup, args.iters)
         first = time.perf_counter() - t0 - dt * args.iters  # warm-up (compilation, capture) before the timed calls
         r = {"bench": tag, "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": loss.item(),
              "t_draws": args.draws, "ref": "stage2"}
@@ -302,11 +300,9 @@ def _sample(ours, dev, args, ac, comp, graph):
     t0 = time.perf_counter()
     if graph:
         g, out = capture(run, dev, args.warmup)
-        dt, _ = timed(g.replay, dev, 1, args.iters)
+        dt, _, _ = timed(g.replay, dev, 1, args.iters)
     else:
-        holder = {}
-        dt, _ = timed(lambda: holder.__setitem__("out", run()), dev, args.warmup, args.iters)
-        out = holder["out"]
+        dt, _, out = timed(run, dev, args.warmup, args.iters)
     first = time.perf_counter() - t0 - dt * args.iters
     r = {"bench": "sample", "euler_steps": args.steps, "windows_per_s": B / dt, "ms_per_batch": dt * 1e3,
          "first_s": first, "ref": "sample"}
@@ -425,10 +421,9 @@ def bench_official(args, dev, emit, ours=None):
             opt.zero_grad()
             return loss.detach()
 
-        holder = {}
-        dt, first = timed(lambda: holder.__setitem__("loss", step2()), dev, args.warmup, args.iters)
+        dt, first, loss = timed(step2, dev, args.warmup, args.iters)
         emit({"bench": "stage2_train_with_encoder", "impl": "official", "mode": "as-shipped-fp32", "batch": B,
-              "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": holder["loss"].item(),
+              "pairs_per_s": B / dt, "ms_per_step": dt * 1e3, "first_s": first, "loss": loss.item(),
               "host_sync_per_step": True})
 
     def sample():
@@ -443,7 +438,7 @@ def bench_official(args, dev, emit, ours=None):
                 return dec_e(x)
 
         with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
-            dt, first = timed(run, dev, args.warmup, args.iters)
+            dt, first, _ = timed(run, dev, args.warmup, args.iters)
         emit({"bench": "sample", "impl": "official", "mode": "as-shipped-fp32", "batch": B, "euler_steps": args.steps,
               "windows_per_s": B / dt, "ms_per_batch": dt * 1e3, "first_s": first})
 
@@ -471,11 +466,10 @@ def bench_official(args, dev, emit, ours=None):
             opt.zero_grad()
             return loss.detach()
 
-        holder = {}
-        dt, first = timed(lambda: holder.__setitem__("loss", step1()), dev, args.warmup, args.iters)
+        dt, first, loss = timed(step1, dev, args.warmup, args.iters)
         emit({"bench": "stage1_train", "impl": "official", "mode": "as-shipped-fp32", "batch": B,
               "anomaly_detection": bool(args.official_anomaly), "pairs_per_s": B / dt, "ms_per_step": dt * 1e3,
-              "first_s": first, "loss": holder["loss"].item()})
+              "first_s": first, "loss": loss.item()})
 
     for bench in [b for b in BENCH_ORDER if b in args.benches]:
         guarded(bench, {"stage1": stage1, "stage2": stage2, "sample": sample}[bench])

@@ -207,7 +207,7 @@ def bench_ours(args, dev, emit_row, ours=None):
                 if bench == "stage1":
                     if graph:  # compute-bound: launch overhead is negligible there
                         continue
-                    rows = _stage1(ours, dev, args, ac, cmode if compiled else False)
+                    rows = _stage1(ours, dev, args, ac, cmode if compiled else False, "conv2d" in mode)
                 elif bench == "stage2":
                     rows = _stage2(ours, dev, args, ac, comp, graph)
                 else:
@@ -226,10 +226,11 @@ def bench_ours(args, dev, emit_row, ours=None):
     return net
 
 
-def _stage1(ours, dev, args, ac, cmode):
+def _stage1(ours, dev, args, ac, cmode, conv2d):
     """Full CardioAlign step (both modalities, cross-reconstruction), AdamW."""
     net, B = ours.net, args.batch
-    stage1 = S._CompiledStage1(net, cmode) if cmode is not False else net  # what CardioAlignTask(compile=...) runs
+    # what CardioAlignTask(compile=..., conv1d_as_conv2d=...) runs
+    stage1 = S._CompiledStage1(net, cmode, conv2d) if cmode is not False else net
     params = [p for n, p in net.named_parameters() if not n.startswith("flow.")]
     opt = torch.optim.AdamW(params, lr=0.0, fused=True if params[0].is_cuda else None)  # as CardioAlignTask
 

@@ -279,9 +279,7 @@ class CardioAlignTask(ZooTask):
         self._stage1 = self.net
         if self.compile_mode:  # compile the stage-1 modules; the wrapper stays outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
-            for name in ("encoder", "ecg_decoder", "ppg_decoder"):
-                zoo.ppgflowecg.conv1d_as_conv2d(getattr(self.net, name), self._conv2d)
-            object.__setattr__(self, "_stage1", _CompiledStage1(self.net, mode))
+            object.__setattr__(self, "_stage1", _CompiledStage1(self.net, mode, self._conv2d))
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.hparams
@@ -342,13 +340,13 @@ def _paired_batch(net: nn.Module, n: int) -> dict[str, torch.Tensor]:
 
 
 class _CompiledStage1:
-    """The stage-1 API of a PPGFlowECG with its encoder and decoders compiled (not an nn.Module on purpose)."""
+    """The stage-1 API of a PPGFlowECG with its encoder and decoders compiled (not an nn.Module on purpose), their 1-D
+    convolutions run as 2-D ones when ``conv1d_as_conv2d`` (``zoo.ppgflowecg.conv1d_as_conv2d``, in place)."""
 
-    def __init__(self, net: nn.Module, mode: str | None) -> None:
-        self.net = net
-        self.encoder = torch.compile(net.encoder, mode=mode)
-        self.ecg_decoder = torch.compile(net.ecg_decoder, mode=mode)
-        self.ppg_decoder = torch.compile(net.ppg_decoder, mode=mode)
+    def __init__(self, net: nn.Module, mode: str | None, conv1d_as_conv2d: bool = True) -> None:
+        for name in ("encoder", "ecg_decoder", "ppg_decoder"):
+            module = zoo.ppgflowecg.conv1d_as_conv2d(getattr(net, name), conv1d_as_conv2d)
+            setattr(self, name, torch.compile(module, mode=mode))
 
     def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)

@@ -13,6 +13,10 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1
 D=${2:-benchmarks/results}
 export SHAREZOO_BENCH_RESULTS=$D
+DENS3R=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r
+        --task train --batch 4 --precision bf16-mixed --steps 10)
+ECG=(python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml
+     --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30)
 case "${1:-infer}" in
 infer)
   timeout 170 python3 benchmarks/bench_pepsi.py --modes eager,compile --iters 50 --warmup 5 --out "$D/pepsi.jsonl"
@@ -26,23 +30,16 @@ train)
     timeout 60 "${B[@]}" --compile off --warmup 3 || echo "$m train eager: rc $?"
     timeout 110 "${B[@]}" --compile default --warmup 4 || echo "$m train compile: rc $?"
   done
-  B=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r
-     --task train --batch 4 --precision bf16-mixed --steps 10)
-  timeout 70 "${B[@]}" --compile off --warmup 3 || echo "dens3r train eager: rc $?"
-  timeout 140 "${B[@]}" --compile default --warmup 4 || echo "dens3r train compile: rc $?"
-  B=(python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml
-     --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30)
+  timeout 70 "${DENS3R[@]}" --compile off --warmup 3 || echo "dens3r train eager: rc $?"
+  timeout 140 "${DENS3R[@]}" --compile default --warmup 4 || echo "dens3r train compile: rc $?"
   for t in train infer; do
-    timeout 40 "${B[@]}" --task $t --compile off --warmup 5 || echo "ecg_resnet1d18 $t eager: rc $?"
-    timeout 70 "${B[@]}" --task $t --compile default --warmup 5 || echo "ecg_resnet1d18 $t compile: rc $?"
+    timeout 40 "${ECG[@]}" --task $t --compile off --warmup 5 || echo "ecg_resnet1d18 $t eager: rc $?"
+    timeout 70 "${ECG[@]}" --task $t --compile default --warmup 5 || echo "ecg_resnet1d18 $t compile: rc $?"
   done
   ;;
 rest)
-  timeout 280 python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r \
-    --task train --batch 4 --precision bf16-mixed --steps 10 --compile default --warmup 4 || echo "dens3r train compile: rc $?"
-  timeout 60 python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml \
-    --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30 --task infer --compile default --warmup 5 \
-    || echo "ecg_resnet1d18 infer compile: rc $?"
+  timeout 280 "${DENS3R[@]}" --compile default --warmup 4 || echo "dens3r train compile: rc $?"
+  timeout 60 "${ECG[@]}" --task infer --compile default --warmup 5 || echo "ecg_resnet1d18 infer compile: rc $?"
   timeout 180 python3 benchmarks/bench_ppgflowecg.py --modes compile-conv2d-bf16 --benches stage1 --time-budget 170 \
     --out "$D/ppgflowecg.jsonl" || echo "ppgflowecg stage 1: rc $?"
   ;;

@@ -77,11 +77,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Run ``warmup`` then ``steps`` calls; per-step times (ms) from CUDA events on GPU, perf_counter on CPU."""
+    """Run ``warmup`` then ``steps`` calls; per-step times (ms) from CUDA events on GPU, perf_counter on CPU.
+    ``first_call_s``/``warmup_s``: the first warm-up call and all of them, synchronised (compilation, autotuning and
+    CUDA-graph capture happen there)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t_warm = time.perf_counter()
+    first_call = None
     for _ in range(warmup):
         step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        if first_call is None:
+            sync()
+            first_call = time.perf_counter() - t_warm
     sync()
+    warmup_s = time.perf_counter() - t_warm
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
@@ -107,6 +115,8 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.d
         "step_ms_p90": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
         "wall_s": wall,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "first_call_s": first_call,
+        "warmup_s": warmup_s,
     }
 
 
@@ -523,7 +533,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
     p.add_argument("--compile", choices=("off", "default", "max-autotune", "reduce-overhead",
-                                         "max-autotune-no-cudagraphs"), default="off")
+                                         "max-autotune-no-cudagraphs", "regional"), default="off",
+                   help="regional: the task's compile='regional' (the model's repeated blocks, in place)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")

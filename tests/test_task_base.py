@@ -1,6 +1,8 @@
-"""ZooTask: compile keeps clean checkpoint keys; data-linked kwargs are saved so checkpoints need no config."""
+"""ZooTask: compile (whole network or regional) keeps clean checkpoint keys; data-linked kwargs are saved so
+checkpoints need no config."""
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -36,3 +38,58 @@ def test_data_links_are_written_back_into_hparams(tmp_path):
     torch.save(ckpt, tmp_path / "t.ckpt")
     back = ReIDTask.load_from_checkpoint(tmp_path / "t.ckpt", map_location="cpu")
     assert back.net is not None and back.net.classifiers[0].out_features == 5
+
+
+def _eager_backend(monkeypatch):
+    """torch.compile with the 'eager' backend: dynamo traces and caches graphs exactly as with inductor, without
+    generating kernels (a C++ toolchain and minutes of CPU time); nn.Module.compile looks torch.compile up per call."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: real(*a, **{**k, "backend": "eager"}))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
+def test_regional_compile_shares_one_graph_per_block_class(monkeypatch):
+    """compile='regional' compiles Dens3R's encoder and decoder blocks in place: parameter names unchanged, outputs
+    and gradients equal to the eager network, and 8 blocks of two classes give 2 graphs (one per class), not 8."""
+    from tasks.geometry import GeometryTask
+
+    _eager_backend(monkeypatch)
+    kw = {"enc_depth": 4, "dec_depth": 4}
+    task = GeometryTask("dens3r_tiny", compile="regional", model_kwargs=kw)
+    ref = GeometryTask("dens3r_tiny", model_kwargs=kw)
+    assert list(task.net.state_dict()) == list(ref.net.state_dict())
+    ref.net.load_state_dict(task.net.state_dict())
+    regions = task.net.compile_regions()
+    assert len(regions) == 8 and all(m._compiled_call_impl is not None for m in regions)
+    assert task.network is task.net  # no whole-network wrapper
+    batch = task.example_batch(2)
+    outs = [t.network(batch["img1"], batch["img2"], heads="all") for t in (task, ref)]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    for a, b in zip(outs[0].view1.to_dict().values(), outs[1].view1.to_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for t, o in zip((task, ref), outs):
+        o.view2.pts3d.square().mean().backward()
+    for (name, p), q in zip(task.net.named_parameters(), ref.net.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_regional_compile_regions_run_eagerly_inside_eager_network(monkeypatch):
+    from tasks.geometry import GeometryTask
+
+    _eager_backend(monkeypatch)
+    task = GeometryTask("dens3r_tiny", compile="regional")
+    regions = task.net.compile_regions()
+    compiled = [m._compiled_call_impl for m in regions]
+    with task.eager_network() as net:
+        assert all(m._compiled_call_impl is None for m in regions)
+        batch = task.example_batch(1)
+        net(batch["img1"], batch["img2"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # nothing was traced
+    assert [m._compiled_call_impl for m in regions] == compiled  # restored
+
+
+def test_regional_compile_needs_a_model_with_regions():
+    with pytest.raises(ValueError, match="compile_regions"):
+        ReIDTask("fusionreid_tiny", compile="regional",
+                 model_kwargs={"num_classes": 4, "num_cameras": 2, "pretrained_backbone": False})

@@ -483,6 +483,11 @@ class Dens3R(nn.Module):
                 return self._heads([t.float() for t in dec1], [t.float() for t in dec2], hw1, hw2, heads)
         return self._heads(dec1, dec2, hw1, hw2, heads)
 
+    def compile_regions(self) -> list[nn.Module]:
+        """The repeated blocks a task compiles in place with ``compile="regional"``: every encoder and decoder
+        block (blocks of one class share one compiled graph). Patch embedding, norms and the DPT heads stay eager."""
+        return [*self.enc_blocks, *self.dec_blocks, *(self.dec_blocks2 or ())]
+
     def freeze(self, parts: list[str] | tuple[str, ...]) -> None:
         """Turn off gradients of named parts: 'encoder', 'decoder', 'pointmap_heads', 'desc', 'normal_head'."""
         groups = {

@@ -9,6 +9,9 @@
 #                                                training (a cold compile of fwd+bwd takes > 140 s), the ECG
 #                                                classifier's compiled inference; then PPGFlowECG stage 1 with fused
 #                                                AdamW; at most 8.5 minutes (7.5 on 2026-11-29, commit 07c60c4)
+#   benchmarks/families_h200.sh dens3r-compile [OUT_DIR]  Dens3R ViT-L training, compile='regional' (its blocks)
+#                                                against the whole network, each from a cold cache: step time and
+#                                                first_call_s / warmup_s (the compile); at most 7.5 minutes
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1
 D=${2:-benchmarks/results}
@@ -42,5 +45,9 @@ rest)
   timeout 60 "${ECG[@]}" --task infer --compile default --warmup 5 || echo "ecg_resnet1d18 infer compile: rc $?"
   timeout 180 python3 benchmarks/bench_ppgflowecg.py --modes compile-conv2d-bf16 --benches stage1 --time-budget 160 \
     --out "$D/ppgflowecg.jsonl" || echo "ppgflowecg stage 1: rc $?"
+  ;;
+dens3r-compile)
+  timeout 150 "${DENS3R[@]}" --compile regional --warmup 4 || echo "dens3r train regional: rc $?"
+  timeout 290 "${DENS3R[@]}" --compile default --warmup 4 || echo "dens3r train compile: rc $?"
   ;;
 esac

@@ -118,6 +118,21 @@ class InpaintingTask(ZooTask):
             "l1_hole": MeanMetric(),
         })
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # Each optimiser's backward reaches only its own network (the discriminator's loss never touches the
+        # generator, and the generator step leaves the discriminator frozen), so DDP must look for unused parameters.
+        # Plain `strategy: ddp` gets it here (before the Trainer wraps the module); an explicit
+        # ddp_find_unused_parameters_false is left as the user set it.
+        from pytorch_lightning.strategies import DDPStrategy
+        from pytorch_lightning.utilities import rank_zero_info
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy) and "find_unused_parameters" not in strategy._ddp_kwargs:
+            strategy._ddp_kwargs["find_unused_parameters"] = True
+            rank_zero_info(f"{type(self).__name__}: DDP with find_unused_parameters=True (two optimisers, each "
+                           "backward reaches only its own network)")
+
     # ------------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams

@@ -140,8 +140,8 @@ def test_strategy_fragment_composes_with_llm_configs(config, fragment, capsys):
 
 @pytest.mark.parametrize("run", CLI_RUNS)
 def test_ddp_fit_dens3r_and_pepsi_configs(multi_runs, run):
-    """Dens3R tiny (stage 1) and PEPSI tiny (manual optimisation, two optimisers; needs
-    ``ddp_find_unused_parameters_true``) train 4 steps under DDP from their shipped configs and validate."""
+    """Dens3R tiny (stage 1) and PEPSI tiny (manual optimisation, two optimisers; the task turns on DDP's
+    ``find_unused_parameters`` under plain ``ddp``) train 4 steps under DDP from their shipped configs and validate."""
     res = _result(multi_runs, run)
     assert res["world_size"] == 2 and res["global_step"] == 4 and res["finite"]
     rank0, rank1 = res["ranks"]

@@ -180,3 +180,16 @@ def test_bench_train_step_matches_one_trainer_iteration(tmp_path):
     bench_task.bench_train_step(batch, step=False)
     assert int(bench_task.iterations) == 1
     assert all(torch.equal(bench_task.state_dict()[k], after[k]) for k in after)
+
+
+@pytest.mark.parametrize("strategy, expected", [("ddp", True), ("ddp_find_unused_parameters_false", False),
+                                                ("ddp_find_unused_parameters_true", True)])
+def test_plain_ddp_gets_find_unused_parameters(strategy, expected):
+    """Each optimiser's backward reaches only its own network: under plain ``ddp`` the task turns on DDP's search
+    for unused parameters before the Trainer wraps it (tests/test_ddp.py trains PEPSI with 2 processes so); an
+    explicit choice is kept."""
+    trainer = pl.Trainer(strategy=strategy, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    task = InpaintingTask("pepsi_tiny", discriminator="pepsi_red_tiny")
+    task.trainer = trainer
+    task.setup("fit")
+    assert trainer.strategy._ddp_kwargs["find_unused_parameters"] is expected

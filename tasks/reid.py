@@ -287,7 +287,10 @@ class ReIDTask(ZooTask):
             forward (the compiled network and loss when ``compile`` is on), backward and the fused SGD step is
             captured, and every later batch of that shape is copied into its static inputs and replayed. Eval and
             predict forwards replay one graph per input shape (captured when a shape comes a second time). Off CUDA
-            it warns once and every step is eager. See "CUDA graphs" below.
+            it warns once and every step is eager. ``'auto'``: on where the run allows it (one CUDA device,
+            32-true or bf16-mixed, no gradient clipping or accumulation, no inductor CUDA-graph compile mode), else
+            the plain automatic-optimisation path, said once at fit start — the multi-GPU, 16-mixed and CPU runs of
+            a config that sets it work unchanged. See "CUDA graphs" below.
 
     CUDA graphs (``cuda_graphs=True``):
         - Learning rate: at capture each param group's lr becomes a 0-d fp32 tensor on the GPU that the captured
@@ -341,22 +344,54 @@ class ReIDTask(ZooTask):
         rerank_lambda: float = 0.3,
         max_rank: int = 50,
         channels_last: bool = False,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | str = False,
     ) -> None:
-        if cuda_graphs and _inductor_cudagraphs(compile):
+        if cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be true, false or 'auto', not {cuda_graphs!r}")
+        if cuda_graphs is True and _inductor_cudagraphs(compile):
             raise ValueError(f"cuda_graphs=True captures whole steps itself and cannot contain inductor's CUDA graphs "
                              f"(compile={compile!r}): use compile=True or 'max-autotune-no-cudagraphs'")
         self.channels_last = channels_last
-        self.cuda_graphs = bool(cuda_graphs)
+        self.cuda_graphs: bool | str = cuda_graphs
         self._graphs = _CudaGraphs()
         self._bench_opt: torch.optim.Optimizer | None = None
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
-        # with CUDA graphs the task runs the optimiser itself (inside the captured graph)
-        self.automatic_optimization = not self.cuda_graphs
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------------------------------------ training
+    @property
+    def automatic_optimization(self) -> bool:  # type: ignore[override]
+        """False while CUDA graphs may be used: the task then runs the optimiser itself (inside the captured graph)."""
+        return not self._graphs_enabled()
+
+    def _graphs_enabled(self) -> bool:
+        if self.cuda_graphs == "auto":
+            return self._auto_graphs_off_reason() is None
+        return bool(self.cuda_graphs)
+
+    def _auto_graphs_off_reason(self) -> str | None:
+        """Why ``cuda_graphs='auto'`` stays off for this run (the attached Trainer's settings; without a Trainer,
+        the network's device), or None when it is on."""
+        if _inductor_cudagraphs(self.compile_mode):
+            return f"compile={self.compile_mode!r} uses inductor's own CUDA graphs"
+        t = self._trainer
+        if t is None:
+            return None if self.device.type == "cuda" else f"the network is on {self.device}"
+        from pytorch_lightning.accelerators import CUDAAccelerator
+
+        if not isinstance(t.accelerator, CUDAAccelerator):
+            return f"the accelerator is {type(t.accelerator).__name__}, not CUDA"
+        if t.world_size > 1:
+            return f"{t.world_size} devices (CUDA graphs run on one GPU)"
+        if t.precision not in ("32-true", "bf16-mixed"):
+            return f"precision {t.precision} (32-true or bf16-mixed only)"
+        if t.gradient_clip_val:
+            return "gradient clipping (not available in manual optimisation)"
+        if t.accumulate_grad_batches > 1:
+            return "gradient accumulation (not available in manual optimisation)"
+        return None
+
     def on_net_built(self) -> None:
         # with compile on, the twelve loss terms are fused too (the eager loss is launch-bound beside the model)
         self._loss_fn = torch.compile(reid_losses) if self.compile_mode else reid_losses
@@ -402,10 +437,16 @@ class ReIDTask(ZooTask):
         return loss
 
     def on_fit_start(self) -> None:
+        if self.cuda_graphs == "auto":
+            reason = self._auto_graphs_off_reason()
+            rank_zero_info("ReIDTask(cuda_graphs='auto'): " + ("whole-step CUDA graphs on" if reason is None else
+                                                               f"off, automatic optimisation ({reason})"))
+            return
         if not (self.cuda_graphs and self.device.type == "cuda"):
             return
         if self.trainer.world_size > 1:
-            raise ValueError("ReIDTask(cuda_graphs=True) runs on one GPU; drop cuda_graphs for multi-device training")
+            raise ValueError("ReIDTask(cuda_graphs=True) runs on one GPU; for multi-device training drop cuda_graphs "
+                             "or set it to 'auto' (off where it cannot run)")
         if self.trainer.precision == "16-mixed":
             raise ValueError("ReIDTask(cuda_graphs=True) supports precision 32-true or bf16-mixed, not "
                              f"{self.trainer.precision} (GradScaler's skip-step check cannot be captured)")
@@ -443,7 +484,7 @@ class ReIDTask(ZooTask):
     # ------------------------------------------------------------------------------------------- CUDA graphs
     def _graph_path(self) -> bool:
         """Whether this call may use CUDA graphs: the option is on, the network is on a GPU, no ``eager_network()``."""
-        if not self.cuda_graphs or self._eager:
+        if not self._graphs_enabled() or self._eager:
             return False
         if self.device.type == "cuda":
             return True
@@ -589,7 +630,7 @@ class ReIDTask(ZooTask):
 
     def _embed(self, images: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
         """The eval-mode embedding of a batch (a copy of a CUDA-graph output when graphs are on)."""
-        if self.cuda_graphs and not self.net.training and not torch.is_grad_enabled() and self._graph_path():
+        if not self.net.training and not torch.is_grad_enabled() and self._graph_path():
             return self._infer_graphed(images, camids)
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()

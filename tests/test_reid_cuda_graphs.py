@@ -21,7 +21,7 @@ KW = {"num_classes": 4, "num_cameras": 2}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _fit(root: Path, accelerator: str, cuda_graphs: bool, precision: str = "32-true", compile: bool = False,
+def _fit(root: Path, accelerator: str, cuda_graphs: bool | str, precision: str = "32-true", compile: bool = False,
          epochs: int = 2, batches: int = 3, val: bool = False, **trainer_kwargs):
     from datamodules.reid import ReIDDataModule
 
@@ -83,6 +83,42 @@ def test_off_cuda_warns_once_and_equals_the_automatic_path(market):
         torch.testing.assert_close(p, q, msg=name)
     assert tg.callback_metrics["val/mAP"] == tp.callback_metrics["val/mAP"]
     assert graphed.cuda_graph_counts() == {"captures": 0, "train_replays": 0, "infer_replays": 0}
+
+
+def test_auto_decides_from_the_run():
+    """cuda_graphs='auto' is on only where the captured step can run, from the attached Trainer's settings."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+    task = ReIDTask("fusionreid_tiny", model_kwargs=KW, cuda_graphs="auto")
+    assert task.automatic_optimization  # no Trainer, network on the CPU
+    with pytest.raises(ValueError, match="'auto'"):
+        ReIDTask("fusionreid_tiny", model_kwargs=KW, cuda_graphs="yes")
+    gpu = {"accelerator": object.__new__(CUDAAccelerator), "world_size": 1, "precision": "bf16-mixed",
+           "gradient_clip_val": None, "accumulate_grad_batches": 1}
+    task._trainer = SimpleNamespace(**gpu)
+    assert task._auto_graphs_off_reason() is None and not task.automatic_optimization
+    for change, why in [({"world_size": 2}, "2 devices"), ({"precision": "16-mixed"}, "16-mixed"),
+                        ({"gradient_clip_val": 1.0}, "clipping"), ({"accumulate_grad_batches": 4}, "accumulation"),
+                        ({"accelerator": CPUAccelerator()}, "CPUAccelerator")]:
+        task._trainer = SimpleNamespace(**{**gpu, **change})
+        assert why in task._auto_graphs_off_reason() and task.automatic_optimization
+    task = ReIDTask("fusionreid_tiny", model_kwargs=KW, cuda_graphs="auto", compile="reduce-overhead")
+    task._trainer = SimpleNamespace(**gpu)  # inductor's own graphs: 'auto' steps aside instead of refusing
+    assert "inductor" in task._auto_graphs_off_reason() and task.automatic_optimization
+
+
+def test_auto_with_clipping_on_cpu_trains_like_the_plain_task(market):
+    """Where 'auto' is off the run is the automatic-optimisation path itself (clipping allowed, no warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto, ta = _fit(market, "cpu", cuda_graphs="auto", gradient_clip_val=1.0)
+    assert not [w for w in caught if "cuda_graphs" in str(w.message)]
+    plain, tp = _fit(market, "cpu", cuda_graphs=False, gradient_clip_val=1.0)
+    assert ta.global_step == tp.global_step == 6
+    for (name, p), q in zip(auto.net.state_dict().items(), plain.net.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
 
 
 def test_gradient_clipping_is_refused(market):
@@ -175,6 +211,16 @@ def test_graphed_training_matches_eager(market, precision, compile):
     for k in ("train/loss", "train/acc"):
         _close(tg.callback_metrics[k], tp.callback_metrics[k], "bf16-mixed", k)
     assert tg.callback_metrics["val/mAP"] == pytest.approx(tp.callback_metrics["val/mAP"], abs=0.05)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision,graphs", [("bf16-mixed", True), ("16-mixed", False)])
+def test_auto_captures_on_one_gpu_where_it_can(market, precision, graphs):
+    task, trainer = _fit(market, "gpu", "auto", precision, epochs=1, batches=5)
+    assert trainer.global_step == 5 and task.automatic_optimization is not graphs
+    counts = task.cuda_graph_counts()
+    assert counts["captures"] == int(graphs) and counts["train_replays"] == (5 - ReIDTask.graph_warmup_steps) * graphs
 
 
 @pytest.mark.gpu

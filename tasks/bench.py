@@ -494,7 +494,7 @@ def report() -> str:
         for line in path.read_text().splitlines():
             if line.strip():
                 rows.append(json.loads(line))
-    head = ("| model | task | batch | precision | compile | samples/s | step ms (med/p90) | peak GiB | "
+    head = ("| model | task | batch | precision | compile | samples/s | step ms (med/p90) | first call s | peak GiB | "
             "GFLOP/sample | MFU | vs ref | machine | commit |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
@@ -506,7 +506,7 @@ def report() -> str:
         out.append(
             f"| {r.get('model')} | {r.get('task')} | {r.get('batch')} | {r.get('precision')} | {r.get('compile')}{graphs} | "
             f"{r['samples_per_s']:.1f} | {fmt(r.get('step_ms_median'), '.1f')}/{fmt(r.get('step_ms_p90'), '.1f')} | "
-            f"{fmt(r.get('peak_mem_gib'), '.2f')} | {fmt(gf and gf / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | "
+            f"{fmt(r.get('first_call_s'), '.1f')} | {fmt(r.get('peak_mem_gib'), '.2f')} | {fmt(gf and gf / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | "
             f"{fmt(r.get('speedup_vs_reference'), '.2f')} | {r.get('gpu') or r.get('cpu')} | "
             f"{str(r.get('git_commit'))[:8]} |"
         )

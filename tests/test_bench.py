@@ -82,6 +82,21 @@ def test_time_steps_orders_percentiles():
     assert 0 < r["step_ms_median"] <= r["step_ms_p90"] and r["wall_s"] > 0 and r["peak_mem_gib"] is None
 
 
+def test_time_steps_reports_the_first_call_apart():
+    """The first warm-up call (where compilation happens) is timed on its own, outside the step statistics."""
+    import time
+
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.2 if len(calls) == 1 else 0.001)
+
+    r = bench.time_steps(step, steps=3, warmup=2, device=torch.device("cpu"))
+    assert r["first_call_s"] >= 0.2 and r["warmup_s"] >= r["first_call_s"] and r["step_ms_p90"] < 100
+    assert bench.time_steps(step, steps=1, warmup=0, device=torch.device("cpu"))["first_call_s"] is None
+
+
 @pytest.mark.parametrize("task", ["train", "infer"])
 def test_bench_record_schema(toy_config, task, capsys):
     assert bench.main(["--config", str(toy_config), "--task", task, "--batch", "4", "--steps", "3", "--warmup", "1",
@@ -90,7 +105,7 @@ def test_bench_record_schema(toy_config, task, capsys):
     rec = json.loads(lines[-1])
     for key in ("time", "command", "git_commit", "cpu", "torch", "python", "model", "task", "batch", "precision",
                 "compile", "params", "flops_fwd_per_sample", "step_ms_median", "step_ms_p90", "samples_per_s",
-                "peak_mem_gib", "mfu"):
+                "peak_mem_gib", "mfu", "first_call_s", "warmup_s"):
         assert key in rec, key
     assert rec["model"] == "ztest_benchtoy" and rec["params"] == 8 * 16
     assert rec["flops_fwd_per_sample"] == 2 * 8 * 16  # linear forward per sample (the loss adds no matmul FLOPs)

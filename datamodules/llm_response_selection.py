@@ -7,6 +7,9 @@ On-disk layout::
       valid.txt   consecutive lines with the same context form one example (e.g. 10 lines: 1 positive, 9 negatives)
       test.txt
 
+Douban's test set has contexts with several positives and some with none: labels are kept multi-hot (``labels``), and
+contexts without a positive are skipped and counted (as the Douban evaluation scripts do; ``dm.skipped[split]``).
+
 Utterances may also be joined inside one field with ``__eou__`` (Ubuntu V2). Tokenisation is whitespace/word level with
 a vocabulary built from ``train.txt`` (``[PAD] [CLS] [SEP] [UNK]`` + the most frequent words); utterances are joined
 with ``[SEP]``. :func:`write_synthetic_response_selection` writes a small learnable set in this format.
@@ -25,17 +28,26 @@ from ._base import SplitDataModule
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
 
 
-def read_response_file(path: Path) -> list[dict]:
-    """Examples ``{'context': [utterances], 'candidates': [str], 'label': index of the positive}``."""
+def read_response_file(path: Path, counts: dict | None = None) -> list[dict]:
+    """Examples ``{'context': [utterances], 'candidates': [str], 'labels': [0/1 per candidate], 'label': index of the
+    first positive}``.
+
+    Contexts with several positives (Douban test) keep them all in ``labels``; contexts with no positive are skipped
+    and counted in ``counts['skipped_no_positive']`` when ``counts`` is given.
+    """
     examples: list[dict] = []
     cur_ctx, cands, labels = None, [], []
+    skipped = 0
 
     def flush():
+        nonlocal skipped
         if cur_ctx is None:
             return
-        if sum(labels) != 1:
-            raise ValueError(f"{path}: a context has {sum(labels)} positive responses (expected 1): {cur_ctx!r}")
-        examples.append({"context": list(cur_ctx), "candidates": list(cands), "label": labels.index(1)})
+        if not any(labels):
+            skipped += 1
+            return
+        examples.append({"context": list(cur_ctx), "candidates": list(cands), "labels": list(labels),
+                         "label": labels.index(1)})
 
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -50,8 +62,10 @@ def read_response_file(path: Path) -> list[dict]:
         cands.append(fields[-1])
         labels.append(int(fields[0]))
     flush()
+    if counts is not None:
+        counts["skipped_no_positive"] = counts.get("skipped_no_positive", 0) + skipped
     if not examples:
-        raise ValueError(f"{path}: no examples")
+        raise ValueError(f"{path}: no examples with a positive response ({skipped} without)")
     return examples
 
 
@@ -89,14 +103,21 @@ class ResponseSelectionDataset(Dataset):
             ctx += self.vocab.encode(u) + [2]
         ctx = [1] + ctx[1:][-(self.max_context_len - 1) :]  # keep [CLS] and the most recent turns
         cands = [torch.tensor((self.vocab.encode(c) or [3])[: self.max_response_len]) for c in e["candidates"]]
-        return {"context_ids": torch.tensor(ctx), "candidate_ids": cands, "label": e["label"]}
+        labels = torch.tensor(e.get("labels", [int(j == e["label"]) for j in range(len(cands))]), dtype=torch.bool)
+        return {"context_ids": torch.tensor(ctx), "candidate_ids": cands, "label": e["label"], "labels": labels}
 
 
 def collate_response_selection(items: list[dict]) -> dict:
+    """Lists of ids; ``label`` ``[b]`` (first positive) and multi-hot ``labels`` ``[b, N_max]`` (False = padding)."""
+    n_max = max(len(it["candidate_ids"]) for it in items)
+    labels = torch.zeros(len(items), n_max, dtype=torch.bool)
+    for i, it in enumerate(items):
+        labels[i, : it["labels"].numel()] = it["labels"]
     return {
         "context_ids": [it["context_ids"] for it in items],
         "candidate_ids": [it["candidate_ids"] for it in items],
         "label": torch.tensor([it["label"] for it in items]),
+        "labels": labels,
     }
 
 
@@ -130,6 +151,7 @@ class ResponseSelectionDataModule(SplitDataModule):
         self.max_context_len, self.max_response_len, self.max_vocab = max_context_len, max_response_len, max_vocab
         self._vocab: WordVocab | None = None
         self.sets: dict[str, ResponseSelectionDataset] = {}
+        self.skipped: dict[str, int] = {}  # contexts without a positive response, per split
 
     def prepare_data(self) -> None:
         missing = [f for f in ("train.txt", "valid.txt", "test.txt") if not (self.data_dir / f).is_file()]
@@ -158,7 +180,9 @@ class ResponseSelectionDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, fname in (("train", "train.txt"), ("val", "valid.txt"), ("test", "test.txt")):
             if split not in self.sets:
-                ex = read_response_file(self.data_dir / fname)
+                counts: dict = {}
+                ex = read_response_file(self.data_dir / fname, counts)
+                self.skipped[split] = counts["skipped_no_positive"]
                 self.sets[split] = ResponseSelectionDataset(ex, self.vocab, self.max_context_len, self.max_response_len)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -61,13 +61,24 @@ def test_prefix_grouper_equals_repeated_prefix(family, g):
 
 
 def test_merge_path_equals_split_path_in_grpo():
+    """The LSE-merge path at model level: loss and every parameter gradient equal the split path and no grouping."""
     task = GRPOTask(model=dict(family="llama", **TINY), vocab_size=40, kl_coef=0.0, prefix_grouper=True)
     ro = _rollout(task, 4, kl=False)
-    losses = []
-    for mode in ("split", "merge"):
-        task.hparams.prefix_mode = mode
-        losses.append(task.policy_loss(ro)[0])
-    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-5)
+    results = {}
+    for grouper, mode in ((False, "split"), (True, "split"), (True, "merge")):
+        task.hparams.prefix_grouper, task.hparams.prefix_mode = grouper, mode
+        task.policy.zero_grad()
+        loss = task.policy_loss(ro)[0]
+        loss.backward()
+        results[(grouper, mode)] = (loss.detach(), {n: p.grad.clone() for n, p in task.policy.named_parameters()})
+    ref_loss, ref_grads = results[(False, "split")]
+    assert sum(float(g.abs().sum()) for g in ref_grads.values()) > 0
+    for key in ((True, "split"), (True, "merge")):
+        loss, grads = results[key]
+        torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+        assert set(grads) == set(ref_grads)
+        for name in ref_grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=f"{key} {name}")
 
 
 def test_group_advantages_and_loss_reference():

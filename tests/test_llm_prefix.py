@@ -1,4 +1,6 @@
 """The shared-prefix attention primitive: layout, masks, LSE merge, HF integration, outputs and gradients."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,16 +100,67 @@ def test_grouped_attention_equals_repeated_layout_with_grads(mode, fast):
         torch.testing.assert_close(g, x.grad, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-def test_shared_prefix_logits_equal_sequential(family):
-    model = tiny_causal_lm(family, vocab_size=64)
+# Gemma-2 with a small attention-logit soft-cap and larger weights (the default cap of 50 barely bites in a tiny random
+# model; dropping this one moves the logits by ~2): the cap must be applied in every shared-prefix path, as HF's eager
+GEMMA2 = {"attn_logit_softcapping": 1.0, "initializer_range": 0.2}
+
+
+def _tiny(family, **kw):
+    return tiny_causal_lm(family, vocab_size=64, **(GEMMA2 if family == "gemma2" else {}), **kw)
+
+
+# modes are covered at kernel level; gemma2 checks the soft-cap in every path
+@pytest.mark.parametrize("family,mode", [("llama", "split"), ("qwen2", "split"), ("mistral", "split"),
+                                         ("gemma2", "split"), ("gemma2", "merge"), ("gemma2", "dense")])
+def test_shared_prefix_logits_equal_sequential(family, mode):
+    model = _tiny(family)
+    ref_model = copy.deepcopy(model)  # the model's own (HF) attention, never switched to sharezoo_prefix
     prefix = torch.randint(0, 64, (6,))
     suffixes = [torch.randint(0, 64, (n,)) for n in (3, 1, 5)]
-    out = shared_prefix_logits(model, prefix, suffixes)
+    out = shared_prefix_logits(model, prefix, suffixes, mode=mode)
     for s, o in zip(suffixes, out):
-        ref = model(torch.cat([prefix, s])[None]).logits[0, prefix.numel() - 1 : prefix.numel() + s.numel() - 1]
+        ids = torch.cat([prefix, s])[None]
+        ref = ref_model(ids).logits[0, prefix.numel() - 1 : prefix.numel() + s.numel() - 1]
         assert o.shape == (s.numel(), 64)
         torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-5)
+        # ordinary forwards of the switched model (no spec) keep the model's attention, soft-cap included
+        torch.testing.assert_close(model(ids).logits, ref_model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_softcap_is_applied_in_every_spec():
+    """Soft-capping reaches the kernels: attention_with_lse, the MaskedAttention spec and the segment spec."""
+    from tasks.llm.prefix import MaskedAttention
+    from tasks.llm.prefix.segments import KVSegment, SegmentAttention
+
+    q, k, v = torch.randn(2, 4, 5, 8) * 3, torch.randn(2, 2, 5, 8) * 3, torch.randn(2, 2, 5, 8)
+    cap, scale = 0.7, 8**-0.5
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    s = torch.tanh(q @ k.repeat_interleave(2, 1).transpose(-1, -2) * scale / cap) * cap
+    ref = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v.repeat_interleave(2, 1)
+    out, _ = attention_with_lse(q, k, v, causal, scale, softcap=cap)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    out = MaskedAttention(causal[None, None])(module, q, k, v, scale, softcap=cap)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    for merge in (False, True):  # keys 0..1 as a cached segment, 2..4 as the rows' own keys
+        seg = KVSegment([k[:, :, :2]], [v[:, :, :2]], None)
+        spec = SegmentAttention([seg], record=False, merge=merge)
+        spec.begin(torch.ones(2, 3, dtype=torch.bool))
+        out = spec(module, q[:, :, 2:], k[:, :, 2:], v[:, :, 2:], scale, softcap=cap)
+        torch.testing.assert_close(out, ref[:, :, 2:].transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwarg", ["s_aux", "sinks", "position_bias"])
+def test_unsupported_attention_kwargs_raise(kwarg):
+    from tasks.llm.prefix import GroupedAttention
+    from tasks.llm.prefix.hf import prefix_attention_forward
+
+    lay = PrefixLayout.build([2], [[1, 1]])
+    module = torch.nn.Linear(1, 1).eval()
+    q = torch.randn(1, 2, lay.length, 4)
+    with pytest.raises(ValueError, match=kwarg):
+        prefix_attention_forward(module, q, q, q, None, prefix_attention=GroupedAttention(lay), **{kwarg: torch.ones(2)})
 
 
 def test_wrong_position_restart_is_detected():
@@ -125,26 +178,27 @@ def test_wrong_position_restart_is_detected():
     assert (logits - ref).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma2"])
 def test_packed_batch_logits_and_grads_equal_repeated(family):
     torch.manual_seed(1)
-    model = tiny_causal_lm(family, vocab_size=64)
+    model = _tiny(family)
+    ref_model = copy.deepcopy(model)  # the baseline runs the model's own attention (eager soft-cap for gemma2)
     prefixes = [torch.randint(0, 64, (n,)) for n in (5, 2, 7)]
     groups = [[torch.randint(0, 64, (n,)) for n in ns] for ns in ((3, 1, 4), (2,), (1, 3, 2, 5))]
     target_w = None
 
-    def run(fn):
+    def run(m, fn):
         nonlocal target_w
-        model.zero_grad()
-        logits, valid = fn()[:2]
+        m.zero_grad()
+        logits, valid = fn(m, prefixes, groups)[:2]
         if target_w is None:
             target_w = torch.randn(logits.shape[:2])
         loss = (torch.log_softmax(logits, -1)[..., 0] * target_w * valid).sum()
         loss.backward()
-        return logits, valid, loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+        return logits, valid, loss, {n: p.grad.clone() for n, p in m.named_parameters()}
 
-    lp, vp, loss_p, gp = run(lambda: packed_suffix_logits(model, prefixes, groups))
-    lr, vr, loss_r, gr = run(lambda: repeated_suffix_logits(model, prefixes, groups))
+    lp, vp, loss_p, gp = run(model, packed_suffix_logits)
+    lr, vr, loss_r, gr = run(ref_model, repeated_suffix_logits)
     assert torch.equal(vp, vr)
     torch.testing.assert_close(lp[vp], lr[vr], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_p, loss_r, atol=1e-5, rtol=1e-5)
@@ -167,3 +221,18 @@ def test_gradient_checkpointing_keeps_the_packed_attention():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_sliding_window_allows_positions_up_to_w_minus_1():
+    """HF keeps key j for query i when j > i - W: a batch whose largest position index is W - 1 is exact; W raises."""
+    w = 8
+    model = tiny_causal_lm("mistral", vocab_size=64, sliding_window=w)
+    ref_model = copy.deepcopy(model)
+    prefix = torch.randint(0, 64, (5,))
+    suffixes = [torch.randint(0, 64, (n,)) for n in (3, 1)]  # P + S_max = W: position indices 0 .. W - 1
+    out = shared_prefix_logits(model, prefix, suffixes)
+    for s, o in zip(suffixes, out):
+        ref = ref_model(torch.cat([prefix, s])[None]).logits[0, 4 : 4 + s.numel()]
+        torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sliding window"):
+        shared_prefix_logits(model, prefix, [torch.randint(0, 64, (4,))])  # position index W

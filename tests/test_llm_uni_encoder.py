@@ -8,7 +8,15 @@ from datamodules.llm_response_selection import (
     read_response_file,
     write_synthetic_response_selection,
 )
-from tasks.llm.uni_encoder import UniEncoder, UniEncoderTask, mean_reciprocal_rank, recall_at_k
+from tasks.llm.uni_encoder import (
+    UniEncoder,
+    UniEncoderTask,
+    mean_average_precision,
+    mean_reciprocal_rank,
+    multi_positive_cross_entropy,
+    precision_at_1,
+    recall_at_k,
+)
 
 BERT = dict(family="bert", initializer_range=0.3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64)
@@ -26,15 +34,26 @@ def _data(seed=0):
 @pytest.mark.parametrize("backbone,attn_map", [(BERT, "arrow_context_masked"), (LLAMA, "causal"),
                                                (LLAMA, "arrow_context_masked")])
 def test_packed_scores_equal_per_candidate_scoring(backbone, attn_map):
+    """Scores and every parameter gradient of one packed forward equal scoring each candidate alone."""
     torch.manual_seed(0)
     model = UniEncoder(backbone, vocab_size=40, attn_map=attn_map).eval()
     ctx, cands = _data()
+    w = torch.randn(2, 3)
     scores, valid = model(ctx, cands)
     assert valid.tolist() == [[True, True, True], [True, False, False]]
+    (scores.masked_fill(~valid, 0) * w).sum().backward()
+    packed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    total = 0
     for i, group in enumerate(cands):
         for j, c in enumerate(group):
             alone, _ = model([ctx[i]], [[c]])
             torch.testing.assert_close(scores[i, j], alone[0, 0], atol=1e-5, rtol=1e-5)
+            total = total + alone[0, 0] * w[i, j]
+    total.backward()
+    assert sum(float(g.abs().sum()) for g in packed.values()) > 0
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(packed[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
 
 
 def test_released_arrow_is_not_per_candidate_but_permutation_invariant():
@@ -64,9 +83,9 @@ def test_reader_and_fit_test(tmp_path):
     root = write_synthetic_response_selection(tmp_path / "rs", num_train=48, num_val=8, num_test=8)
     ex = read_response_file(root / "test.txt")
     assert len(ex) == 8 and all(len(e["candidates"]) == 10 for e in ex)
-    (tmp_path / "bad.txt").write_text("1\tctx\tr1\n1\tctx\tr2\n")
-    with pytest.raises(ValueError, match="2 positive"):
-        read_response_file(tmp_path / "bad.txt")
+    (tmp_path / "none.txt").write_text("0\tctx\tr1\n0\tctx\tr2\n")
+    with pytest.raises(ValueError, match="no examples"):
+        read_response_file(tmp_path / "none.txt")
     with pytest.raises(FileNotFoundError, match="train.txt"):
         ResponseSelectionDataModule(str(tmp_path / "none")).prepare_data()
     dm = ResponseSelectionDataModule(str(root), batch_size=8)
@@ -76,4 +95,77 @@ def test_reader_and_fit_test(tmp_path):
                          default_root_dir=tmp_path)
     trainer.fit(task, dm)
     res = trainer.test(task, dm, verbose=False)[0]
-    assert {"test/R10@1", "test/R10@2", "test/R10@5", "test/MRR"} <= set(res)
+    assert {"test/R10@1", "test/R10@2", "test/R10@5", "test/MRR", "test/MAP", "test/P@1"} <= set(res)
+
+
+def test_douban_multi_positive_reader_and_metrics_against_sklearn(tmp_path):
+    """Douban test contexts: several positives kept multi-hot, contexts without one skipped and counted; MAP equals
+    scikit-learn's average_precision_score per context, P@1 / MRR / R@k the Douban evaluation's definitions."""
+    from sklearn.metrics import average_precision_score
+
+    from datamodules.llm_response_selection import ResponseSelectionDataset, WordVocab, collate_response_selection
+
+    lines = ["1\ta b\tx", "0\ta b\ty", "1\ta b\tz",  # two positives
+             "0\tc\tx", "0\tc\ty",  # no positive: skipped
+             "0\td\tx", "1\td\ty", "0\td\tz", "0\td\tw"]
+    (tmp_path / "douban.txt").write_text("\n".join(lines) + "\n")
+    counts = {}
+    ex = read_response_file(tmp_path / "douban.txt", counts)
+    assert counts == {"skipped_no_positive": 1}
+    assert [e["labels"] for e in ex] == [[1, 0, 1], [0, 1, 0, 0]] and [e["label"] for e in ex] == [0, 1]
+    ds = ResponseSelectionDataset(ex, WordVocab.from_examples(ex), 16, 4)
+    batch = collate_response_selection([ds[0], ds[1]])
+    assert batch["labels"].tolist() == [[True, False, True, False], [False, True, False, False]]
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 10, generator=g)
+    labels = torch.rand(64, 10, generator=g) < 0.25
+    labels[torch.arange(64), torch.randint(0, 10, (64,), generator=g)] = True  # at least one positive each
+    scores[:8, 7:] = float("-inf")  # fewer candidates (padding, never positive)
+    labels[:8, 7:] = False
+    ap = [average_precision_score(labels[i, :7 if i < 8 else 10].numpy(), scores[i, :7 if i < 8 else 10].numpy())
+          for i in range(64)]
+    assert abs(mean_average_precision(scores, labels).item() - sum(ap) / 64) < 1e-6
+    order = scores.argsort(1, descending=True)
+    ranked = labels.gather(1, order).float()
+    assert abs(precision_at_1(scores, labels).item() - ranked[:, 0].mean().item()) < 1e-6
+    mrr = sum(1.0 / (ranked[i].tolist().index(1.0) + 1) for i in range(64)) / 64
+    assert abs(mean_reciprocal_rank(scores, labels).item() - mrr) < 1e-6
+    for k in (1, 2, 5):
+        ref = (ranked[:, :k].sum(1) / ranked.sum(1)).mean().item()
+        assert abs(recall_at_k(scores, labels, k).item() - ref) < 1e-6
+    # one positive: the multi-positive loss is the usual cross-entropy, the metrics take an index tensor too
+    idx = torch.randint(0, 10, (64,), generator=g)
+    one_hot = torch.nn.functional.one_hot(idx, 10).bool()
+    sc = torch.randn(64, 10, generator=g)
+    torch.testing.assert_close(multi_positive_cross_entropy(sc, one_hot), torch.nn.functional.cross_entropy(sc, idx))
+    assert mean_average_precision(sc, idx).item() == pytest.approx(mean_reciprocal_rank(sc, one_hot).item())
+
+
+def test_noam_scheduler_option(tmp_path):
+    """The released schedule: linear warmup to the peak lr at ``warmup`` optimizer steps, then ``sqrt(W / step)``."""
+    from tasks.llm.uni_encoder import noam_factor
+
+    task = UniEncoderTask(backbone=BERT, vocab_size=40, lr=2e-4, scheduler="noam", warmup_steps=4, betas=(0.9, 0.98))
+    cfg = task.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    assert cfg["lr_scheduler"]["interval"] == "step" and opt.param_groups[0]["betas"] == (0.9, 0.98)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expect = [2e-4 * f for f in (0.25, 0.5, 0.75, 1.0)] + [2e-4 * (4 / s) ** 0.5 for s in range(5, 17)]
+    assert lrs == pytest.approx(expect, rel=1e-6)
+    assert noam_factor(16, 4) == pytest.approx(0.5)
+    assert isinstance(UniEncoderTask(backbone=BERT, vocab_size=40).configure_optimizers(), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="scheduler"):
+        UniEncoderTask(backbone=BERT, vocab_size=40, scheduler="cosine")
+    # under a trainer the warmup is capped at one epoch + 1 optimizer steps (released rule)
+    root = write_synthetic_response_selection(tmp_path / "rs", num_train=24, num_val=4, num_test=4)
+    task = UniEncoderTask(backbone=BERT, lr=2e-3, scheduler="noam", warmup_steps=3500)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(task, ResponseSelectionDataModule(str(root), batch_size=8))
+    assert task.noam_warmup() == 3 + 1 and trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-3)

@@ -4,14 +4,19 @@ Spec (``shared/papers/llm/batchllm.md``), steps as implemented here:
 
 1. a compact prefix (radix) tree over all prompts of the batch (:func:`build_prefix_tree`; every prompt's last token is
    kept out of the tree so each request has a non-empty suffix);
-2. flattened to one level of shared prefixes by a dynamic programme (:func:`plan_prefix_groups`): at each node keep
-   the sharing there (saving ``(leaves - 1) * depth``) or the children's best plan, whose left-over single prompts
-   may still share this node;
+2. flattened to one level of shared prefixes by a dynamic programme (:func:`plan_prefix_groups`): per child, keep its
+   own (deeper) sharing or fork/merge its prompts into the group of this node, saving ``(members - 1) * depth`` per
+   group; the programme is exact (equals the best partition, checked against brute force);
 3. a group's prefix is prefilled once, its K/V lives only while the group's batch runs;
 4. groups (and requests inside a group) are ordered by expected decode length / prompt length, decode-heavy first;
-5. groups are packed into batches while the projected KV tokens stay under ``kv_budget_tokens`` (memory-centric);
+5. groups are packed into batches while the KV tokens the batch will hold stay under ``kv_budget_tokens``
+   (memory-centric; :func:`batch_kv_tokens` counts what the engine really stores: the batch's prefixes padded to the
+   longest, every row's suffix padded to the longest and decoded until the batch's longest ``max_new_tokens``, plus the
+   per-row prefix copies of the non-LSE path); a group that does not fit alone is split into sub-groups that do
+   (each re-prefills the prefix), a single request that does not fit raises;
 6. attention of every request over ``[shared prefix KV ; own KV]`` is the LSE merge of two partial attentions
-   (:class:`tasks.llm.prefix.segments.SegmentAttention`), the prefix K/V read per request row.
+   (:class:`tasks.llm.prefix.segments.SegmentAttention`); each group's prefix K/V is read in place by the group's
+   rows (queries regrouped per group), never copied per row.
 
 Greedy outputs equal generating each prompt alone (tested). Not implemented: chunked prefill mixed with decode tokens
 inside one iteration, and a fused GPU kernel (this engine runs on HF modules with PyTorch ops).
@@ -89,28 +94,52 @@ class PrefixGroup:
 
 
 def plan_prefix_groups(prompts: Sequence[torch.Tensor]) -> list[PrefixGroup]:
-    """One level of shared prefixes maximising the saved prefill tokens (spec step 2).
+    """One level of shared prefixes maximising the saved prefill tokens ``sum_g (|g| - 1) * prefix_len_g`` (step 2).
 
     Every prompt is in exactly one group; a group of one has ``prefix_len = 0``.
+
+    An optimal partition can be written as every prompt choosing the tree node its group shares (an ancestor of its
+    leaf; the root = no sharing) with one group per chosen node: saving ``sum_prompts depth(node) - sum_groups
+    depth(node)``. The DP ``best(v, D)`` (``D``: depth of the deepest ancestor whose group is open) decides at every
+    node, i.e. per child of the parent, whether the prompts below keep merging into the ancestor's group (``D``) or
+    open a deeper group at ``v`` (paying its ``-depth`` once); the spec's "keep the multi-level sharing vs. fork/merge a
+    child into its grandchildren" comparison, done for every child separately. It is exact (brute-force tested).
     """
+    root = build_prefix_tree(prompts)
+    memo: dict[tuple[int, int], tuple[int, bool]] = {}
 
-    def solve(node: TreeNode) -> tuple[int, list[PrefixGroup], list[int]]:
-        # returns (saving, groups formed in the subtree, prompts left single and free to share higher up)
-        saving, groups, free = 0, [], list(node.ids)
+    def best(node: TreeNode, d_open: int) -> int:
+        key = (id(node), d_open)
+        if key not in memo:
+            closed = len(node.ids) * d_open + sum(best(c, d_open) for c in node.children)
+            opened = None
+            if node.depth > d_open:  # open a group here: its prompts save `depth` each, minus one depth per group
+                d = node.depth
+                opened = len(node.ids) * d - d + sum(best(c, d) for c in node.children)
+            memo[key] = (opened, True) if opened is not None and opened > closed else (closed, False)
+        return memo[key][0]
+
+    best(root, 0)
+    anchored: dict[int, list[int]] = {}  # group depth by anchor node -> members
+    depth_of: dict[int, int] = {}
+
+    def assign(node: TreeNode, d_open: int, anchor: int | None) -> None:
+        if memo[(id(node), d_open)][1]:
+            d_open, anchor = node.depth, id(node)
+            depth_of[anchor] = node.depth
+        for i in node.ids:
+            anchored.setdefault(anchor if anchor is not None else -1 - i, []).append(i)
         for c in node.children:
-            s, g, f = solve(c)
-            saving, groups, free = saving + s, groups + g, free + f
-        if len(free) >= 2 and node.depth > 0:  # left-overs share this node
-            saving += (len(free) - 1) * node.depth
-            groups, free = groups + [PrefixGroup(node.depth, free)], []
-        everything = node.leaves()
-        whole = (len(everything) - 1) * node.depth
-        if node.depth > 0 and whole > saving:  # keeping the sharing at this node beats the children's plan
-            return whole, [PrefixGroup(node.depth, everything)], []
-        return saving, groups, free
+            assign(c, d_open, anchor)
 
-    _, groups, free = solve(build_prefix_tree(prompts))
-    return groups + [PrefixGroup(0, [i]) for i in free]
+    assign(root, 0, None)
+    groups = []
+    for anchor, members in anchored.items():
+        if anchor in depth_of and len(members) >= 2:
+            groups.append(PrefixGroup(depth_of[anchor], sorted(members)))
+        else:
+            groups.extend(PrefixGroup(0, [i]) for i in members)
+    return groups
 
 
 def plan_saving(groups: Sequence[PrefixGroup]) -> int:
@@ -125,37 +154,89 @@ class ScheduledBatch:
     kv_tokens: int
 
 
+class _BatchShape:
+    """Running maxima of a batch under construction; :meth:`kv_tokens` mirrors :meth:`BatchLLMEngine._run_batch`."""
+
+    def __init__(self, prompts, max_new_tokens, lse_merge: bool) -> None:
+        self.prompts, self.mnt, self.lse_merge = prompts, max_new_tokens, lse_merge
+        self.n_groups = self.p_max = self.n_rows = self.s_max = self.mnt_max = 0
+
+    def with_group(self, g: PrefixGroup) -> _BatchShape:
+        out = _BatchShape(self.prompts, self.mnt, self.lse_merge)
+        out.n_groups, out.n_rows = self.n_groups + 1, self.n_rows + len(g.members)
+        out.p_max = max(self.p_max, g.prefix_len)
+        out.s_max = max([self.s_max] + [self.prompts[i].numel() - g.prefix_len for i in g.members])
+        out.mnt_max = max([self.mnt_max] + [self.mnt[i] for i in g.members])
+        return out
+
+    def kv_tokens(self) -> int:
+        # prefix segment [groups, P_max] + own K/V [rows, S_max + decode forwards] (the last token is never fed back)
+        # + the joint (non-LSE) path's per-row copy of the prefix K/V, materialised at every layer call
+        segment = self.n_groups * self.p_max
+        own = self.n_rows * (self.s_max + max(self.mnt_max - 1, 0))
+        copies = 0 if self.lse_merge else self.n_rows * self.p_max
+        return segment + own + copies
+
+
+def batch_kv_tokens(
+    prompts: Sequence[torch.Tensor], groups: Sequence[PrefixGroup], max_new_tokens: Sequence[int],
+    lse_merge: bool = True,
+) -> int:
+    """Peak K/V tokens (per layer; every layer holds as many) the engine stores to run ``groups`` as one batch.
+
+    ``G * P_max + n * (S_max + max(max_new_tokens) - 1)`` (+ ``n * P_max`` per-row prefix copies without the LSE merge):
+    prefixes are padded to the batch's longest, suffixes to the longest, and every row keeps decoding (appending K/V)
+    until the batch's longest request finishes. Transient per-layer attention work buffers (GQA head repetition,
+    scores) are not K/V storage and are not counted.
+    """
+    shape = _BatchShape(prompts, max_new_tokens, lse_merge)
+    for g in groups:
+        shape = shape.with_group(g)
+    return shape.kv_tokens()
+
+
 def schedule(
     prompts: Sequence[torch.Tensor], groups: Sequence[PrefixGroup], max_new_tokens: Sequence[int],
-    kv_budget_tokens: int,
+    kv_budget_tokens: int, lse_merge: bool = True,
 ) -> list[ScheduledBatch]:
     """Decode-heavy first (ratio expected decode / prompt length), then batches under a KV-token budget.
 
-    A group's projected KV is its prefix once plus every member's suffix and decode tokens; a group larger than the
-    budget runs alone.
+    Every batch's :func:`batch_kv_tokens` (what the engine really stores) is at most ``kv_budget_tokens``: a group
+    that does not fit alone is split, in its decode-heavy order, into sub-groups with the same prefix that do (each
+    prefills the prefix again); a request that does not fit alone raises ``ValueError``.
     """
 
     def ratio(members):
         return sum(max_new_tokens[i] for i in members) / max(1, sum(prompts[i].numel() for i in members))
 
+    empty = _BatchShape(prompts, max_new_tokens, lse_merge)
     ordered = []
     for g in sorted(groups, key=lambda g: -ratio(g.members)):
         members = sorted(g.members, key=lambda i: -max_new_tokens[i] / prompts[i].numel())
-        ordered.append(PrefixGroup(g.prefix_len, members))
+        chunk: list[int] = []
+        for i in members:
+            alone = empty.with_group(PrefixGroup(g.prefix_len, [i])).kv_tokens()
+            if alone > kv_budget_tokens:
+                raise ValueError(
+                    f"request {i} needs {alone} KV tokens alone (prompt {prompts[i].numel()}, "
+                    f"max_new_tokens {max_new_tokens[i]}); kv_budget_tokens is {kv_budget_tokens}"
+                )
+            if chunk and empty.with_group(PrefixGroup(g.prefix_len, chunk + [i])).kv_tokens() > kv_budget_tokens:
+                ordered.append(PrefixGroup(g.prefix_len, chunk))
+                chunk = []
+            chunk.append(i)
+        ordered.append(PrefixGroup(g.prefix_len, chunk))
 
-    def kv(g):
-        return g.prefix_len + sum(prompts[i].numel() - g.prefix_len + max_new_tokens[i] for i in g.members)
-
-    batches, cur, used = [], [], 0
+    batches, cur, shape = [], [], empty
     for g in ordered:
-        need = kv(g)
-        if cur and used + need > kv_budget_tokens:
-            batches.append(ScheduledBatch(cur, used))
-            cur, used = [], 0
+        grown = shape.with_group(g)
+        if cur and grown.kv_tokens() > kv_budget_tokens:
+            batches.append(ScheduledBatch(cur, shape.kv_tokens()))
+            cur, grown = [], empty.with_group(g)
         cur.append(g)
-        used += need
+        shape = grown
     if cur:
-        batches.append(ScheduledBatch(cur, used))
+        batches.append(ScheduledBatch(cur, shape.kv_tokens()))
     return batches
 
 
@@ -165,7 +246,8 @@ class BatchLLMEngine:
 
     Args:
         model: the causal LM (switched to the ``sharezoo_prefix`` attention; ordinary calls unchanged).
-        kv_budget_tokens: projected KV tokens per batch (memory-centric batching).
+        kv_budget_tokens: K/V tokens (per layer) a batch may store, see :func:`batch_kv_tokens` (memory-centric
+            batching; ``stats['measured_peak_kv_tokens']`` reports what the attention actually held).
         eos_id: stop token (None: always ``max_new_tokens``).
         lse_merge: request attention as two partials (prefix KV, own KV) merged by log-sum-exp; False: one SDPA call
             over the concatenated keys. Both exact.
@@ -189,18 +271,22 @@ class BatchLLMEngine:
         n = len(prompts)
         mnt = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         groups = plan_prefix_groups(prompts)
-        batches = schedule(prompts, groups, mnt, self.kv_budget_tokens)
+        batches = schedule(prompts, groups, mnt, self.kv_budget_tokens, self.lse_merge)
+        run_groups = [g for b in batches for g in b.groups]  # after any split of groups over the budget
         self.stats = {
             "prompt_tokens": sum(p.numel() for p in prompts),
-            "prefill_tokens": sum(p.numel() for p in prompts) - plan_saving(groups),
-            "groups": len(groups),
+            "prefill_tokens": sum(p.numel() for p in prompts) - plan_saving(run_groups),
+            "groups": len(run_groups),
             "batches": len(batches),
             "max_batch_kv_tokens": max(b.kv_tokens for b in batches),
+            "measured_peak_kv_tokens": 0,
         }
+        self.batch_peak_kv_tokens: list[int] = []
         out: list[torch.Tensor | None] = [None] * n
         for b in batches:
             for i, toks in self._run_batch(prompts, b.groups, mnt).items():
                 out[i] = toks
+        self.stats["measured_peak_kv_tokens"] = max(self.batch_peak_kv_tokens)
         return out  # type: ignore[return-value]
 
     def _run_batch(self, prompts, groups: list[PrefixGroup], mnt) -> dict[int, torch.Tensor]:
@@ -209,6 +295,7 @@ class BatchLLMEngine:
         # (3) every group's shared prefix, prefilled once (right-padded batch of prefixes, causal)
         p_lens = [g.prefix_len for g in groups]
         segments = []
+        peak = 0
         if max(p_lens) > 0:
             ids = torch.zeros(len(groups), max(p_lens), dtype=torch.long, device=dev)
             valid = torch.zeros_like(ids, dtype=torch.bool)
@@ -219,6 +306,7 @@ class BatchLLMEngine:
             pos = torch.arange(ids.shape[1], device=dev)[None].expand_as(ids)
             run_segment_forward(model, pre, ids, pos, valid)
             prefix_seg = pre.as_segment()
+            peak = pre.peak_kv_tokens
         rows = [(gi, i) for gi, g in enumerate(groups) for i in g.members]
         row_group = torch.tensor([gi for gi, _ in rows], device=dev)
         if max(p_lens) > 0:
@@ -252,5 +340,6 @@ class BatchLLMEngine:
             hidden = run_segment_forward(model, spec, tok[:, None], next_pos[:, None])
             last = hidden[:, -1]
             next_pos = next_pos + 1
+        self.batch_peak_kv_tokens.append(max(peak, spec.peak_kv_tokens))
         gen = torch.stack(generated, dim=1).cpu()
         return {i: gen[r][gen[r] >= 0] for r, (_, i) in enumerate(rows)}

@@ -6,7 +6,11 @@ from torch import nn
 
 
 def causal_lm_config(family: str = "llama", vocab_size: int = 128, **overrides):
-    """A transformers config of ``family`` (``llama``, ``qwen2`` or ``mistral``); tiny defaults: RoPE + GQA.
+    """A transformers config of ``family`` (``llama``, ``qwen2``, ``mistral`` or ``gemma2``); tiny defaults: RoPE + GQA.
+
+    ``gemma2`` keeps its attention-logit and final-logit soft-capping (defaults 50 / 30; override
+    ``attn_logit_softcapping`` to make it bite in tiny random models) and its alternating sliding-window layers; it is
+    built with ``eager`` attention (HF's SDPA path has no soft-capping).
 
     Args:
         family: model family.
@@ -30,18 +34,27 @@ def causal_lm_config(family: str = "llama", vocab_size: int = 128, **overrides):
         base["sliding_window"] = None
     if family == "qwen2":
         base["use_sliding_window"] = False
+    if family == "gemma2":
+        base.update(head_dim=16, query_pre_attn_scalar=16)
     base.update(overrides)
-    cls = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig"}[family]
+    base.pop("attn_implementation", None)
+    cls = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig", "gemma2": "Gemma2Config"}[family]
     cfg = getattr(transformers, cls)(**base)
-    cfg._attn_implementation = overrides.get("attn_implementation", "sdpa")
+    cfg._attn_implementation = overrides.get("attn_implementation", _default_attn(family))
     return cfg
 
 
+def _default_attn(family: str) -> str:
+    """SDPA, except for models whose attention SDPA cannot compute (Gemma-2's logit soft-capping: eager)."""
+    return "eager" if family == "gemma2" else "sdpa"
+
+
 def build_causal_lm(config) -> nn.Module:
-    """``AutoModelForCausalLM.from_config`` with SDPA attention (random weights)."""
+    """``AutoModelForCausalLM.from_config`` with SDPA attention (eager for soft-capped models; random weights)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
 
 
 def tiny_causal_lm(family: str = "llama", vocab_size: int = 128, seed: int = 0, **overrides) -> nn.Module:

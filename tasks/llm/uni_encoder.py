@@ -10,8 +10,20 @@ candidates see the context and themselves but not each other. ``attn_map``:
 * ``causal`` — decoder backbones (Llama/Qwen2): the Prefix Grouper layout; equals per-candidate scoring (tested).
 
 Score: mean-pool each candidate's final hidden states, a linear layer, softmax over the candidates; loss:
-cross-entropy over candidates. Deviation: the paper's auxiliary masked-LM loss on a pretrained BERT is not used
-(backbones here are built from config, random init).
+cross-entropy over candidates (``-log`` of the total softmax mass of the positives when a context has several, as in
+Douban's test set). Metrics: R_N@k, MRR, MAP, P@1 (Douban's definitions, see the metrics section).
+
+Recipe (released ``run_dist.sh``: lr 2e-4, Noam, batch 8 per GPU x 6 GPUs, 20 epochs; AdamW betas (0.9, 0.98),
+weight decay 0.01, gradient clipping 1.0): ``scheduler='noam'`` reproduces the released schedule (peak ``lr`` after
+``min(warmup_steps, one epoch + 1)`` optimizer steps, then ``1/sqrt(step)`` decay); the global batch of 48 is
+``devices x batch_size`` (or ``accumulate_grad_batches``). Deviations from the paper / released code:
+
+* no auxiliary masked-LM loss, and backbones are built from config (random init), not bert-base(-chinese) / BERT-FP;
+* attention dropout is 0 (the shared-prefix attention specs refuse attention dropout in training); hidden dropout is
+  0 by default here (BERT: 0.1; set ``hidden_dropout_prob`` in the backbone spec);
+* candidates are not wrapped in ``[CLS]``/``[SEP]`` (the context starts with ``[CLS]``, its utterances end with
+  ``[SEP]``; candidates are bare tokens), and no ``token_type_ids`` segment embeddings are used;
+* word-level vocabulary from the training set instead of the BERT WordPiece tokenizer.
 """
 from __future__ import annotations
 
@@ -73,7 +85,7 @@ class UniEncoder(nn.Module):
         if self.attn_map == "causal":
             spec = GroupedAttention(layout)
         else:
-            spec = MaskedAttention(layout.dense_mask(self.attn_map), layout.length)
+            spec = MaskedAttention(layout.dense_mask(self.attn_map), layout.max_position)
         out = self.backbone(
             input_ids=ids, position_ids=layout.position_ids, attention_mask=_placeholder_mask(device),
             prefix_attention=spec,
@@ -96,30 +108,67 @@ class UniEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ metrics
+# Ubuntu (one positive per context) and Douban (several positives in some test contexts) metrics, as the Douban
+# evaluation scripts define them: candidates ranked by score (ties: pessimistic, negatives first); R_N@k = positives in
+# the k best / positives; MRR = 1 / rank of the best-ranked positive; P@1 = the best candidate is positive; MAP = mean
+# average precision. Contexts without a positive are skipped by the reader. ``labels``: index tensor ``[b]`` (one
+# positive) or multi-hot ``[b, N]``; padded candidates have score ``-inf`` and label 0.
+def _ranked_labels(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[b, N]`` 0/1 labels in ranking order (score descending; among equal scores negatives first)."""
+    if labels.dim() == 1:
+        labels = torch.nn.functional.one_hot(labels, scores.shape[1])
+    labels = labels.to(scores.device).float()
+    by_label = torch.sort(labels, dim=1, stable=True).indices  # negatives first
+    by_score = torch.sort(scores.gather(1, by_label), dim=1, descending=True, stable=True).indices
+    return labels.gather(1, by_label.gather(1, by_score))
+
+
 def recall_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """R_N@k: fraction of contexts whose true candidate ``labels[i]`` is in the ``k`` best (ties: pessimistic)."""
-    true = scores.gather(1, labels[:, None])
-    rank = (scores > true).sum(1) + (scores == true).sum(1) - 1  # candidates at least as good, minus itself
-    return (rank < k).float().mean()
+    """R_N@k: fraction of each context's positives among its ``k`` best candidates, averaged over contexts."""
+    ranked = _ranked_labels(scores, labels)
+    return (ranked[:, :k].sum(1) / ranked.sum(1)).mean()
 
 
 def mean_reciprocal_rank(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """MRR of the true candidate (ties: pessimistic)."""
-    true = scores.gather(1, labels[:, None])
-    rank = (scores > true).sum(1) + (scores == true).sum(1)
-    return (1.0 / rank.float()).mean()
+    """MRR of the best-ranked positive."""
+    ranked = _ranked_labels(scores, labels)
+    first = ranked.argmax(1)  # index of the first positive
+    return (1.0 / (first + 1).float()).mean()
+
+
+def precision_at_1(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """P@1: fraction of contexts whose best-scored candidate is a positive."""
+    return _ranked_labels(scores, labels)[:, 0].mean()
+
+
+def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MAP: mean over contexts of ``sum_k P@k * rel_k / positives`` (sklearn's ``average_precision_score``)."""
+    ranked = _ranked_labels(scores, labels)
+    rank = torch.arange(1, ranked.shape[1] + 1, device=ranked.device, dtype=ranked.dtype)
+    precision = ranked.cumsum(1) / rank
+    return ((precision * ranked).sum(1) / ranked.sum(1)).mean()
+
+
+def multi_positive_cross_entropy(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``-log sum_{positives} softmax(scores)``, mean over contexts; equals cross-entropy with one positive."""
+    pos = scores.masked_fill(~labels.bool(), float("-inf"))
+    return (torch.logsumexp(scores, 1) - torch.logsumexp(pos, 1)).mean()
 
 
 class UniEncoderTask(pl.LightningModule):
-    """Training a Uni-Encoder response ranker; reports R10@1/2/5 and MRR.
+    """Training a Uni-Encoder response ranker; reports R10@1/2/5, MRR, MAP and P@1 (Douban: multi-positive labels).
 
     Args:
         backbone: backbone spec, ``{'family': 'bert'|'llama'|'qwen2', ...config fields}``.
         vocab_size: vocabulary size; None takes it from the datamodule.
         attn_map: ``arrow``, ``arrow_context_masked`` or ``causal``.
-        lr: AdamW learning rate.
+        lr: AdamW learning rate (the peak learning rate with ``scheduler='noam'``).
         weight_decay: AdamW weight decay.
         recall_ks: the k of the R_N@k metrics.
+        scheduler: None (constant ``lr``) or ``noam`` (the released recipe, :func:`noam_factor`, stepped per
+            optimizer step).
+        warmup_steps: Noam warmup (released default 3500, capped at one epoch + 1 step when the trainer knows it).
+        betas: AdamW betas (released: ``(0.9, 0.98)``).
     """
 
     def __init__(
@@ -130,8 +179,13 @@ class UniEncoderTask(pl.LightningModule):
         lr: float = 5e-4,
         weight_decay: float = 0.01,
         recall_ks: tuple[int, ...] = (1, 2, 5),
+        scheduler: str | None = None,
+        warmup_steps: int = 3500,
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         super().__init__()
+        if scheduler not in (None, "noam"):
+            raise ValueError(f"unknown scheduler {scheduler!r} (None or 'noam')")
         self.save_hyperparameters()
         self.net: UniEncoder | None = None
         if vocab_size is not None:
@@ -157,9 +211,12 @@ class UniEncoderTask(pl.LightningModule):
         return self.net(contexts, candidates)
 
     def _shared(self, batch: dict, stage: str) -> torch.Tensor:
-        scores, _ = self(batch["context_ids"], batch["candidate_ids"])
-        labels = batch["label"].to(scores.device)
-        loss = nn.functional.cross_entropy(scores, labels)
+        scores, valid = self(batch["context_ids"], batch["candidate_ids"])
+        if "labels" in batch:  # multi-hot (Douban test contexts may have several positives)
+            labels = batch["labels"].to(scores.device) & valid
+        else:
+            labels = nn.functional.one_hot(batch["label"].to(scores.device), scores.shape[1]).bool()
+        loss = multi_positive_cross_entropy(scores, labels)
         n = scores.shape[0]
         sync = stage != "train"  # epoch-level metrics: averaged over the ranks under DDP / FSDP (no-op otherwise)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, sync_dist=sync)
@@ -169,6 +226,8 @@ class UniEncoderTask(pl.LightningModule):
                 if k < n_cand:
                     self.log(f"{stage}/R{n_cand}@{k}", recall_at_k(scores, labels, k), batch_size=n, sync_dist=True)
             self.log(f"{stage}/MRR", mean_reciprocal_rank(scores, labels), batch_size=n, sync_dist=True)
+            self.log(f"{stage}/MAP", mean_average_precision(scores, labels), batch_size=n, sync_dist=True)
+            self.log(f"{stage}/P@1", precision_at_1(scores, labels), batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -180,5 +239,31 @@ class UniEncoderTask(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self._shared(batch, "test")
 
+    def noam_warmup(self) -> int:
+        """The released rule: ``min(warmup_steps, optimizer steps per epoch + 1)`` (``warmup_steps`` off a trainer)."""
+        warmup = int(self.hparams.warmup_steps)
+        trainer = self._trainer
+        if trainer is not None and trainer.max_epochs and trainer.max_epochs > 0:
+            try:
+                per_epoch = int(trainer.estimated_stepping_batches) // int(trainer.max_epochs)
+            except Exception:  # noqa: BLE001 - no train loader yet / unbounded epochs: keep warmup_steps
+                per_epoch = None
+            if per_epoch:
+                warmup = min(warmup, per_epoch + 1)
+        return max(1, warmup)
+
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        if hp.scheduler != "noam":
+            return opt
+        warmup = self.noam_warmup()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: noam_factor(i + 1, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def noam_factor(step: int, warmup: int) -> float:
+    """Noam multiplier normalised to peak 1 at ``step == warmup`` (the released code divides ``lr`` by the peak):
+    ``sqrt(warmup) * min(step^-0.5, step * warmup^-1.5)``: linear warmup, then ``sqrt(warmup / step)`` decay."""
+    step = max(1, step)
+    return warmup**0.5 * min(step**-0.5, step * warmup**-1.5)

@@ -32,8 +32,10 @@ def attention_with_lse(
     k: torch.Tensor,
     v: torch.Tensor,
     mask: torch.Tensor | None,
-    scale: float,
+    scale: float | None,
     temperature: float = 1.0,
+    softcap: float | None = None,
+    dropout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager softmax attention that also returns the log-sum-exp of the scores (differentiable).
 
@@ -41,21 +43,35 @@ def attention_with_lse(
         q: ``[b, H, Tq, d]``.
         k: ``[b, Hkv, Tk, d]`` (GQA keys are repeated here).
         v: ``[b, Hkv, Tk, d]``.
-        mask: boolean, broadcastable to ``[b, H, Tq, Tk]``, True = attend; every row needs one True.
-        scale: score scale (usually ``1/sqrt(d)``).
-        temperature: divides the scores (APE's T; 1 = plain attention).
+        mask: boolean, broadcastable to ``[b, H, Tq, Tk]``, True = attend (a row without a True gives a zero output
+            and ``lse = -inf``); or an additive float mask (HF's eager convention).
+        scale: score scale (None: ``1/sqrt(d)``).
+        temperature: divides the (capped) scores (APE's T; 1 = plain attention).
+        softcap: Gemma-2's attention-logit soft-capping, ``scores = tanh(scores / c) * c`` before masking (as HF's
+            eager attention); None = off.
+        dropout: dropout on the probabilities (training only; the LSE is of the undropped scores).
 
     Returns:
         ``(out [b, H, Tq, d], lse [b, H, Tq])`` in float32 for the LSE, the input dtype for the output.
     """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (scale / temperature)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if temperature != 1.0:
+        scores = scores / temperature
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
     lse = torch.logsumexp(scores, dim=-1)
     # a row with no key (lse = -inf) gives a zero output and drops out of a merge (its weight exp(-inf) is 0)
     probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))[..., None])
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout, training=True)
     return torch.matmul(probs.to(v.dtype), v), lse
 
 
@@ -88,8 +104,25 @@ def merge_partials(
     return out, total
 
 
-def _sdpa(q, k, v, mask, scale, causal_lower_right: bool = False):
-    """SDPA with an explicit mask (GQA heads repeated), or the flash-eligible bottom-right causal bias."""
+def masked_attention(q, k, v, mask, scale, softcap: float | None = None) -> torch.Tensor:
+    """``[b, H, Tq, d]`` attention with a boolean mask: SDPA, or the eager path when ``softcap`` is set."""
+    if softcap is not None:
+        return attention_with_lse(q, k, v, mask, scale, softcap=softcap)[0]
+    n_rep = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, scale=scale)
+
+
+def _sdpa(q, k, v, mask, scale, causal_lower_right: bool = False, softcap: float | None = None):
+    """SDPA with an explicit mask (GQA heads repeated), or the flash-eligible bottom-right causal bias.
+
+    ``mask=None`` means causal (square); with ``softcap`` (no SDPA kernel caps the logits) the causal patterns are
+    written out and the eager :func:`attention_with_lse` computes the attention.
+    """
+    if softcap is not None:
+        if causal_lower_right or mask is None:
+            tq, tk = q.shape[2], k.shape[2]
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+        return masked_attention(q, k, v, mask, scale, softcap)
     n_rep = q.shape[1] // k.shape[1]
     if causal_lower_right:
         from torch.nn.attention.bias import causal_lower_right as lower_right
@@ -110,6 +143,7 @@ def prefix_grouped_attention(
     scale: float | None = None,
     mode: str = "split",
     fast_masks: bool | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of a packed ``[prefix ; suffix_1 ; ... ; suffix_G]`` batch, exactly equal to the repeated layout.
 
@@ -124,23 +158,22 @@ def prefix_grouped_attention(
         fast_masks: for ``split``, use SDPA's ``is_causal`` for the square prefix block and the bottom-right causal
             bias for the suffix block when every row has the same prefix length (flash-eligible on GPU). Default: on
             for CUDA tensors. Both are exact for the valid (non-padding) queries.
+        softcap: attention-logit soft-capping (Gemma-2), applied before masking in every mode; the kernels then run
+            the eager :func:`attention_with_lse` (SDPA cannot cap).
 
     Returns:
         ``[b, L, H, d]`` (HF's attention-output layout); padding slots are zero.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if mode == "dense":
-        n_rep = q.shape[1] // k.shape[1]
-        out = F.scaled_dot_product_attention(
-            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=layout.dense_mask("causal"), scale=scale
-        )
+        out = masked_attention(q, k, v, layout.dense_mask("causal"), scale, softcap)
         return out.transpose(1, 2) * layout.valid[:, :, None, None]
     if mode == "merge":
         k_p, _ = layout.ungroup(k)
         v_p, _ = layout.ungroup(v)
         q_s, k_s, v_s = layout.ungroup(q)[1], layout.ungroup(k)[1], layout.ungroup(v)[1]
-        o_a, lse_a = attention_with_lse(q, k_p, v_p, layout.packed_prefix_mask(), scale)
-        o_b, lse_b = attention_with_lse(q_s, k_s, v_s, layout.suffix_self_mask(), scale)
+        o_a, lse_a = attention_with_lse(q, k_p, v_p, layout.packed_prefix_mask(), scale, softcap=softcap)
+        o_b, lse_b = attention_with_lse(q_s, k_s, v_s, layout.suffix_self_mask(), scale, softcap=softcap)
         o_b = layout.scatter_suffix(o_b)
         lse_b = layout.scatter_suffix(lse_b[..., None], fill=float("-inf"))[..., 0]
         out, _ = merge_partials([o_a, o_b], [lse_a, lse_b])
@@ -152,10 +185,11 @@ def prefix_grouped_attention(
     k_p, k_s = layout.ungroup(k)
     v_p, v_s = layout.ungroup(v)
     # (a) prefix-only causal attention; with right padding, the square causal pattern is exact for valid queries
-    o_p = _sdpa(q_p, k_p, v_p, None if fast else layout.prefix_mask(), scale)
+    o_p = _sdpa(q_p, k_p, v_p, None if fast else layout.prefix_mask(), scale, softcap=softcap)
     # (b) suffix queries over [prefix K/V of their row ; own suffix K/V] (expand+index: backward sums over G)
     k_cat = torch.cat([k_p[layout.suffix_row], k_s], dim=2)
     v_cat = torch.cat([v_p[layout.suffix_row], v_s], dim=2)
     lower_right = fast and layout.uniform_prefix
-    o_s = _sdpa(q_s, k_cat, v_cat, None if lower_right else layout.suffix_mask(), scale, causal_lower_right=lower_right)
+    o_s = _sdpa(q_s, k_cat, v_cat, None if lower_right else layout.suffix_mask(), scale,
+                causal_lower_right=lower_right, softcap=softcap)
     return layout.group(o_p, o_s)

@@ -4,12 +4,17 @@
 registered in transformers' ``AttentionInterface`` (and its mask interface). The function looks for a
 ``prefix_attention`` keyword that HF forwards untouched from ``model(...)`` down to every attention call (also through
 gradient-checkpoint recomputation); when it is absent it is plain SDPA, so ``generate`` and ordinary forwards behave as
-before. The keyword carries an *attention spec*: any callable ``spec(module, q, k, v, scaling) -> [b, T, H, d]``.
+before. The keyword carries an *attention spec*: any callable ``spec(module, q, k, v, scaling, softcap=None) ->
+[b, T, H, d]`` (``softcap``: Gemma-2's attention-logit soft-capping, forwarded from the model; every spec here applies
+it before masking). Attention kwargs the specs cannot honour (``s_aux``/``sinks`` attention sinks, ``position_bias``)
+raise instead of being dropped.
 :class:`GroupedAttention` (Prefix Grouper), :class:`MaskedAttention` (Uni-Encoder arrow masks), and the APE / BatchLLM
 specs in their modules are such callables.
 
 Models: every transformers model whose attention goes through ``ALL_ATTENTION_FUNCTIONS`` and takes ``position_ids``
-(Llama, Qwen2, Mistral, Gemma, Phi3, ... in transformers >= 4.48; tested: Llama, Qwen2, Mistral, Bert).
+(Llama, Qwen2, Mistral, Gemma, Phi3, ... in transformers >= 4.48; tested: Llama, Qwen2, Mistral, Gemma-2, Bert).
+Sliding windows are not applied by the packed specs: a call whose largest position index reaches a layer's window
+raises (up to ``W - 1`` every key is inside the window, as in HF).
 """
 from __future__ import annotations
 
@@ -26,10 +31,34 @@ ATTN_NAME = "sharezoo_prefix"
 _DUMMY_4D = None
 
 
+# attention kwargs that change the result and that the packed specs do not implement: refused, never dropped
+_UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias")
+
+
 def _sdpa_forward(module, query, key, value, attention_mask, **kwargs):
+    """The plain (no spec) path: SDPA, or eager attention when the model soft-caps its attention logits."""
+    softcap = kwargs.pop("softcap", None)
+    if softcap is not None:
+        return _eager_softcap_forward(module, query, key, value, attention_mask, softcap, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _eager_softcap_forward(module, query, key, value, attention_mask, softcap, dropout=0.0, scaling=None,
+                           is_causal=None, **kwargs):
+    """HF's eager attention with logit soft-capping, for masks built by ``sdpa_mask`` (boolean, or None = causal)."""
+    from .attention import attention_with_lse
+
+    mask = attention_mask
+    if mask is None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        tq, tk = query.shape[2], key.shape[2]
+        if causal and tq > 1:  # SDPA's is_causal (top-left; HF only skips the mask when that is right)
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=query.device).tril()
+    out, _ = attention_with_lse(query, key, value, mask, scaling, softcap=softcap,
+                                dropout=dropout if module.training else 0.0)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def prefix_attention_forward(
@@ -44,12 +73,23 @@ def prefix_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """The function registered as ``"sharezoo_prefix"`` (HF signature: q ``[b, H, T, d]``, k/v ``[b, Hkv, T, d]``)."""
     spec = kwargs.pop("prefix_attention", None)
+    bad = [name for name in _UNSUPPORTED_KWARGS if kwargs.get(name) is not None]
+    if bad:
+        raise ValueError(f"attention argument(s) {bad} are not supported by the sharezoo_prefix attention")
     if spec is None:
         return _sdpa_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if module.training and dropout > 0:
         raise ValueError("attention dropout is not supported by the shared-prefix attention")
-    if kwargs.get("sliding_window") and int(spec.max_position) >= int(kwargs["sliding_window"]):
-        raise ValueError("sequence exceeds the sliding window; the shared-prefix attention has no sliding window")
+    window = kwargs.get("sliding_window")
+    # HF's sliding window keeps key j for query i when j > i - W: with position indices <= W - 1 nothing is cut
+    if window and int(spec.max_position) >= int(window):
+        raise ValueError(
+            f"position index {int(spec.max_position)} reaches the sliding window {int(window)}; "
+            "the shared-prefix attention has no sliding window"
+        )
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        return spec(module, query, key, value, scaling, softcap=float(softcap)), None
     return spec(module, query, key, value, scaling), None
 
 
@@ -104,27 +144,27 @@ class GroupedAttention:
 
     @property
     def max_position(self) -> int:
-        return max(p + max(r) for p, r in zip(self.layout.prefix_lens, self.layout.suffix_lens))
+        """The largest position index of the batch (``P_i + S_ij - 1``)."""
+        return self.layout.max_position
 
-    def __call__(self, module, q, k, v, scaling):
-        return prefix_grouped_attention(q, k, v, self.layout, scaling, self.mode, self.fast_masks)
+    def __call__(self, module, q, k, v, scaling, softcap=None):
+        return prefix_grouped_attention(q, k, v, self.layout, scaling, self.mode, self.fast_masks, softcap=softcap)
 
 
 @dataclass
 class MaskedAttention:
-    """Attention with an explicit ``[b, 1, L, L]`` boolean mask (e.g. Uni-Encoder's arrow mask)."""
+    """Attention with an explicit ``[b, 1, L, L]`` boolean mask (e.g. Uni-Encoder's arrow mask).
+
+    ``max_position``: the largest position index of the batch (checked against sliding windows).
+    """
 
     mask: torch.Tensor
     max_position: int = 0
 
-    def __call__(self, module, q, k, v, scaling):
-        from .attention import repeat_kv
+    def __call__(self, module, q, k, v, scaling, softcap=None):
+        from .attention import masked_attention
 
-        n_rep = q.shape[1] // k.shape[1]
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=self.mask, scale=scaling
-        )
-        return out.transpose(1, 2).contiguous()
+        return masked_attention(q, k, v, self.mask, scaling, softcap).transpose(1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------------- model calls

@@ -121,6 +121,11 @@ class PrefixLayout:
         return self.position_ids.device
 
     @property
+    def max_position(self) -> int:
+        """The largest position id of the batch, ``max_ij(P_i + S_ij) - 1`` (suffixes restart at ``P_i``)."""
+        return max(p + max(r) for p, r in zip(self.prefix_lens, self.suffix_lens)) - 1
+
+    @property
     def uniform_prefix(self) -> bool:
         """All rows share one prefix length: the suffix attention is then a plain bottom-right causal pattern."""
         return min(self.prefix_lens) == max(self.prefix_lens)

@@ -29,14 +29,62 @@ class KVSegment:
     temperature: float = 1.0
     weight: float = 1.0
     row_index: torch.Tensor | None = None
+    _slots: tuple | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
         return self.keys[0].shape[2] if self.keys else 0
 
+    @property
+    def entries(self) -> int:
+        """Number of stored entries ``nb`` (1 for a shared segment)."""
+        return self.keys[0].shape[0] if self.keys else 0
+
     def select(self, rows: torch.Tensor) -> KVSegment:
-        """The segment seen by ``rows`` (gathers per-group entries; a shared segment is returned as is)."""
+        """The segment seen by ``rows``: row ``r`` reads entry ``rows[r]`` (nothing is copied)."""
         return KVSegment(self.keys, self.values, self.valid, self.temperature, self.weight, rows)
+
+    def query_slots(self, n: int) -> tuple[torch.Tensor, int]:
+        """``(flat slot [n], m)``: row ``r`` goes to slot ``entry * m + rank of r within its entry``.
+
+        Queries are regrouped per entry (``[nb, H, m * T, d]``) so that every entry's K/V is read in place, never
+        copied per row.
+        """
+        if self._slots is None or self._slots[2] != n:
+            dev = self.keys[0].device
+            if self.row_index is None:
+                entry = [0] * n if self.entries == 1 else list(range(n))
+            else:
+                entry = self.row_index.tolist()
+            count: dict[int, int] = {}
+            flat = []
+            for e in entry:
+                flat.append((e, count.get(e, 0)))
+                count[e] = count.get(e, 0) + 1
+            m = max(count.values())
+            self._slots = (torch.tensor([e * m + j for e, j in flat], device=dev), m, n)
+        return self._slots[0], self._slots[1]
+
+
+def _segment_partial(q, seg: KVSegment, li: int, scaling, softcap):
+    """Partial attention of queries ``[n, H, T, d]`` over one segment, the segment's K/V read without row copies.
+
+    Rows are regrouped per segment entry into ``[nb, H, m * T, d]`` query blocks (a copy of the queries, not of the
+    K/V), so ``matmul`` never broadcasts (= materialises) the keys per row.
+    """
+    ks, vs, sv = seg.keys[li], seg.values[li], seg.valid
+    n, h, t, d = q.shape
+    nb = ks.shape[0]
+    smask = None if sv is None else sv[:, None, None, :]
+    if seg.row_index is None and nb == n:
+        return attention_with_lse(q, ks, vs, smask, scaling, temperature=seg.temperature, softcap=softcap)
+    slot, m = seg.query_slots(n)
+    buf = q.new_zeros(nb * m, h, t, d).index_copy(0, slot, q)
+    qg = buf.view(nb, m, h, t, d).transpose(1, 2).reshape(nb, h, m * t, d)
+    o, lse = attention_with_lse(qg, ks, vs, smask, scaling, temperature=seg.temperature, softcap=softcap)
+    o = o.view(nb, h, m, t, d).transpose(1, 2).reshape(nb * m, h, t, d)[slot]
+    lse = lse.view(nb, h, m, t).transpose(1, 2).reshape(nb * m, h, t)[slot]
+    return o, lse
 
 
 class SegmentAttention:
@@ -58,13 +106,16 @@ class SegmentAttention:
         self.own_valid: torch.Tensor | None = None  # [n, T_own]
         self._valid: torch.Tensor | None = None
         self.max_position = 0
+        # K/V accounting in tokens (one token = its K and V in one layer; every layer holds the same count):
+        # segments as stored + own K/V + per-row copies of segment K/V materialised by the call (the joint path)
+        self.peak_kv_tokens = 0
 
     def begin(self, new_valid: torch.Tensor, max_position: int = 0) -> None:
         """Declare the validity ``[n, T_new]`` of the tokens of the next forward (padding = False)."""
         self._valid = new_valid if self.own_valid is None else torch.cat([self.own_valid, new_valid], dim=1)
         self.max_position = max_position
 
-    def __call__(self, module, q, k, v, scaling):
+    def __call__(self, module, q, k, v, scaling, softcap=None):
         li = module.layer_idx
         if self._valid is None:
             raise RuntimeError("call begin(new_valid) before each forward")
@@ -81,21 +132,19 @@ class SegmentAttention:
         ki = torch.arange(t_old + t_new, device=q.device)[None, :]
         mask = (ki <= qi)[None, None] & valid[:, None, None, :]
         plain = all(seg.temperature == 1.0 and seg.weight == 1.0 for seg in self.segments)
-        if plain and not self.merge:
+        joint = plain and not self.merge and softcap is None  # SDPA cannot soft-cap: capped models take the LSE path
+        stored = sum(seg.entries * seg.length for seg in self.segments) + k.shape[0] * k.shape[2]
+        copies = sum(q.shape[0] * seg.length for seg in self.segments) if joint else 0
+        self.peak_kv_tokens = max(self.peak_kv_tokens, stored + copies)
+        if joint:
             return self._joint(q, k, v, mask, li, scaling)
         outs, lses, weights = [], [], []
-        for seg in self.segments:
-            ks, vs = seg.keys[li], seg.values[li]
-            sv = seg.valid
-            if seg.row_index is not None:
-                ks, vs = ks[seg.row_index], vs[seg.row_index]
-                sv = None if sv is None else sv[seg.row_index]
-            smask = None if sv is None else sv[:, None, None, :]
-            o, lse = attention_with_lse(q, ks, vs, smask, scaling, temperature=seg.temperature)
+        for seg in self.segments:  # every segment's K/V read in place (queries regrouped per entry)
+            o, lse = _segment_partial(q, seg, li, scaling, softcap)
             outs.append(o)
             lses.append(lse)
             weights.append(seg.weight)
-        o, lse = attention_with_lse(q, k, v, mask, scaling)
+        o, lse = attention_with_lse(q, k, v, mask, scaling, softcap=softcap)
         outs.append(o)
         lses.append(lse)
         weights.append(1.0)
@@ -103,7 +152,11 @@ class SegmentAttention:
         return out.transpose(1, 2).contiguous()
 
     def _joint(self, q, k, v, own_mask, li, scaling):
-        """Exact attention over ``[segments ; own]`` in one SDPA call (plain-temperature segments: no LSE needed)."""
+        """Exact attention over ``[segments ; own]`` in one SDPA call (plain-temperature segments: no LSE needed).
+
+        The concatenation materialises every row's copy of the segment K/V for this layer (counted in
+        ``peak_kv_tokens``); the LSE path does not.
+        """
         n, tq = q.shape[0], q.shape[2]
         keys, values, masks = [], [], []
         for seg in self.segments:

@@ -430,7 +430,8 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
         batch_size: images per batch.
         num_workers: DataLoader workers.
         train_mask: training masks ('free_form' in the paper).
-        eval_mask: evaluation masks (the paper: 128x128 squares and free-form).
+        eval_mask: evaluation masks (the paper: 128x128 squares and free-form, one test pass each; the official
+            fixed squares are ``'folder'`` with ``mask_dir`` = the official test_mask256, paired by sorted index).
         mask_dir: folder of mask images for 'folder' masks (e.g. the official test_mask256 / test_maskff).
         mask_holes_are: colour of the holes in mask images.
         mask_threshold: binarise non-binary mask images at this fraction (None: error).

@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network on import
 import albumentations as A  # noqa: E402
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E4
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["LAYOUTS", "ReIDDataModule", "ReIDImageDataset", "RandomIdentitySampler", "ReIDRandomErasing",
+__all__ = ["LAYOUTS", "PILResize", "ReIDDataModule", "ReIDImageDataset", "RandomIdentitySampler", "ReIDRandomErasing",
            "parse_layout", "find_dataset_dir", "build_transforms"]
 
 Item = tuple[str, int, int]
@@ -216,15 +216,61 @@ class ReIDRandomErasing(A.ImageOnlyTransform):
         return ("min_area", "max_area", "min_aspect")
 
 
+class PILResize(A.ImageOnlyTransform):
+    """Resize a uint8 image with PIL, exactly as torchvision's ``T.Resize`` does on the PIL images of the official
+    FusionReID pipeline.
+
+    PIL widens its filter support when it downscales (antialiasing), which cv2's ``INTER_LINEAR`` / ``INTER_CUBIC``
+    (albumentations' ``Resize``) do not; on large MSMT17 / DukeMTMC crops the two differ visibly.
+
+    Args:
+        height: output height.
+        width: output width.
+        interpolation: PIL filter: 'bicubic' (the official training resize, ``T.Resize(size, interpolation=3)``),
+            'bilinear' (the official test resize, ``T.Resize(size)``), 'nearest', 'lanczos', 'box' or 'hamming'.
+        p: probability.
+    """
+
+    FILTERS: ClassVar[dict[str, int]] = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4,
+                                         "hamming": 5}  # PIL's Resampling values
+
+    def __init__(self, height: int, width: int, interpolation: str = "bilinear", p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if interpolation not in self.FILTERS:
+            raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(self.FILTERS)}")
+        self.height, self.width, self.interpolation = int(height), int(width), interpolation
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        from PIL import Image
+
+        if img.dtype != np.uint8:
+            raise TypeError(f"PILResize expects a uint8 image (resize before Normalize), got {img.dtype}")
+        if img.shape[:2] == (self.height, self.width):
+            return img
+        squeeze = img.ndim == 3 and img.shape[2] == 1
+        pil = Image.fromarray(img[..., 0] if squeeze else img)
+        out = np.asarray(pil.resize((self.width, self.height), self.FILTERS[self.interpolation]))
+        return out[..., None] if squeeze else out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "interpolation")
+
+
 def build_transforms(train: bool, image_size: tuple[int, int] = (256, 128), flip_prob: float = 0.5, pad: int = 10,
                      erasing_prob: float = 0.5, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-                     std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int | None = None):
-    """FusionReID's pipeline: resize (bicubic) [-> flip -> pad + random crop] -> normalise [-> random erasing]."""
+                     std: tuple[float, ...] = (0.5, 0.5, 0.5), seed: int | None = None,
+                     interpolation: str | None = None):
+    """FusionReID's pipeline: resize [-> flip -> pad + random crop] -> normalise [-> random erasing].
+
+    The resize is PIL's, as the official torchvision pipeline: bicubic in training (``T.Resize(size,
+    interpolation=3)``) and bilinear at test time (``T.Resize(size)``), antialiased when downscaling;
+    ``interpolation`` overrides the filter (see :class:`PILResize`).
+    """
     import cv2
     from albumentations.pytorch import ToTensorV2
 
     h, w = image_size
-    ops: list[Any] = [A.Resize(h, w, interpolation=cv2.INTER_CUBIC)]
+    ops: list[Any] = [PILResize(h, w, interpolation or ("bicubic" if train else "bilinear"))]
     if train:
         ops += [A.HorizontalFlip(p=flip_prob),
                 A.Pad(padding=pad, fill=0, border_mode=cv2.BORDER_CONSTANT),
@@ -359,8 +405,8 @@ class ReIDDataModule(pl.LightningDataModule):
         root: folder holding the dataset folder (``data`` for ``data/market1501``) or the dataset folder itself.
         layout: market1501 | dukemtmc | msmt17 | occluded_duke.
         image_size: (height, width) after resizing.
-        batch_size: per-device training batch (P x K).
-        num_instances: K, images per identity in a training batch.
+        batch_size: per-device training batch (P x K); 128 = 8 identities x 16 as in the paper.
+        num_instances: K, images per identity in a training batch (16 in the paper).
         test_batch_size: per-device evaluation batch.
         num_workers: dataloader workers.
         pin_memory: pin host memory for faster host-to-device copies.
@@ -379,8 +425,8 @@ class ReIDDataModule(pl.LightningDataModule):
         root: str = "data",
         layout: str = "market1501",
         image_size: tuple[int, int] = (256, 128),
-        batch_size: int = 64,
-        num_instances: int = 4,
+        batch_size: int = 128,
+        num_instances: int = 16,
         test_batch_size: int = 256,
         num_workers: int = 4,
         pin_memory: bool = True,

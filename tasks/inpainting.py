@@ -6,9 +6,13 @@ Per training batch (official PEPSI loop): one discriminator step, then one gener
 - G: ``adv_weight * -mean(D(composite)) + l1_weight * L1(inpainted, real) + coarse_weight * (1 - t/T) * L1(coarse,
   real)``: L1 over the whole image, the coarse-path weight annealed linearly to 0 over ``T`` iterations.
 
-Validation/test: PSNR, SSIM (torchmetrics, [0, 1] scale, per image then averaged; SSIM over the valid window
-positions as in scikit-image) and L1 of the composite, plus L1 in
-the hole; a grid of [masked input | coarse | output | ground truth] rows is logged when the logger takes images.
+Validation/test (per image, then averaged; [0, 1] scale): ``psnr`` (global PSNR of the composite), ``psnr_hole``
+(PSNR over the hole pixels only: for PEPSI's 128x128 square holes this is the paper's "local PSNR" of the hole crop),
+``ssim`` (torchmetrics, over the valid window positions as in scikit-image), ``l1`` and ``l1_hole``; a grid of
+[masked input | coarse | output | ground truth] rows is logged when the logger takes images.
+
+The paper's protocol has two passes over the test set: square holes (local + global PSNR, SSIM) and free-form holes
+(global PSNR); each pass is one ``test`` run with the datamodule's ``eval_mask`` set accordingly (see the configs).
 
 Note: with two optimisers stepping per batch Lightning's ``global_step`` grows by 2 per iteration, so
 ``trainer.max_steps`` = 2 x iterations; the annealing counts iterations (``self.iterations``).
@@ -28,7 +32,8 @@ import zoo
 
 from ._base import ZooTask
 
-__all__ = ["InpaintingTask", "coarse_weight_at", "hinge_d_loss", "hinge_g_loss"]
+__all__ = ["InpaintingTask", "coarse_weight_at", "hinge_d_loss", "hinge_g_loss", "psnr_hole_per_image",
+           "ssim_per_image"]
 
 
 def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -56,6 +61,31 @@ def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
     _, full = structural_similarity_index_measure(pred, target, data_range=data_range, return_full_image=True,
                                                   reduction="none")
     return full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+
+
+def psnr_hole_per_image(pred: torch.Tensor, target: torch.Tensor, hole: torch.Tensor, data_range: float = 1.0,
+                        min_mse: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """PSNR of each image over its hole pixels only: ``10 log10(data_range**2 / MSE_hole)``.
+
+    ``MSE_hole`` averages the squared error over the hole's pixels and all channels, so for a square hole it is the
+    PSNR of the hole crop (PEPSI's "local PSNR", official ``main.py``). ``MSE_hole`` is floored at ``min_mse`` (a
+    perfect hole scores 100 dB at ``data_range`` 1 instead of ``inf``).
+
+    Args:
+        pred: (B,C,H,W) prediction.
+        target: (B,C,H,W) ground truth.
+        hole: (B,1,H,W) or (B,C,H,W), 1 = hole.
+        data_range: value range of the images.
+        min_mse: floor of the hole MSE.
+
+    Returns:
+        ``(psnr, has_hole)``: (B,) PSNR per image and (B,) bool, False for images without a hole (their PSNR is
+        meaningless and must be left out of the average).
+    """
+    hole = hole.to(pred.dtype).expand_as(pred)
+    n = hole.sum(dim=(1, 2, 3))
+    mse = (((pred - target) ** 2) * hole).sum(dim=(1, 2, 3)) / n.clamp_min(1.0)
+    return 10.0 * torch.log10(data_range ** 2 / mse.clamp_min(min_mse)), n > 0
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +143,7 @@ class InpaintingTask(ZooTask):
         self.disc: nn.Module = zoo.create_model(self._disc_name, **self._disc_kwargs)
         self.val_metrics = nn.ModuleDict({
             "psnr": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
+            "psnr_hole": MeanMetric(),
             "ssim": MeanMetric(),
             "l1": MeanMetric(),
             "l1_hole": MeanMetric(),
@@ -209,6 +240,8 @@ class InpaintingTask(ZooTask):
         pred, target = to_unit(out.composite.float()), to_unit(image.float())
         m = self.val_metrics
         m["psnr"].update(pred, target)
+        psnr_hole, has_hole = psnr_hole_per_image(pred, target, mask)
+        m["psnr_hole"].update(psnr_hole[has_hole])  # an empty update adds nothing
         m["ssim"].update(ssim_per_image(pred, target))
         err = (pred - target).abs()
         m["l1"].update(err.mean(dim=(1, 2, 3)))

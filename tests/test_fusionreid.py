@@ -232,3 +232,4 @@ def test_model_card_and_registry():
                           "fusionreid_vitb16_r152", "fusionreid_tiny"}
     card = zoo.model_card("fusionreid_vitb16_r50")
     assert "153.8" in card and "deviations" in card
+    assert "GradScaler" in card and "bf16-mixed" in card  # the precision deviation is documented

@@ -88,6 +88,8 @@ def test_diet_pepsi_shares_the_dilated_weights():
     assert p - d == 4 * (9 * c * c + c) - (9 * c * c + 2 * 4 * c)
     assert p == 3_656_947  # the official code's shapes: 2.94M encoder + 0.59M decoder + 0.13M CAM 1x1
     assert zoo.model_card_dict("pepsi")["reported_params_m"] == 3.66
+    devs = " ".join(zoo.model_card_dict("pepsi")["deviations"])
+    assert "bf16-mixed" in devs and "test_mask256" in devs  # precision and evaluation-mask deviations
     g = zoo.create_model("diet_pepsi_tiny")
     assert isinstance(g.encoder.dilated, RateAdaptiveDilatedConv)
     assert g.encoder.dilated.weight.shape == (64, 64, 3, 3)
@@ -112,6 +114,49 @@ def test_red_discriminator_regions_and_spectral_norm():
         d(torch.zeros(1, 3, 64, 64))
     assert zoo.create_model("pepsi_red_tiny", input_size=64)(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 8, 8)
     assert zoo.count_params("pepsi_red") == 7_592_080
+
+
+def test_red_region_head_init_is_tf_xavier_on_the_upstream_kernel():
+    """TF's xavier_initializer on the upstream [cells, 1, C, 1] kernel: fan_in = C*cells, fan_out = cells, so
+    U(-b, b) with b = sqrt(6 / (cells * (C + 1))) (std b / sqrt(3)); the old fan_in = C, fan_out = cells bound was
+    ~4x larger."""
+    torch.manual_seed(0)
+    for name, cells, c in (("pepsi_red", 16, 512), ("pepsi_red_tiny", 16, 32)):
+        w = zoo.create_model(name).parametrizations.region_weight.original.detach()
+        assert w.shape == (cells, c)
+        bound = (6.0 / (cells * c + cells)) ** 0.5
+        assert w.abs().max() <= bound
+        tol = 0.03 if w.numel() > 4000 else 0.12  # sampling error of the std: ~1/sqrt(2n)
+        assert abs(w.std().item() / (bound / 3 ** 0.5) - 1) < tol, (name, w.std().item(), bound / 3 ** 0.5)
+
+
+def test_spectral_norm_power_iteration_runs_in_float32_under_autocast():
+    """The discriminator's spectral norm ignores autocast: the power iteration and sigma run with autocast off
+    (torch.mv is a bf16 op under CUDA autocast) and give the float32 result bit for bit."""
+    from zoo.pepsi import _SpectralNormFP32
+
+    d = zoo.create_model("pepsi_red_tiny")
+    sn = d.convs[0].parametrizations.weight[0]
+    assert isinstance(sn, _SpectralNormFP32)
+    assert {"convs.0.parametrizations.weight.0._u", "convs.0.parametrizations.weight.0._v"} <= set(d.state_dict())
+    seen = []
+    power = sn._power_method
+
+    def spy(*a, **k):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return power(*a, **k)
+
+    sn._power_method = spy
+    ref = {k: v.clone() for k, v in d.state_dict().items()}
+    w_ref = d.convs[0].weight  # float32 forward: one power iteration
+    d.load_state_dict(ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w_amp = d.convs[0].weight
+        x, _ = _batch()
+        assert d(x).shape == (2, 1, 4, 4)  # the whole discriminator runs under autocast
+    assert len(seen) >= 3 and not any(seen)  # autocast was off inside every power iteration (torch's: on)
+    assert w_amp.dtype == torch.float32
+    torch.testing.assert_close(w_amp, w_ref, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["pepsi_tiny", "diet_pepsi_tiny", "pepsi_red_tiny"])

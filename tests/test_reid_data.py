@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from datamodules.reid import (
+    PILResize,
     RandomIdentitySampler,
     ReIDDataModule,
     ReIDImageDataset,
@@ -107,6 +108,7 @@ def test_datamodule_properties_before_setup_and_batches(data_root):
 def test_synthetic_if_missing_and_demo(tmp_path):
     dm = ReIDDataModule(str(tmp_path / "demo"), "market1501", synthetic_if_missing=True)
     assert dm.num_classes == 24 and dm.num_cameras == 6
+    assert (dm.hparams.batch_size, dm.hparams.num_instances) == (128, 16)  # the paper's 8 ids x 16 by default
     d = ensure_demo_reid(tmp_path / "demo")
     mtime = (d / ".sharezoo_demo").stat().st_mtime
     ensure_demo_reid(tmp_path / "demo")  # written once
@@ -165,6 +167,33 @@ def test_transforms():
     assert (areas > 0).mean() > 0.8 and areas.max() <= 1 / 3 + 0.05 and areas[areas > 0].min() >= 0.015
 
 
+def test_resize_matches_the_official_torchvision_pil_pipeline():
+    """On a real photo (downscaled 2x / 4x), the test pipeline equals the official T.Resize (PIL bilinear, antialiased)
+    + ToTensor + Normalize, and the training resize is PIL bicubic (T.Resize(size, interpolation=3)); cv2's
+    non-antialiased resize (the previous pipeline) is measurably different."""
+    import cv2
+    import skimage.data
+    import torchvision.transforms as T
+    from PIL import Image
+
+    img = skimage.data.astronaut()[:, 64:448]  # 512 x 384 RGB uint8
+    size = (256, 128)
+    official_test = T.Compose([T.Resize(size), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    ref = official_test(Image.fromarray(img))
+    ours = build_transforms(False, size)(image=img)["image"]
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    train_resize = build_transforms(True, size, seed=0).transforms[0]
+    assert isinstance(train_resize, PILResize) and train_resize.interpolation == "bicubic"
+    bicubic = np.asarray(T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)(Image.fromarray(img)))
+    assert np.array_equal(train_resize(image=img)["image"], bicubic)
+    cv2_linear = cv2.resize(img, size[::-1], interpolation=cv2.INTER_LINEAR)
+    ref_u8 = np.asarray(T.Resize(size)(Image.fromarray(img))).astype(float)
+    assert np.abs(cv2_linear - ref_u8).mean() > 1.0  # aliasing: not a rounding difference
+    assert PILResize(*size)(image=np.zeros((*size, 3), np.uint8))["image"].shape == (*size, 3)
+    with pytest.raises(ValueError, match="interpolation"):
+        PILResize(8, 4, "cubic")
+
+
 # ------------------------------------------------------------------------------------------------------ configs
 CONFIGS = sorted((ROOT / "configs").glob("fusionreid_*/*.yaml"))
 
@@ -184,6 +213,11 @@ def test_config_parses_and_instantiates(path):
                              "--trainer.logger", "false"])
     assert isinstance(cli.model, ReIDTask) and isinstance(cli.datamodule, DM)
     assert cli.model.hparams.model.startswith("fusionreid_")
+    # validation is the query/gallery test split: no checkpoint is selected on it, the last one is reported
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    ckpts = [cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert ckpts and all(cb.monitor is None and cb.save_last for cb in ckpts)
+    assert "--ckpt_path best" not in path.read_text()
     if path.parent.name == "fusionreid_vitb16_r50":
         assert cli.trainer.max_epochs == 180 and cli.model.hparams.lr == 0.005
         assert cli.datamodule.hparams.batch_size == 128 and cli.datamodule.hparams.num_instances == 16

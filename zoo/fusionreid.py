@@ -75,6 +75,9 @@ MODEL_CARD: dict[str, Any] = {
         "vit_base_patch16_224.orig_in21k_ft_in1k (the jx_vit_base_p16_224 file TransReID uses), "
         "deit_base_patch16_224.fb_in1k; the ViT pos-embed is resized 14x14 -> 21x10 bilinearly as upstream.",
         "T2T-ViT combinations are not provided.",
+        "Precision: the paper configs train in bf16-mixed autocast (no loss scaling); the official code (and the "
+        "paper's AMP) uses fp16 autocast with a GradScaler (torch.cuda.amp). trainer.precision: 16-mixed reproduces "
+        "it (Lightning adds the GradScaler; cuda_graphs: auto then runs eagerly).",
     ],
 }
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from ._builder import build_model
 from ._registry import register_model
@@ -110,6 +110,23 @@ MODEL_CARD: dict[str, Any] = {
         (
             "Validation SSIM is on RGB in [0, 1] (Gaussian window, as scikit-image); the official code reports SSIM "
             "on the luma channel."
+        ),
+        (
+            "Precision: the PEPSI / Diet-PEPSI paper configs train in bf16-mixed autocast; the official code is "
+            "float32. Parameters and optimiser states stay float32; the discriminator's spectral-norm power "
+            "iteration and sigma run with autocast off (float32; torch's own parametrisation would run torch.mv in "
+            "bf16 under CUDA autocast), as do the CAM scores and softmax; convolutions run in bf16. Set "
+            "trainer.precision: 32-true for the official numerics."
+        ),
+        (
+            "Evaluation masks: the paper configs validate/test on seeded random-offset 128x128 squares "
+            "(eval_mask: square_random; the same square per image index on every pass), whereas the official code "
+            "uses its fixed list of 128x128 squares (List/test_mask256.txt, first 800 images). The official masks "
+            "can be used as they are: eval_mask: folder, mask_dir: <root>/test_mask256 (256x256 images, 0 = hole, "
+            "paired with the test images by sorted index as upstream; the list's x y offsets are not needed since "
+            "psnr_hole is computed over the mask). Local PSNR = psnr_hole (PSNR over the hole pixels, equal to the "
+            "PSNR of the 128x128 hole crop); metrics are on float images in [0, 1], the official code on float "
+            "[0, 255] (the same PSNR)."
         ),
     ],
 }
@@ -368,6 +385,33 @@ class PEPSI(nn.Module):
         return PEPSIOutput(inpainted=inpainted, composite=composite, coarse=coarse, attention=attn)
 
 
+class _SpectralNormFP32(_SpectralNorm):
+    """torch's spectral-norm parametrisation (one power iteration per training forward) run with autocast off.
+
+    Under CUDA autocast ``torch.mv`` is a lower-precision op, so torch's own parametrisation would run the power
+    iteration and ``sigma = u^T W v`` on a bf16/fp16 copy of the weight (about 3 significant digits, and the stored
+    ``u``/``v`` would drift at that precision). Here they run in the weight's own dtype (float32 under
+    ``*-mixed`` precision), as the official float32 code does; the normalised weight then enters the autocast
+    convolution as usual. Same buffers and state-dict keys as :func:`torch.nn.utils.parametrizations.spectral_norm`.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dev = weight.device.type
+        if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return super().forward(weight)
+        return super().forward(weight)
+
+
+def spectral_norm_fp32(module: nn.Module, name: str = "weight", n_power_iterations: int = 1, eps: float = 1e-12,
+                       dim: int = 0) -> nn.Module:
+    """``torch.nn.utils.parametrizations.spectral_norm`` whose power iteration ignores autocast (see
+    :class:`_SpectralNormFP32`)."""
+    weight = getattr(module, name)
+    parametrize.register_parametrization(module, name, _SpectralNormFP32(weight, n_power_iterations, dim, eps))
+    return module
+
+
 class _RowL2Normalize(nn.Module):
     """Spectral norm of each 1 x C row: for a rank-1 matrix it is the row's L2 norm (exact, no power iteration)."""
 
@@ -409,12 +453,14 @@ class RegionEnsembleDiscriminator(nn.Module):
             conv = nn.Conv2d(chans[i], chans[i + 1], kernel_size, stride=2)
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
-            self.convs.append(spectral_norm(conv))
+            self.convs.append(spectral_norm_fp32(conv))
         cells = self.grid * self.grid
         self.region_weight = nn.Parameter(torch.empty(cells, widths[-1]))
         self.region_bias = nn.Parameter(torch.zeros(cells))
-        # xavier on the upstream (cells, 1, C, 1) tensor: fan_in = C, fan_out = cells
-        bound = (6.0 / (widths[-1] + cells)) ** 0.5
+        # TF xavier_initializer (glorot uniform, fan_avg) on the upstream [cells, 1, C, 1] kernel read as
+        # [kh, kw, in, out]: receptive field = cells * 1, fan_in = C * cells, fan_out = 1 * cells, so
+        # bound = sqrt(6 / (fan_in + fan_out)) = sqrt(6 / (cells * (C + 1))) (std = bound / sqrt(3))
+        bound = (6.0 / (cells * (widths[-1] + 1))) ** 0.5
         nn.init.uniform_(self.region_weight, -bound, bound)
         parametrize.register_parametrization(self, "region_weight", _RowL2Normalize())
 

@@ -171,21 +171,31 @@ class SyntheticGeometryDataModule(_Base):
 
 # --------------------------------------------------------------------------------------------- NYUv2
 NYU_TREE = """<root>/
-  nyu_depth_v2_labeled.mat   (MATLAB v7.3 / HDF5: images [N,3,W,H] uint8, depths [N,W,H] float metres)
-  splits.mat                 (testNdxs: 654 1-based indices, trainNdxs: 795)"""
+  nyu_depth_v2_labeled.mat   (MATLAB v7.3 / HDF5: images [N,3,W,H] uint8, depths [N,W,H] float metres
+                              (in-painted), rawDepths [N,W,H] (0 = no Kinect reading; used as the validity mask))
+  splits.mat                 (testNdxs: 654 1-based indices, trainNdxs: 795)
+  masks.mat                  (optional, MATLAB v7.3: masks [N,W,H], > 0 = valid, indexed like depths - the
+                              'gt/masks.mat' of the Dens3R/MonoSDF evaluation packs; ANDed with the rawDepths mask)"""
 NYU_SOURCE = ("NYU Depth V2 labelled dataset, https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html "
               "(nyu_depth_v2_labeled.mat, 2.8 GB, and splits.mat); not auto-downloaded")
 
 
 class NYUv2Labeled(Dataset):
-    """Frames of the official labelled .mat (read with h5py), cut by the Dens3R border crop."""
+    """Frames of the official labelled .mat (read with h5py), cut by the Dens3R border crop.
+
+    Valid GT = finite ``depths`` within ``(1e-3, max_depth)``, where the raw Kinect depth exists
+    (``rawDepths > 0``: the in-painted values are not evaluated; ``raw_mask=False`` evaluates them) and, when a
+    ``masks.mat`` lies beside the .mat, where that official mask is > 0 ("invalid depth masked", spec; the
+    released eval_depth.py applies its masks.mat and the range (1e-3, 20))."""
 
     def __init__(self, root: str | os.PathLike, split: str = "test", size: int | None = 640,
-                 border: tuple[int, int, int, int] | None = (9, 9, 12, 12), max_depth: float = 10.0) -> None:
+                 border: tuple[int, int, int, int] | None = (9, 9, 12, 12), max_depth: float = 20.0,
+                 raw_mask: bool = True) -> None:
         import scipy.io
 
         self.root = Path(root)
         self.mat = self.root / "nyu_depth_v2_labeled.mat"
+        self.mask_mat = self.root / "masks.mat"
         self.size, self.border, self.max_depth = size, border, max_depth
         self.n_bad_depth = 0
         try:
@@ -198,8 +208,24 @@ class NYUv2Labeled(Dataset):
                 if f["depths"].shape[0] != self.n_total or f["images"].shape[2:] != f["depths"].shape[1:]:
                     raise BadSampleError(f"{self.mat}: images {f['images'].shape} and depths {f['depths'].shape} "
                                          "disagree")
+                self.use_raw = raw_mask and "rawDepths" in f
+                if self.use_raw and f["rawDepths"].shape != f["depths"].shape:
+                    raise BadSampleError(f"{self.mat}: rawDepths {f['rawDepths'].shape} and depths "
+                                         f"{f['depths'].shape} disagree")
+                if raw_mask and not self.use_raw:
+                    _logger.warning("%s has no 'rawDepths': in-painted depth is evaluated everywhere", self.mat)
+                depth_shape = f["depths"].shape
         except OSError as e:
             raise BadSampleError(f"{self.mat} is not a readable MATLAB v7.3 (HDF5) file: {e}") from e
+        self.use_mask = self.mask_mat.is_file()
+        if self.use_mask:
+            try:
+                with h5py.File(self.mask_mat, "r") as f:
+                    if "masks" not in f or f["masks"].shape != depth_shape:
+                        raise BadSampleError(f"{self.mask_mat}: variable 'masks' of shape {depth_shape} expected, "
+                                             f"found {({k: f[k].shape for k in f})}")
+            except OSError as e:
+                raise BadSampleError(f"{self.mask_mat} is not a readable MATLAB v7.3 (HDF5) file: {e}") from e
         try:
             splits = scipy.io.loadmat(self.root / "splits.mat")
         except Exception as e:  # noqa: BLE001
@@ -210,6 +236,7 @@ class NYUv2Labeled(Dataset):
         if bad:
             raise BadSampleError(f"{self.root / 'splits.mat'}: indices {bad[:5]} outside 1..{self.n_total}")
         self._h5 = None
+        self._mask_h5 = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -219,18 +246,24 @@ class NYUv2Labeled(Dataset):
 
         if self._h5 is None:  # opened lazily in each worker
             self._h5 = h5py.File(self.mat, "r")
+            self._mask_h5 = h5py.File(self.mask_mat, "r") if self.use_mask else None
         i = self.indices[k]
         img = self._h5["images"][i].transpose(2, 1, 0)  # (3, W, H) column-major -> (H, W, 3)
         depth = self._h5["depths"][i].T.astype(np.float32)
+        ok = np.ones(depth.shape, bool)
+        if self.use_raw:
+            ok &= np.nan_to_num(self._h5["rawDepths"][i].T) > 0
+        if self._mask_h5 is not None:
+            ok &= self._mask_h5["masks"][i].T > 0
         h, w = depth.shape
         if self.border is not None:
             t, b, l, r = (round(v * s) for v, s in zip(self.border, (h / 480, h / 480, w / 640, w / 640)))
-            img, depth = img[t:h - b, l:w - r], depth[t:h - b, l:w - r]
+            img, depth, ok = img[t:h - b, l:w - r], depth[t:h - b, l:w - r], ok[t:h - b, l:w - r]
         finite = np.isfinite(depth)
         if not finite.all():
             self.n_bad_depth += 1
             _logger.warning("%s frame %d: %d NaN/inf depth values masked", self.mat, i + 1, int((~finite).sum()))
-        valid = finite & (depth > 1e-3) & (depth < self.max_depth)
+        valid = ok & finite & (depth > 1e-3) & (depth < self.max_depth)
         depth = np.where(finite, depth, 0).astype(np.float32)
         return {"img": _resize_img(img, _network_hw(*depth.shape, self.size)), "depth": depth, "valid": valid,
                 "index": i + 1}
@@ -240,25 +273,27 @@ class NYUv2DataModule(_Base):
     """NYUv2 depth evaluation on the official 654-image test split (labelled .mat via h5py).
 
     Args:
-        root: folder with ``nyu_depth_v2_labeled.mat`` and ``splits.mat``.
+        root: folder with ``nyu_depth_v2_labeled.mat`` and ``splits.mat`` (and optionally ``masks.mat``).
         size: network input long side (multiples of 16, no crop); None keeps the native size.
         border: (top, bottom, left, right) border cut at 480x640 (Dens3R eval: 9/9/12/12); None keeps it.
-        max_depth: max valid GT depth in metres.
+        max_depth: max valid GT depth in metres (20, as the released eval_depth.py; NYU depth stays below 10).
+        raw_mask: evaluate only pixels with a raw Kinect reading (``rawDepths > 0``) when the .mat has it.
         batch_size: batch size.
         num_workers: dataloader workers.
     """
 
     def __init__(self, root: str, size: int | None = 640, border: tuple[int, int, int, int] | None = (9, 9, 12, 12),
-                 max_depth: float = 10.0, batch_size: int = 1, num_workers: int = 0) -> None:
+                 max_depth: float = 20.0, raw_mask: bool = True, batch_size: int = 1, num_workers: int = 0) -> None:
         super().__init__(batch_size, num_workers)
         self.root, self.size, self.border, self.max_depth = Path(root), size, border, max_depth
+        self.raw_mask = raw_mask
 
     def prepare_data(self) -> None:
         _require(self.root, ["nyu_depth_v2_labeled.mat", "splits.mat"], NYU_TREE, NYU_SOURCE)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
-        self.test_set = NYUv2Labeled(self.root, "test", self.size, self.border, self.max_depth)
+        self.test_set = NYUv2Labeled(self.root, "test", self.size, self.border, self.max_depth, self.raw_mask)
         self.val_set = self.test_set
 
 
@@ -394,11 +429,31 @@ DSINE_TREE = """<root>/
 DSINE_SOURCE = "DSINE evaluation sets, https://github.com/baegwangbin/DSINE (dsine_eval.zip); not auto-downloaded"
 
 
-class DSINENormals(Dataset):
-    """Normal-benchmark images with GT normal PNGs; non-unit GT normals are masked and counted."""
+def parse_normal_axes(spec: str) -> tuple[list[int], np.ndarray]:
+    """``"x,y,z"`` style axis map -> ``(source index, sign)`` per output axis; e.g. ``"-x,y,z"`` negates x and
+    ``"z,y,x"`` swaps x and z. Output axis i = sign_i * input[index_i]."""
+    parts = [p.strip() for p in spec.split(",")]
+    idx, sign = [], []
+    for p in parts:
+        neg = p.startswith("-")
+        a = p.lstrip("+-")
+        if a not in ("x", "y", "z"):
+            raise ValueError(f"normal_axes {spec!r}: each entry is [-]x, [-]y or [-]z")
+        idx.append("xyz".index(a))
+        sign.append(-1.0 if neg else 1.0)
+    if sorted(idx) != [0, 1, 2]:
+        raise ValueError(f"normal_axes {spec!r}: must name x, y and z once each")
+    return idx, np.asarray(sign, np.float32)
 
-    def __init__(self, folder: Path, size: int | None = None, unit_tol: float = 0.1) -> None:
+
+class DSINENormals(Dataset):
+    """Normal-benchmark images with GT normal PNGs; non-unit GT normals are masked and counted; ``normal_axes``
+    maps the file's axes to the model's (OpenCV camera frame: x right, y down, z forward)."""
+
+    def __init__(self, folder: Path, size: int | None = None, unit_tol: float = 0.1,
+                 normal_axes: str = "x,y,z") -> None:
         self.size, self.unit_tol = size, unit_tol
+        self.axes = parse_normal_axes(normal_axes)
         self.items: list[tuple[Path, Path]] = []
         for n in sorted(folder.glob("*normal.png")):
             stem = n.name[: -len("_normal.png")] if n.name.endswith("_normal.png") else n.name[: -len("-normal.png")]
@@ -433,6 +488,8 @@ class DSINENormals(Dataset):
             self.n_masked += int(bad.sum())
         valid = nonzero & unit
         n = np.where(valid[..., None], n / np.maximum(norm, 1e-6)[..., None], 0).astype(np.float32)
+        idx, sign = self.axes
+        n = np.ascontiguousarray(n[..., idx] * sign)
         return {"img": _resize_img(img, _network_hw(*img.shape[:2], self.size)), "normal": n, "normal_valid": valid}
 
 
@@ -444,14 +501,21 @@ class DSINENormalDataModule(_Base):
         dataset: sub-folder (``nyuv2``, ``scannet``, ``ibims``, ``sintel``, ...).
         size: network long side (multiples of 16, no crop); None keeps the native size.
         unit_tol: GT normals whose length differs from 1 by more than this are masked (and counted).
+        normal_axes: axis map from the files' normals to the model's frame (OpenCV camera axes, normals facing
+            the camera), e.g. ``"-x,y,z"`` negates x, ``"z,y,x"`` swaps x and z; ``"x,y,z"`` = files already in
+            that frame. Angular errors are unchanged when a reflection is applied to prediction and GT together,
+            so a flip of the *prediction* (the released eval_normal.py negates the predicted x of the released
+            weights) is expressed here too, composed with the dataset's own axis convention (model card).
         batch_size: batch size.
         num_workers: dataloader workers.
     """
 
     def __init__(self, root: str, dataset: str = "nyuv2", size: int | None = 1024, unit_tol: float = 0.1,
-                 batch_size: int = 1, num_workers: int = 0) -> None:
+                 normal_axes: str = "x,y,z", batch_size: int = 1, num_workers: int = 0) -> None:
         super().__init__(batch_size, num_workers)
         self.root, self.dataset, self.size, self.unit_tol = Path(root), dataset, size, unit_tol
+        parse_normal_axes(normal_axes)  # fail at construction on a bad spec
+        self.normal_axes = normal_axes
 
     def prepare_data(self) -> None:
         _require(self.root, [self.dataset], DSINE_TREE, DSINE_SOURCE)
@@ -461,7 +525,7 @@ class DSINENormalDataModule(_Base):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
-        self.test_set = DSINENormals(self.root / self.dataset, self.size, self.unit_tol)
+        self.test_set = DSINENormals(self.root / self.dataset, self.size, self.unit_tol, self.normal_axes)
         self.val_set = self.test_set
 
 

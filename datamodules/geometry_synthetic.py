@@ -246,25 +246,50 @@ def pair_sample(v1: dict, v2: dict) -> dict[str, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------------------- writers
+def nyu_raw_holes(i: int, h: int, w: int) -> np.ndarray:
+    """The missing-reading pattern :func:`write_nyuv2_labeled` gives frame ``i`` (True = hole): a block in the
+    middle (a dark / specular patch) and the right quarter of rows ``i % 3`` mod 3 (Kinect shadow stripes)."""
+    holes = np.zeros((h, w), bool)
+    holes[h // 3:h // 2, w // 3:w // 2] = True
+    holes[(i % 3)::3, 3 * w // 4:] = True
+    return holes
+
+
+def nyu_mask_holes(h: int, w: int) -> np.ndarray:
+    """The invalid region of the optional ``masks.mat`` that :func:`write_nyuv2_labeled` writes: the left 8th."""
+    holes = np.zeros((h, w), bool)
+    holes[:, : max(1, w // 8) + 1] = True
+    return holes
+
+
 def write_nyuv2_labeled(root: str | os.PathLike, n: int = 6, h: int = 48, w: int = 64, n_test: int = 4,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, raw_holes: bool = True, masks: bool = False) -> Path:
     """Write ``nyu_depth_v2_labeled.mat`` (HDF5 = MATLAB v7.3, NYUv2 variable names and axis order) and
-    ``splits.mat`` (MATLAB v5, 1-based ``testNdxs``/``trainNdxs`` columns) with ``n`` rendered frames."""
+    ``splits.mat`` (MATLAB v5, 1-based ``testNdxs``/``trainNdxs`` columns) with ``n`` rendered frames.
+
+    ``depths`` is complete (the official file's in-painted depth); ``rawDepths`` equals it with zeros at
+    :func:`nyu_raw_holes` (``raw_holes=False``: no holes). ``masks=True`` also writes ``masks.mat`` (v7.3,
+    ``masks`` [N,W,H] uint8, 0 at :func:`nyu_mask_holes`), the evaluation packs' official validity mask."""
     import h5py
     import scipy.io
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    imgs, depths = [], []
+    imgs, depths, raws = [], [], []
     for i in range(n):
         v = render_views(seed + i, 1, h, w)[0]
         imgs.append((v["image"] * 255).round().astype(np.uint8))
         depths.append(v["depth"])
+        raws.append(np.where(nyu_raw_holes(i, h, w), 0, v["depth"]) if raw_holes else v["depth"])
     with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:
         # MATLAB stores column-major: a 480x640x3xN array reads in h5py as (N, 3, 640, 480)
         f.create_dataset("images", data=np.stack(imgs).transpose(0, 3, 2, 1))
         f.create_dataset("depths", data=np.stack(depths).transpose(0, 2, 1).astype(np.float32))
-        f.create_dataset("rawDepths", data=np.stack(depths).transpose(0, 2, 1).astype(np.float32))
+        f.create_dataset("rawDepths", data=np.stack(raws).transpose(0, 2, 1).astype(np.float32))
+    if masks:
+        m = np.broadcast_to(~nyu_mask_holes(h, w), (n, h, w)).astype(np.uint8)
+        with h5py.File(root / "masks.mat", "w") as f:
+            f.create_dataset("masks", data=m.transpose(0, 2, 1))
     idx = np.arange(1, n + 1)
     scipy.io.savemat(root / "splits.mat", {"testNdxs": idx[:n_test, None].astype(np.float64),
                                            "trainNdxs": idx[n_test:, None].astype(np.float64)})

@@ -10,7 +10,8 @@ below are our reading, marked in the model card):
 - Optional DUSt3R confidence weighting ``conf * l - alpha * log(conf)`` (``conf_alpha``; the issue asks for
   it in stage 1; the paper's equations have none, so stage 2 defaults to off).
 - ``pts_normal``: L1 between GT normals and normals computed from the predicted pointmaps (cross product of
-  central differences), in both frames (Eq. 6).
+  central differences, kept in the pixel-grid orientation, which faces the capturing camera in any frame), in
+  both frames (Eq. 6): local term + global term, each averaged over the two views (so eta2 = 0.1 weights their sum).
 - ``match``: symmetric InfoNCE over ground-truth correspondences, temperature 0.07 (Eq. 7, MASt3R).
 - ``normal``: L1 (summed over xyz, averaged over valid pixels) between the normal head and GT normals per view
   (Eq. 10); with ``pts_loc`` this supervises the stage-2 "intrinsic-invariant pointmap" P (+) n per view.
@@ -61,16 +62,31 @@ def rotate_vectors(T: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bhwj->bhwi", T[:, :3, :3], v)
 
 
-def normals_from_pointmap(pts: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit normals of a camera-frame pointmap ``(B, H, W, 3)`` (OpenCV axes) from central differences,
-    oriented towards the camera; returns ``(normals, valid)`` (border pixels and invalid neighbours False)."""
+def normals_from_pointmap(pts: torch.Tensor, valid: torch.Tensor | None = None,
+                          orient: str | torch.Tensor | None = "origin") -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit normals of a pointmap ``(B, H, W, 3)`` laid out on its capturing camera's pixel grid (OpenCV axes),
+    from central differences; returns ``(normals, valid)`` (border pixels and invalid neighbours False).
+
+    The cross product ``d/dy x d/dx`` of the pixel-grid tangents already faces the *capturing* camera for every
+    surface that camera sees, and a rigid transform rotates it with the points, so it stays correct when the
+    pointmap is expressed in another camera's frame (the global pointmaps of Eq. 6). ``orient`` only matters for
+    surfaces seen from behind (noise, wrong predictions):
+
+    - ``"origin"``: flip normals to face the frame's origin (right for a camera-frame pointmap of that camera,
+      e.g. normals derived from GT depth);
+    - a ``(B, 3)`` tensor: flip to face that point (the capturing camera's centre in the pointmap's frame);
+    - ``None``: no flip (the grid orientation; used by the losses, as the released ABSNormalFromDepthLoss).
+    """
     dx = torch.zeros_like(pts)
     dy = torch.zeros_like(pts)
     dx[:, :, 1:-1] = pts[:, :, 2:] - pts[:, :, :-2]
     dy[:, 1:-1] = pts[:, 2:] - pts[:, :-2]
     n = torch.cross(dy, dx, dim=-1)  # x right, y down: dy x dx points towards the camera (-z) on a frontal plane
-    flip = (n * pts).sum(-1, keepdim=True) > 0
-    n = torch.where(flip, -n, n)
+    if orient is not None:
+        if isinstance(orient, str) and orient != "origin":
+            raise ValueError(f"orient must be 'origin', a (B, 3) camera centre or None, got {orient!r}")
+        rel = pts if isinstance(orient, str) else pts - orient.to(pts)[:, None, None, :]
+        n = torch.where((n * rel).sum(-1, keepdim=True) > 0, -n, n)
     norm = n.norm(dim=-1, keepdim=True)
     ok = torch.zeros(pts.shape[:-1], dtype=torch.bool, device=pts.device)
     ok[:, 1:-1, 1:-1] = True
@@ -158,11 +174,14 @@ def stage_loss(out: Any, batch: dict[str, torch.Tensor], weights: dict[str, floa
         n1, n2 = n1.float(), n2.float()
         nv1, nv2 = val1 & (n1.norm(dim=-1) > 0.5), val2 & (n2.norm(dim=-1) > 0.5)
         terms = []
+        # no re-orientation: the grid orientation faces the capturing camera in any frame (a flip towards the
+        # frame's origin would wrongly turn view 1's normals towards camera 2 in p12)
         for pts, gt_n, nv in ((p11, n1, nv1), (p22, n2, nv2), (p12, rotate_vectors(T12, n1), nv1),
                               (p21, rotate_vectors(T21, n2), nv2)):
-            pn, ok = normals_from_pointmap(pts)
+            pn, ok = normals_from_pointmap(pts, orient=None)
             terms.append(_masked_mean((pn - gt_n).abs().sum(-1), ok & nv))
-        parts["pts_normal"] = sum(terms) / len(terms)
+        # Eq. 6 = local term + global term, each averaged over the two views (like pts_loc / pts_glb)
+        parts["pts_normal"] = sum(terms) / 2
         if weights.get("normal", 0) and v1.normal is not None:
             parts["normal"] = (_masked_mean((v1.normal.float() - n1).abs().sum(-1), nv1)
                                + _masked_mean((v2.normal.float() - n2).abs().sum(-1), nv2)) / 2
@@ -348,6 +367,15 @@ class GeometryTask(ZooTask):
     def _add(self, key: str, v: torch.Tensor) -> None:
         self._eval.setdefault(key, []).append(v.detach().float().reshape(-1).cpu())
 
+    def _add_normal(self, err: torch.Tensor, ok: torch.Tensor) -> None:
+        """Angular errors ``(B, H, W)`` (degrees) of the valid pixels ``ok``: pooled for mean / median /
+        thresholds (DSINE benchmark), and each image's RMSE for ``normal_rmse`` (averaged over images, as the
+        released eval_normal.py aggregates its per-image RMSE)."""
+        self._add("normal_err", err[ok])
+        n = ok.flatten(1).sum(1)
+        mse = (err.double().pow(2) * ok).flatten(1).sum(1) / n.clamp(min=1)
+        self._add("normal_rmse", torch.where(n > 0, mse.sqrt(), torch.full_like(mse, float("nan"))))
+
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         hp = self.hparams
         if "img1" in batch:  # image pairs
@@ -361,7 +389,7 @@ class GeometryTask(ZooTask):
                 if out.view1.normal is not None and self.stage == 2:
                     err = angular_error(out.view1.normal, batch["normal1"])
                     ok = batch["valid1"].bool() & (batch["normal1"].norm(dim=-1) > 0.5)
-                    self._add("normal_err", err[ok])
+                    self._add_normal(err, ok)
             else:
                 out = self.network(batch["img1"], batch["img2"], heads="all")
             if "pose2to1" in batch:
@@ -389,7 +417,7 @@ class GeometryTask(ZooTask):
                                       align_corners=False).permute(0, 2, 3, 1)
                 err = angular_error(n, batch["normal"])
                 ok = batch.get("normal_valid", batch["normal"].norm(dim=-1) > 0.5).bool()
-                self._add("normal_err", err[ok])
+                self._add_normal(err, ok)
 
     def _eval_end(self, split: str) -> None:
         vals = {k: torch.cat(v) for k, v in self._eval.items()}

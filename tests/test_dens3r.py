@@ -251,3 +251,66 @@ def test_convert_two_stack_checkpoint(tmp_path):
     out = convert_official_checkpoint(_to_upstream(sd_same), shared_decoder=True)
     zoo.create_model("dens3r_tiny").load_state_dict(out)
     assert math.isfinite(float(sd[k].sum()))
+
+
+def _upstream_ckpt(path, sd, extra_args: str = "", pos_embed: str = "RoPE100") -> None:
+    args = argparse.Namespace(model=f"AsymmetricMASt3R(pos_embed='{pos_embed}', img_size=(64, 64), head_type='catmlp+dpt', "
+                                    "output_mode='pts3d+desc8', enc_embed_dim=64, enc_depth=2, enc_num_heads=4, "
+                                    f"dec_embed_dim=32, dec_depth=2, dec_num_heads=4{extra_args})")
+    torch.save({"model": sd, "args": args}, path)
+
+
+def test_convert_rejects_absolute_position_embeddings(tmp_path, tiny):
+    up = _to_upstream(tiny.state_dict())
+    for key in ("enc_pos_embed", "dec_pos_embed"):  # learned ('DINO') or sincos ('cosine') embeddings
+        bad = {**up, key: torch.zeros(1, 16, 64)}
+        with pytest.raises(ValueError, match="absolute position embeddings.*" + key):
+            convert_official_checkpoint(bad)
+        with pytest.raises(ValueError, match="absolute position embeddings"):
+            upstream_model_kwargs({"model": bad})
+    _upstream_ckpt(tmp_path / "dino.pth", up, pos_embed="DINO")  # the args say so even without the tensors
+    with pytest.raises(ValueError, match="pos_embed='DINO'"):
+        convert_official_checkpoint(tmp_path / "dino.pth")
+
+
+@pytest.mark.parametrize("flag", ["desc_conf", "two_confs"])
+def test_convert_descriptor_confidence_channel(tmp_path, tiny, flag):
+    """desc_conf=True (MASt3R: two_confs=True): the descriptor MLP has one more pixel-shuffled channel (the last
+    p^2 rows of fc2). desc_dim is read from the args, the conversion raises unless told to drop it."""
+    up = _to_upstream(tiny.state_dict())
+    p2 = 16 * 16
+    for h in ("ptsmatch_local_head", "ptsmatch_global_head"):
+        for t in ("weight", "bias"):
+            k = f"{h}.head_local_features.fc2.{t}"
+            up[k] = torch.cat([up[k], torch.randn(p2, *up[k].shape[1:])])
+    assert up["ptsmatch_local_head.head_local_features.fc2.weight"].shape[0] == 9 * p2
+    _upstream_ckpt(tmp_path / "dc.pth", up, f", {flag}=True, desc_conf_mode=('exp', 0, inf)")
+    assert upstream_model_kwargs(tmp_path / "dc.pth")["desc_dim"] == 8  # not 9
+    with pytest.raises(ValueError, match="descriptor confidence.*extra_outputs='drop'"):
+        convert_official_checkpoint(tmp_path / "dc.pth")
+    m = zoo.create_model("dens3r_tiny").eval()
+    m.load_state_dict(convert_official_checkpoint(tmp_path / "dc.pth", extra_outputs="drop"))
+    x1, x2 = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = tiny(x1, x2), m(x1, x2)
+    assert torch.allclose(a.view1.desc, b.view1.desc, atol=1e-6) and torch.allclose(a.view2.desc, b.view2.desc,
+                                                                                       atol=1e-6)
+    _upstream_ckpt(tmp_path / "plain.pth", _to_upstream(tiny.state_dict()), f", {flag}=False")
+    assert upstream_model_kwargs(tmp_path / "plain.pth")["desc_dim"] == 8
+    convert_official_checkpoint(tmp_path / "plain.pth")
+
+
+def test_convert_normal_kappa_channel(tiny):
+    up = _to_upstream(tiny.state_dict())
+    for t in ("weight", "bias"):
+        k = f"normal_local_head.dpt.head.4.{t}"
+        up[k] = torch.cat([up[k], torch.randn(1, *up[k].shape[1:])])
+    with pytest.raises(ValueError, match="normal head has 4 output channels.*kappa"):
+        convert_official_checkpoint(up)
+    m = zoo.create_model("dens3r_tiny").eval()
+    m.load_state_dict(convert_official_checkpoint(up, extra_outputs="drop"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tiny(x).view1.normal, m(x).view1.normal, atol=1e-6)
+    with pytest.raises(ValueError, match="extra_outputs"):
+        convert_official_checkpoint(up, extra_outputs="keep")

@@ -15,6 +15,8 @@ from datamodules.geometry import (
     SyntheticGeometryDataModule,
 )
 from datamodules.geometry_synthetic import (
+    nyu_mask_holes,
+    nyu_raw_holes,
     render_views,
     write_dsine,
     write_nyuv2_labeled,
@@ -103,6 +105,30 @@ def test_nyuv2_mat_fixture(tmp_path):
     assert s["index"] == 1
 
 
+def test_nyuv2_invalid_depth_masked_by_raw_depth_and_official_mask(tmp_path):
+    """Only pixels with a raw Kinect reading (rawDepths > 0) are evaluated, not the in-painted ones; an official
+    masks.mat beside the .mat is applied too; range (1e-3, 20) as the released eval_depth.py."""
+    root = write_nyuv2_labeled(tmp_path / "nyu", n=3, h=48, w=64, n_test=3)
+    ds = NYUv2DataModule(str(root), size=None)
+    ds.setup()
+    for k in range(3):
+        s = ds.test_set[k]
+        expect = ~nyu_raw_holes(k, 48, 64)[1:-1, 1:-1]
+        assert np.array_equal(s["valid"], expect), k
+        ref = render_views(k, 1, 48, 64)[0]["depth"][1:-1, 1:-1]
+        assert np.allclose(s["depth"], ref, atol=1e-5)  # the in-painted depth is what is returned
+    assert ds.test_set.max_depth == 20.0
+    off = NYUv2DataModule(str(root), size=None, raw_mask=False)
+    off.setup()
+    assert off.test_set[0]["valid"].all()
+    root2 = write_nyuv2_labeled(tmp_path / "nyu_masks", n=2, h=48, w=64, n_test=2, masks=True)
+    dm = NYUv2DataModule(str(root2), size=None)
+    dm.setup()
+    s = dm.test_set[1]
+    expect = ~(nyu_raw_holes(1, 48, 64) | nyu_mask_holes(48, 64))[1:-1, 1:-1]
+    assert np.array_equal(s["valid"], expect) and not s["valid"][:, :3].any()
+
+
 def test_nyuv2_missing_and_bad_files(tmp_path):
     with pytest.raises(DatasetLayoutError, match="nyu_depth_v2_labeled.mat.*\n.*Expected layout"):
         NYUv2DataModule(str(tmp_path / "nope")).prepare_data()
@@ -163,6 +189,25 @@ def test_dsine_normals(tmp_path):
         dm.test_set[0]
     with pytest.raises(DatasetLayoutError, match="DSINE"):
         DSINENormalDataModule(str(tmp_path / "dsine"), "ibims").prepare_data()
+
+
+def test_dsine_normal_axes_option(tmp_path):
+    """A benchmark whose files store normals as (-z, y, x) of the model's frame: normal_axes='z,y,-x' maps back."""
+    from PIL import Image
+
+    d = write_dsine(tmp_path / "dsine", "ibims", n=1, h=32, w=48)
+    png = np.asarray(Image.open(d / "000000_normal.png"))
+    other = np.stack([255 - png[..., 2], png[..., 1], png[..., 0]], -1).astype(np.uint8)  # 255 - v encodes -n
+    Image.fromarray(other).save(d / "000000_normal.png")
+    gt = render_views(0, 1, 32, 48)[0]["normal"]
+    err = lambda n: np.degrees(np.arccos(np.clip((n * gt).sum(-1), -1, 1))).max()  # noqa: E731
+    for axes, ok in (("x,y,z", False), ("z,y,-x", True)):
+        dm = DSINENormalDataModule(str(tmp_path / "dsine"), "ibims", size=None, normal_axes=axes)
+        dm.setup()
+        assert (err(dm.test_set[0]["normal"]) < 1.0) == ok, axes
+    for bad in ("x,y", "x,x,z", "x,y,w"):
+        with pytest.raises(ValueError, match="normal_axes"):
+            DSINENormalDataModule(str(tmp_path / "dsine"), "ibims", normal_axes=bad)
 
 
 def test_pair_list(tmp_path):

@@ -162,8 +162,9 @@ def test_stage_losses_vanish_for_exact_prediction_up_to_scale(pair):
     w = {**STAGE_WEIGHTS[2], "depth": 1.0}
     _, parts = stage_loss(_perfect_output(pair, scale=3.7), pair, w, conf_alpha=None)
     assert parts["pts_loc"] < 1e-5 and parts["pts_glb"] < 1e-5 and parts["normal"] < 1e-5 and parts["depth"] < 1e-5
-    # normals from the exact pointmap agree with GT except at depth discontinuities
-    assert parts["pts_normal"] < 0.35
+    # normals from the exact pointmap agree with GT except at depth discontinuities (~0.26 per view and frame;
+    # pts_normal = local + global term, each averaged over the views)
+    assert parts["pts_normal"] < 0.6
     bad = _perfect_output(pair)
     bad.view1.pts3d = bad.view1.pts3d * torch.linspace(0.5, 1.5, 32)[None, None, :, None]
     _, parts_bad = stage_loss(bad, pair, w, conf_alpha=None)

@@ -75,11 +75,15 @@ MODEL_CARD = {
         "are our choices (AdamW betas 0.9/0.95, wd 0.05, warm-up + cosine, like DUSt3R).",
         "Losses (tasks.geometry, training code unreleased): per-frame normaliser = mean distance of the valid "
         "points of both views in that frame (Eqs. 3-5), Euclidean per-pixel distance averaged over valid pixels "
-        "and then over the two views; normals from a pointmap = cross product of central differences; "
+        "and then over the two views; normals from a pointmap = cross product of central differences in the "
+        "pixel-grid orientation (faces the capturing camera, also for the global pointmaps in the other frame; no "
+        "flip, like the released ABSNormalFromDepthLoss), L_pts_n = local + global term each averaged over the "
+        "views (the released loss sums the two views instead); "
         "InfoNCE over up to max_matches GT correspondences per pair with the other matches as negatives; the "
         "loss weights are the spec's (stage 1: 1.0/1.0/0.1/0.075, stage 2: 1.0/1.0/0.1/1.0).",
         "Confidence weighting (conf * l - alpha log conf, alpha 0.2) is ON in stage 1 (the issue asks for it) "
-        "although the paper argues for dropping it; OFF in stage 2 (paper). Both are switchable (conf_alpha).",
+        "although the paper's objective (Eq. 8) has none and argues for dropping it: a deviation, flagged in "
+        "stage1.yaml; OFF in stage 2 (paper). Both are switchable (conf_alpha: null = paper objective).",
         "Training runs both pointmap heads on both views (heads='all') to get each view's pointmap in its own "
         "and in the other frame, as the per-view losses need; inference uses the released pairing (view-1 "
         "local head, view-2 global head).",
@@ -87,6 +91,27 @@ MODEL_CARD = {
         "(no matching loss in stage 2).",
         "Coarse-to-fine (512 then 1024 px) is a ResolutionSchedule callback on the datamodule size; the "
         "paper's 28-dataset mixture is not reproduced (ScanNet-style folders + synthetic scenes only).",
+        "Limitation of the shipped fine stage: the paper trains at 1024 px only on natively high-resolution data "
+        "(tier A + part of tier B); configs/dens3r_vitl16/stage{1,2}.yaml switch ScanNet (640x480 depth) to 1024 "
+        "px, so the GT depth is upsampled with nearest neighbour (no new detail; staircase normals derived from "
+        "it). Use natively >= 1024-px data for the fine stage, or drop the 1024 milestone.",
+        "Normal axis conventions: our normals (GT and prediction) are in the OpenCV camera frame (x right, y down, "
+        "z forward), facing the camera. The released eval_normal.py negates the predicted x of the released "
+        "weights ('left hand to right hand') and flips GT axes per dataset (NYUv2: z; iBims-1: x; DIODE: x, z; "
+        "Sintel: z; ScanNet: reversed channels, then x, y), on files read with OpenCV (BGR for PNGs). Which map a "
+        "DSINE-format folder needs for released weights is not verified here: DSINENormalDataModule(normal_axes=...) "
+        "applies one per dataset (a common reflection of prediction and GT leaves angular errors unchanged, so the "
+        "prediction x-flip composes into it); check it on a few images before quoting numbers.",
+        "Normal metrics: mean / median / % < 11.25, 22.5, 30 deg pooled over all valid pixels (DSINE benchmark); "
+        "normal_rmse = RMSE of the angular error (degrees) per image, averaged over images (the released "
+        "eval_normal.py averages per-image RMSEs, but of unit-vector differences, not angles).",
+        "NYUv2 depth: valid GT = rawDepths > 0 (the in-painted pixels of 'depths' are not evaluated) AND an "
+        "optional official masks.mat, in (1e-3, 20) m with predictions clipped to it (the released "
+        "eval_depth.py uses its masks.mat and that range).",
+        "Conversion of released checkpoints: absolute position embeddings (enc_pos_embed / dec_pos_embed, "
+        "pos_embed 'cosine' / 'DINO') and ATMRoPE are rejected; a descriptor confidence (desc_conf / MASt3R "
+        "two_confs) and a normal 'kappa' channel are not implemented and raise unless extra_outputs='drop' "
+        "(descriptors / normals unchanged, the extra channel discarded).",
         "Relative pose for the pose-AUC metric comes from a weighted Procrustes between view 2's own-frame and "
         "view-1-frame pointmaps (not the paper's matching + RANSAC / COLMAP pipeline).",
         "Global multi-view alignment is our own DUSt3R-style gradient method (per-image pose/focal/depth, per-pair "
@@ -511,8 +536,33 @@ _HEAD_PREFIXES = {
     "ptsmatch_global_head.": "global_head.",
     "normal_local_head.": "normal_head.",
 }
-_DROP_PREFIXES = ("mask_token", "enc_pos_embed", "dec_pos_embed", "prediction_head", "downstream_head",
-                  "scratch.layer_rn")
+_DROP_PREFIXES = ("mask_token", "prediction_head", "downstream_head", "scratch.layer_rn")
+_POS_EMBED_KEYS = ("enc_pos_embed", "dec_pos_embed")
+
+
+def _upstream_args(ckpt: dict[str, Any]) -> str | None:
+    """The model-constructor string of an upstream checkpoint's ``args`` (argparse.Namespace or dict), if any."""
+    args = ckpt.get("args")
+    text = args.get("model") if isinstance(args, dict) else getattr(args, "model", None)
+    return text if isinstance(text, str) else None
+
+
+def _args_flag(text: str | None, *names: str) -> bool:
+    """True when the constructor string sets one of ``names`` to True (``desc_conf=True`` / ``two_confs=True``)."""
+    return bool(text) and any(re.search(rf"\b{n}\s*=\s*(True|1)\b", text) for n in names)  # type: ignore[arg-type]
+
+
+def _check_position_mode(keys: Any, text: str | None) -> None:
+    bad = sorted({k.removeprefix("module.") for k in keys} & set(_POS_EMBED_KEYS))
+    m = re.search(r"pos_embed\s*=\s*['\"]([^'\"]+)['\"]", text or "")
+    if m and m[1].startswith("ATMRoPE"):
+        raise ValueError(f"checkpoint uses the ATMRoPE position mode (pos_embed={m[1]!r}), which is not implemented")
+    if bad or (m and not re.fullmatch(r"RoPE\d+(\.\d+)?", m[1])):
+        what = f"tensors {bad}" if bad else f"pos_embed={m[1]!r}"  # type: ignore[index]
+        raise ValueError(
+            f"the checkpoint uses absolute position embeddings ({what}: the 'cosine' or learned 'DINO' pos_embed "
+            "modes of the released code, added to the tokens); only the RoPE100 mode is implemented here, so these "
+            "weights cannot be loaded without changing the model's outputs")
 
 
 def _remap_dpt(rest: str) -> str:
@@ -539,7 +589,8 @@ def is_upstream_state_dict(state_dict: dict[str, Any]) -> bool:
 
 
 def convert_official_checkpoint(
-    checkpoint: str | os.PathLike | dict[str, Any], shared_decoder: bool | None = None, two_stacks: str = "error"
+    checkpoint: str | os.PathLike | dict[str, Any], shared_decoder: bool | None = None, two_stacks: str = "error",
+    extra_outputs: str = "error",
 ) -> dict[str, torch.Tensor]:
     """Convert a released Dens3R (DUSt3R/MASt3R-layout) checkpoint to this implementation's keys.
 
@@ -550,13 +601,26 @@ def convert_official_checkpoint(
             the checkpoint's layout.
         two_stacks: when the checkpoint has two *different* decoder stacks and the target is shared:
             ``'error'`` (default), ``'view1'`` (keep ``dec_blocks``) or ``'average'``.
+        extra_outputs: outputs this implementation does not have: a descriptor confidence (``desc_conf=True`` /
+            MASt3R's ``two_confs=True`` in the checkpoint's ``args``: one more channel of the descriptor MLP) and a
+            normal "kappa" channel (a 4-channel normal head). ``'error'`` (default) raises; ``'drop'`` removes
+            those output channels (descriptors and normals are unchanged; matching then uses the pointmap
+            confidence instead of the descriptor confidence, and no kappa is predicted).
 
     Returns:
         A state dict for :class:`Dens3R` (``create_model(..., shared_decoder=...)``).
+
+    Raises:
+        ValueError: absolute position embeddings (``enc_pos_embed`` / ``dec_pos_embed``, a non-RoPE ``pos_embed``),
+            the ATMRoPE block, unsupported extra outputs (see ``extra_outputs``) or two different decoder stacks.
     """
+    if extra_outputs not in ("error", "drop"):
+        raise ValueError(f"extra_outputs must be 'error' or 'drop', got {extra_outputs!r}")
     sd = _load_upstream(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    text = _upstream_args(sd)
     if "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
+    _check_position_mode(sd.keys(), text)
     out: dict[str, torch.Tensor] = {}
     layer_rn: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -590,6 +654,7 @@ def convert_official_checkpoint(
             raise ValueError(f"upstream {k} differs from its alias scratch.layer{int(idx) + 1}_rn")
         if twin is None:
             out[f"{head}dpt.project.{idx}.{param}"] = v
+    _strip_extra_outputs(out, text, extra_outputs)
     has2 = any(k.startswith("dec_blocks2.") for k in out)
     if shared_decoder is True and has2:
         stack2 = {k: v for k, v in out.items() if k.startswith("dec_blocks2.")}
@@ -612,6 +677,33 @@ def convert_official_checkpoint(
     return out
 
 
+def _strip_extra_outputs(out: dict[str, torch.Tensor], text: str | None, mode: str) -> None:
+    """Descriptor-confidence and normal-kappa output channels: raise (``'error'``) or drop them in place."""
+    fc2 = [k for k in out if re.match(r"^(local|global)_head\.desc_mlp\.fc2\.(weight|bias)$", k)]
+    if fc2 and _args_flag(text, "desc_conf", "two_confs"):
+        if mode == "error":
+            raise ValueError(
+                "the checkpoint's descriptor MLP also predicts a descriptor confidence (desc_conf/two_confs=True in "
+                "its args): one more output channel than Dens3R(desc_dim=...) has. Pass extra_outputs='drop' to keep "
+                "the descriptors and drop that channel (matching then uses the pointmap confidence)")
+        w = out[fc2[0].rsplit(".", 1)[0] + ".weight"]
+        p2 = int(out["patch_embed.proj.weight"].shape[-1]) ** 2
+        keep = (w.shape[0] // p2 - 1) * p2  # pixel-shuffle layout: channel c = rows [c p^2, (c + 1) p^2)
+        for k in fc2:
+            out[k] = out[k][:keep]
+    nw = out.get("normal_head.dpt.output.4.weight")
+    if nw is not None and nw.shape[0] != 3:
+        if nw.shape[0] != 4 or mode == "error":
+            raise ValueError(
+                f"the checkpoint's normal head has {nw.shape[0]} output channels (3 normal + 1 'kappa' uncertainty "
+                "of normal_mode='...kappa'); this implementation predicts 3. Pass extra_outputs='drop' to drop the "
+                "kappa channel (normals unchanged)" if nw.shape[0] == 4 else
+                f"the checkpoint's normal head has {nw.shape[0]} output channels; 3 (or 3 + kappa) expected")
+        for k in ("normal_head.dpt.output.4.weight", "normal_head.dpt.output.4.bias"):
+            if k in out:
+                out[k] = out[k][:3]
+
+
 def _load_upstream(path: str | os.PathLike) -> dict[str, Any]:
     # upstream training checkpoints carry an argparse.Namespace under 'args': allow exactly that class
     with torch.serialization.safe_globals([argparse.Namespace]):
@@ -623,6 +715,8 @@ def upstream_model_kwargs(checkpoint: str | os.PathLike | dict[str, Any]) -> dic
     """Infer :class:`Dens3R` constructor kwargs from an upstream checkpoint (shapes, and its ``args`` string)."""
     ckpt = _load_upstream(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     sd = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    text = _upstream_args(ckpt)
+    _check_position_mode(sd.keys(), text)
     enc_dim = sd["patch_embed.proj.weight"].shape[0]
     dec_dim = sd["decoder_embed.weight"].shape[0]
     depth = lambda p: 1 + max(int(k.split(".")[1]) for k in sd if k.startswith(p))  # noqa: E731
@@ -635,9 +729,9 @@ def upstream_model_kwargs(checkpoint: str | os.PathLike | dict[str, Any]) -> dic
         normal_head=any(k.startswith("normal_local_head.") for k in sd),
     )
     fc2 = sd.get("ptsmatch_local_head.head_local_features.fc2.weight")
-    kw["desc_dim"] = fc2.shape[0] // kw["patch_size"] ** 2 if fc2 is not None else 0
-    args = ckpt.get("args")
-    text = getattr(args, "model", None) if args is not None else None
+    # a descriptor confidence (desc_conf / MASt3R two_confs) is one more fc2 output channel than the descriptor
+    desc_conf = _args_flag(text, "desc_conf", "two_confs")
+    kw["desc_dim"] = fc2.shape[0] // kw["patch_size"] ** 2 - int(desc_conf) if fc2 is not None else 0
     if isinstance(text, str):
         for ours, theirs in (("enc_heads", "enc_num_heads"), ("dec_heads", "dec_num_heads")):
             m = re.search(rf"{theirs}\s*=\s*(\d+)", text)

@@ -7,9 +7,29 @@ with torchaudio → PPG band-pass 0.5-8 Hz (Butterworth order 3), ECG high-pass 
 Windows are written once to a memory-mapped cache (``.npy``), so later epochs and runs read no WFDB.
 Splits are by subject (or record); windows of one subject never land in two splits.
 
-Layouts (``layout=``) — each one is documented in :data:`LAYOUTS` (expected tree, source, subject rule):
-``wfdb`` (any folder), ``cinc2015``, ``bidmc``, ``mimic3`` (MIMIC-III waveform matched subset / segments),
-``mcmed`` (MC-MED, credentialed; never downloaded).
+Flat-line test (``flat_method``): by default the reference's ``detect_flat_in_windows``: on the unfiltered signal at
+its source rate, the mean |first difference| over every sliding window of int(0.1·fs) samples (int(0.1·fs) - 1
+differences; all positions, step 1) is compared with ``flat_threshold`` (1e-3, in the record's physical units); a
+window whose fraction of flat positions exceeds ``max_flat_fraction`` (0.25) is rejected. ``flat_method='ptp'`` keeps
+our earlier test (peak-to-peak < threshold over non-overlapping 0.1-s chunks of the resampled, unfiltered signal).
+
+Deviations from the reference preprocessing (``data_process_to_npz/step1.py`` and ``step2.py``), not implemented here:
+
+- ECG polarity check: the reference flips a stored ECG row when, after cleaning, the median over rolling 2-s windows
+  of the sample with the largest square is negative (``ecg_invert_thre`` 0.5 over the row; spec: "flip if >50% windows
+  inverted"). We never flip, so inverted leads stay inverted.
+- ECG signal-quality index: the reference drops a window that NeuroKit ``ecg_quality(method='zhao2018',
+  approach='simple')`` rates 'Unacceptable' (PPG SQI is off there). No SQI screening here.
+- Filters and order: the reference filters at the source rate with MNE IIR Butterworth filters (PPG 0.5-8 Hz order 3;
+  ECG 0.5-Hz high-pass order 5 plus an always-on 50-Hz notch) and resamples last with ``scipy.signal.resample_poly``;
+  we resample first (torchaudio band-limited sinc), then filter with zero-phase Butterworth sections, and the notch is
+  optional (``ecg_notch``; on in the MC-MED configs).
+- ``step2.py`` is absent: it Savitzky-Golay-smooths the z-scored windows (PPG window 7, ECG window 11, order 2; the
+  smoothed windows are what it saves as ``*_filtered.npz``) and keeps a window only if both pass its stricter checks
+  (PPG: at least 4 of 5 checks — baseline drift, SNR > 10 dB, peak-interval CV < 0.5 with a 30-120 bpm mean rate,
+  template correlation, amplitude; ECG: its 'custom' score from baseline, SNR, RR regularity, template correlation,
+  amplitude and the 0.5-40 Hz spectral-energy ratio). Our windows are neither smoothed nor screened that way, so they
+  are a noisier superset of the reference's training windows.
 """
 from __future__ import annotations
 
@@ -106,7 +126,9 @@ LAYOUTS: dict[str, LayoutSpec] = {
         subject_regex=r"waveforms/[^/]+/([^/]+)/",
         notes="the sub-folder layout above is our reading of the MC-MED description and is NOT verified against "
               "the data (we have no access); the reference code starts from its own train/val/test .npz exports "
-              "(ECG 125 Hz, PPG 25 Hz) whose extraction code is unpublished; subject = visit CSN",
+              "(ECG 125 Hz, PPG 25 Hz) whose extraction code is unpublished; subject = visit CSN (one patient can "
+              "have several visits: pass subject_table=<root>/visits.csv (CSN -> MRN) for a patient-level split, or "
+              "the official split lists as splits=)",
     ),
 }
 
@@ -370,6 +392,18 @@ def flat_fraction(w: np.ndarray, fs: float, chunk_s: float = 0.1, threshold: flo
     return float((np.ptp(c, axis=1) < threshold).mean())
 
 
+def flat_fraction_diff(w: np.ndarray, fs: float, window_s: float = 0.1, threshold: float = 1e-3) -> float:
+    """The reference flat-line measure (``step1.py`` ``detect_flat_in_windows``): the fraction of positions of a
+    sliding window of int(``window_s``·fs) samples (all positions, step 1) whose mean |first difference| is below
+    ``threshold``. The reference rejects a window when this exceeds 0.25."""
+    k = max(1, int(window_s * fs) - 1)  # differences per sliding window
+    d = np.abs(np.diff(np.asarray(w, dtype=np.float64)))
+    if len(d) < k:
+        return 1.0
+    rate = np.convolve(d, np.ones(k), mode="valid") / k
+    return float((rate < threshold).mean())
+
+
 @dataclass
 class Screening:
     """Counts of windows and records kept and rejected, by reason."""
@@ -429,8 +463,11 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         ppg_band: PPG band-pass in Hz (Butterworth order 3); None disables.
         ecg_highpass: ECG high-pass in Hz (Butterworth order 5); None disables.
         ecg_notch: ECG notch frequency in Hz (50 in the reference code); None disables.
-        flat_threshold: peak-to-peak change below which a 0.1-s chunk counts as flat.
-        max_flat_fraction: windows with more flat chunks than this (per modality) are rejected.
+        flat_threshold: change below which a 0.1-s stretch counts as flat (mean |difference| for
+            'mean_abs_diff', peak-to-peak for 'ptp'), in the record's physical units.
+        max_flat_fraction: windows with a larger flat fraction than this (per modality) are rejected.
+        flat_method: 'mean_abs_diff' (the reference's sliding mean |diff| at the source rate; default) or 'ptp'
+            (peak-to-peak over non-overlapping 0.1-s chunks of the resampled signal; the earlier default).
         on_bad_record: 'raise' (clear error naming the record) or 'skip' (counted in ``screening``).
         split_by: 'subject' (layout rule), 'record', or 'time' (contiguous blocks within each record; only for
             single-record demos).
@@ -438,6 +475,10 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         split_seed: seed of the subject permutation.
         splits: explicit {'train': [...], 'val': [...], 'test': [...]} record (or subject) lists; overrides the above.
         subject_regex: overrides the layout's subject rule (group 1 = subject id).
+        subject_table: CSV mapping the layout's subject id to a grouping id, e.g. MC-MED's ``visits.csv`` (visit CSN
+            → patient MRN), so that all visits of one patient land in one split; ids absent from the table keep
+            their own id (counted in ``unmapped_subjects``). None: group by the layout's subject id.
+        subject_table_columns: (key column, group column) of ``subject_table`` (('CSN', 'MRN')).
         label_source: None, 'header' (label names found in header comments), 'csv', or 'annotations'
             (beat symbols present in the window, e.g. MIT-BIH .atr).
         label_names: label names (header/csv) or annotation symbols; sets ``num_classes``.
@@ -468,12 +509,15 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         ecg_notch: float | None = None,
         flat_threshold: float = 1e-3,
         max_flat_fraction: float = 0.25,
+        flat_method: str = "mean_abs_diff",
         on_bad_record: str = "raise",
         split_by: str = "subject",
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         splits: dict[str, list[str]] | None = None,
         subject_regex: str | None = None,
+        subject_table: str | None = None,
+        subject_table_columns: tuple[str, str] = ("CSN", "MRN"),
         label_source: str | None = None,
         label_names: list[str] | None = None,
         labels_csv: str | None = None,
@@ -491,6 +535,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             raise ValueError("on_bad_record must be 'raise' or 'skip'")
         if split_by not in ("subject", "record", "time"):
             raise ValueError("split_by must be 'subject', 'record' or 'time'")
+        if flat_method not in ("mean_abs_diff", "ptp"):
+            raise ValueError("flat_method must be 'mean_abs_diff' or 'ptp'")
         if label_source not in (None, "header", "csv", "annotations"):
             raise ValueError("label_source must be None, 'header', 'csv' or 'annotations'")
         if label_source and not label_names:
@@ -504,10 +550,12 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.target_fs, self.window_s = float(fs), float(window_s)
         self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None else ()))
         self.ppg_band, self.ecg_highpass, self.ecg_notch = ppg_band, ecg_highpass, ecg_notch
-        self.flat_threshold, self.max_flat_fraction = flat_threshold, max_flat_fraction
+        self.flat_threshold, self.max_flat_fraction, self.flat_method = flat_threshold, max_flat_fraction, flat_method
         self.on_bad_record, self.split_by = on_bad_record, split_by
         self.split_fractions, self.split_seed, self.splits = tuple(split_fractions), split_seed, splits
         self.subject_regex = subject_regex
+        self.subject_table, self.subject_table_columns = subject_table, tuple(subject_table_columns)
+        self.unmapped_subjects = 0
         self.label_source, self.label_names, self.labels_csv = label_source, list(label_names or []), labels_csv
         self.annotation_extension = annotation_extension
         self.cache_root = Path(cache_dir) if cache_dir else Path(
@@ -559,6 +607,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         if self.cache_path is not None:
             return
         recs = self._check_root()
+        self._subject_table()  # a missing/malformed subject_table fails now, not after the window cache is built
         unpaired: list[str] = []
         if self.paired and (self.pair_separate_records if self.pair_separate_records is not None
                             else self.layout == "mcmed"):
@@ -579,7 +628,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
     def _config(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
             "layout", "paired", "ecg_channels", "ppg_channels", "target_fs", "window_s", "expected_fs", "ppg_band",
-            "ecg_highpass", "ecg_notch", "flat_threshold", "max_flat_fraction", "on_bad_record", "label_source",
+            "ecg_highpass", "ecg_notch", "flat_threshold", "max_flat_fraction", "flat_method", "on_bad_record",
+            "label_source",
             "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
         } | {"version": 1}
 
@@ -621,7 +671,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                     y = butter_filter(y, self.target_fs, self.ecg_highpass, None, 5)
                 if self.ecg_notch:
                     y = notch_filter(y, self.target_fs, self.ecg_notch)
-            out[mod], out[f"{mod}_raw"], out[f"{mod}_nan"] = y, raw, m
+            out[mod], out[f"{mod}_raw"], out[f"{mod}_nan"], out[f"{mod}_src"] = y, raw, m, (x, fs)
             bad = m if bad is None else bad
         n = min(len(out[m]) for m in sigs) // win
         if self.max_windows_per_record:
@@ -632,8 +682,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             if any(out[f"{m}_nan"][s].any() for m in sigs):
                 reasons["rejected_nan"] += 1
                 continue
-            flat = [m for m in sigs if flat_fraction(out[f"{m}_raw"][s], self.target_fs, 0.1, self.flat_threshold)
-                    > self.max_flat_fraction or out[m][s].std() < 1e-8]
+            flat = [m for m in sigs if self._flat(out, m, i, win) > self.max_flat_fraction or out[m][s].std() < 1e-8]
             if flat:
                 for m in flat:
                     reasons[f"rejected_flat_{m}"] += 1
@@ -649,6 +698,14 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         if self.label_source:
             res["labels"] = self._labels(rec.split("+")[0], comments, keep, win)
         return res
+
+    def _flat(self, out: dict[str, Any], mod: str, i: int, win: int) -> float:
+        """Flat fraction of window ``i`` of modality ``mod`` under ``flat_method``."""
+        if self.flat_method == "ptp":
+            return flat_fraction(out[f"{mod}_raw"][i * win:(i + 1) * win], self.target_fs, 0.1, self.flat_threshold)
+        x, fs = out[f"{mod}_src"]  # the same span at the source rate, unfiltered (as the reference tests it)
+        a, b = (int(round(j * win * fs / self.target_fs)) for j in (i, i + 1))
+        return flat_fraction_diff(x[a:b], fs, 0.1, self.flat_threshold)
 
     @property
     def _wanted(self) -> dict[str, tuple[str, ...]]:
@@ -771,12 +828,19 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                 out["val"] += list(idx[cut[0]: cut[1]])
                 out["test"] += list(idx[cut[1]:])
             return {n: np.asarray(v, dtype=np.int64) for n, v in out.items()}
-        keyf = (lambda r: r) if self.split_by == "record" else (
-            lambda r: subject_of(r, self.layout, self.subject_regex))
-        groups = np.asarray([keyf(r) for r in recs])
-        if self.splits:
-            return {n: np.flatnonzero(np.isin(recs, self.splits.get(n, [])) | np.isin(groups, self.splits.get(n, [])))
-                    for n in names}
+        if self.split_by == "record":
+            subjects = groups = recs
+        else:
+            subjects = np.asarray([subject_of(r, self.layout, self.subject_regex) for r in recs])
+            table = self._subject_table()
+            groups = np.asarray([table.get(s, s) for s in subjects]) if table else subjects
+            self.unmapped_subjects = len(set(subjects) - set(table)) if table else 0
+            if self.unmapped_subjects:
+                _logger.warning("%d subjects are not in subject_table %s; each is its own group",
+                                self.unmapped_subjects, self.subject_table)
+        if self.splits:  # a list may name records, layout subjects (e.g. MC-MED CSNs) or table groups (MRNs)
+            return {n: np.flatnonzero(np.isin(recs, self.splits.get(n, [])) | np.isin(subjects, self.splits.get(n, []))
+                                      | np.isin(groups, self.splits.get(n, []))) for n in names}
         uniq = sorted(set(groups))
         perm = np.random.default_rng(self.split_seed).permutation(len(uniq))
         n_tr = max(1, int(round(self.split_fractions[0] * len(uniq))))
@@ -789,6 +853,30 @@ class WFDBPairedSignalDataModule(SplitDataModule):
     def split_subjects(self, split: str) -> set[str]:
         """Subjects (layout rule) whose windows are in ``split``."""
         return {subject_of(self.window_records[i], self.layout, self.subject_regex) for i in self.split_indices[split]}
+
+    def split_groups(self, split: str) -> set[str]:
+        """Split groups (``subject_table`` ids, e.g. MC-MED patients; else the subjects) whose windows are in
+        ``split``."""
+        table = self._subject_table()
+        return {table.get(s, s) for s in self.split_subjects(split)}
+
+    def _subject_table(self) -> dict[str, str]:
+        """``subject_table`` as {layout subject id: group id} (empty when unset)."""
+        if not self.subject_table:
+            return {}
+        if getattr(self, "_subject_map", None) is None:
+            path = Path(self.subject_table)
+            if not path.is_file():
+                raise FileNotFoundError(f"subject_table {path} not found (expected a CSV with columns "
+                                        f"{list(self.subject_table_columns)}, e.g. MC-MED's visits.csv)")
+            key, grp = self.subject_table_columns
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames or key not in reader.fieldnames or grp not in reader.fieldnames:
+                    raise ValueError(f"subject_table {path} lacks the columns {key!r} and {grp!r} "
+                                     f"(it has {reader.fieldnames}); set subject_table_columns")
+                self._subject_map = {str(row[key]).strip(): str(row[grp]).strip() for row in reader if row[key]}
+        return self._subject_map
 
     # -- loaders -----------------------------------------------------------------------------------------------------
     def dataset(self, split: str) -> WindowDataset:

@@ -7,6 +7,13 @@
 - :class:`ECGClassificationTask`: multi-label CVD / arrhythmia detection on real or generated ECG.
 
 Batches are dicts from :class:`datamodules.signal.WFDBPairedSignalDataModule`: ``ecg``/``ppg`` (B, 1, T), ``labels``.
+
+Evaluation gap: the paper's headline fidelity metric, FID on 1-lead ECGFounder embeddings (MCMED 12.84, VitalDB 27.09,
+MIMIC-AFib 37.69, BIDMC 54.22), is NOT computed: the ECGFounder weights (HF ``PKUDigitalHealth/ECGFounder``,
+``1_lead_ECGFounder.pth``) are not available offline and a FID on other features is not comparable. Plug in an
+ECGFounder ``Net1D`` zoo model and :func:`tasks.metrics.signal.frechet_distance` (``small_sample_below=0``, eps 1e-6) on
+its pooled features of real and generated windows. Heart-rate MAE uses our own R-peak detector, not biosppy's (see
+:mod:`tasks.metrics.signal`).
 """
 from __future__ import annotations
 
@@ -124,23 +131,40 @@ def flow_latents(
 
 # ------------------------------------------------------------------------------------------------ EMA, schedule
 class ModelEMA(nn.Module):
-    """Exponential moving average of a module's parameters and buffers (the reference uses ema_pytorch with
-    beta 0.995, update_every 10, weights copied during the first ``start`` steps).
+    """Exponential moving average of a module's parameters and buffers, with the schedule of ema-pytorch 0.7.7's
+    ``EMA(beta=decay, update_after_step=start, update_every=every)`` that the reference uses (its defaults
+    ``inv_gamma=1``, ``power=2/3``, ``min_value=0``).
+
+    Call :meth:`step` once per optimiser step. With ``s`` the number of earlier calls (ema-pytorch's ``step`` before
+    its increment): the first call (s = 0) copies the online weights; afterwards only calls with ``s % every == 0``
+    act: they copy while ``s <= start`` and past that average with the warm-up decay
+    ``decay(s + 1) = clamp(1 - (1 + e / inv_gamma) ** -power, min_decay, decay)``, ``e = max(s - start, 0)``
+    (:meth:`current_decay`), which rises from 0.80 at the first average (e = 10) to the cap ``decay`` = 0.995 at
+    e ≈ 2,830 (of the reference's 10,000 steps). ``warmup=False`` averages with the constant ``decay`` instead.
+    Integer buffers are copied, floating ones averaged.
 
     The step count is a Python int (:attr:`steps`), so :meth:`step` never reads the device; the ``num_steps``
     buffer is its copy in state dicts and checkpoints (written when saving, read back when loading).
 
     Args:
         model: the online module (deep-copied).
-        decay: EMA decay per update.
-        every: update every this many calls of :meth:`step`.
-        start: before this many steps the EMA copies the online weights.
+        decay: the maximum EMA decay (ema-pytorch ``beta``; 0.995 in the reference).
+        every: act on every ``every``-th call (``update_every``, 10).
+        start: copy instead of averaging while fewer calls have been made (``update_after_step``, 100).
+        inv_gamma: warm-up inverse multiplicative factor (1.0).
+        power: warm-up exponent (2/3).
+        min_decay: warm-up floor (ema-pytorch ``min_value``, 0).
+        warmup: use the warm-up schedule (True, as the reference); False: constant ``decay``.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100) -> None:
+    def __init__(
+        self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100, inv_gamma: float = 1.0,
+        power: float = 2 / 3, min_decay: float = 0.0, warmup: bool = True,
+    ) -> None:
         super().__init__()
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.every, self.start = decay, every, start
+        self.inv_gamma, self.power, self.min_decay, self.warmup = inv_gamma, power, min_decay, warmup
         self.steps = 0
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
@@ -154,15 +178,31 @@ class ModelEMA(nn.Module):
         if prefix + "num_steps" in state_dict:
             self.steps = int(state_dict[prefix + "num_steps"])
 
+    def current_decay(self, step: int | None = None) -> float:
+        """Decay used by an average when ``step`` calls have been made, this one included (ema-pytorch
+        ``get_current_decay`` with its ``step`` after the increment); default: :attr:`steps`."""
+        step = self.steps if step is None else step
+        epoch = max(step - self.start - 1, 0)
+        if not self.warmup:
+            return self.decay
+        if epoch <= 0:
+            return 0.0
+        value = 1.0 - (1.0 + epoch / self.inv_gamma) ** -self.power
+        return float(min(max(value, self.min_decay), self.decay))
+
     @torch.no_grad()
     def step(self, model: nn.Module) -> None:
+        s = self.steps
         self.steps += 1
-        if self.steps % self.every:
+        if s == 0:  # ema-pytorch initialises the average with the online weights on its first update
+            self.copy_from(model)
             return
-        if self.steps <= self.start:
+        if s % self.every:
+            return
+        if s <= self.start:
             self.copy_from(model)
         else:
-            self.update(model, self.decay)
+            self.update(model, self.current_decay(self.steps))
 
     def _pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ema = [*self.module.parameters(), *self.module.buffers()]
@@ -276,10 +316,16 @@ class CardioAlignTask(ZooTask):
     def on_net_built(self) -> None:
         # stage 2's flow transformer is not trained here: freeze it so DDP does not wait for its gradients
         self.net.flow.requires_grad_(False)
-        self._stage1 = self.net
+        object.__setattr__(self, "_stage1", self.net)  # an alias outside the module tree (not saved twice)
         if self.compile_mode:  # compile the stage-1 modules; the wrapper stays outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_stage1", _CompiledStage1(self.net, mode, self._conv2d))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint.get("state_dict")
+        if isinstance(sd, dict):  # checkpoints written while the alias was registered hold every weight twice
+            for k in [k for k in sd if k.startswith("_stage1.")]:
+                del sd[k]
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         h = self.hparams
@@ -384,12 +430,25 @@ class ECGFlowTask(ZooTask):
         plateau_patience: plateau patience in steps (1000).
         min_lr: lr floor (1e-9).
         num_t_draws: t draws per step (4).
-        ema_decay: EMA decay (0.995).
+        ema_decay: maximum EMA decay (0.995; ema-pytorch ``beta``).
         ema_every: EMA update interval in steps (10).
-        ema_start: steps during which the EMA copies the online weights (100, ema_pytorch default).
+        ema_start: steps during which the EMA copies the online weights (100, ema-pytorch ``update_after_step``).
+        ema_inv_gamma: EMA warm-up inverse gamma (1.0, ema-pytorch default).
+        ema_power: EMA warm-up power (2/3, ema-pytorch default): past ``ema_start`` the decay is
+            ``min(1 - (1 + e / ema_inv_gamma) ** -ema_power, ema_decay)``, e = steps past ``ema_start``
+            (:class:`ModelEMA`; 0.80 at the first average, the 0.995 cap after ~2,830 more steps).
+        ema_warmup: use that warm-up (True, as the reference); False: constant ``ema_decay``.
         sample_steps: Euler steps when sampling (10).
         val_sample_batches: validation batches that are sampled (0: none).
         encode_with_noise: stage-1 latents are posterior samples (reference) rather than means.
+        fd_small_sample_below: Fréchet distance of the epoch's sampled windows: with fewer windows than this, PCA to
+            ``fd_pca_dim`` dims, eps 1e-4, mean of ``fd_trials`` (the reference script's N < 3000 branch); otherwise
+            raw windows, eps 1e-6. 0: always raw.
+        fd_pca_dim: PCA dims of that branch (32).
+        fd_trials: PCA trials averaged (5).
+
+    Logged at validation/test: flow losses (online and EMA), and on ``sample_steps``-step Euler samples of the EMA
+    flow: MAE, RMSE, Pearson r, FD, heart-rate MAE. FID on ECGFounder features is not computed (module docstring).
     """
 
     def __init__(
@@ -400,11 +459,14 @@ class ECGFlowTask(ZooTask):
         plateau_factor: float = 0.5, plateau_patience: int = 1000, min_lr: float = 1e-9, num_t_draws: int = 4,
         ema_decay: float = 0.995, ema_every: int = 10, ema_start: int = 100, sample_steps: int = 10,
         val_sample_batches: int = 1, encode_with_noise: bool = True, conv1d_as_conv2d: bool = True,
+        ema_inv_gamma: float = 1.0, ema_power: float = 2 / 3, ema_warmup: bool = True,
+        fd_small_sample_below: int = 3000, fd_pca_dim: int = 32, fd_trials: int = 5,
     ) -> None:
         # what on_net_built needs, set before ZooTask may build the network inside its __init__
         object.__setattr__(self, "_cfg", {"stage1_checkpoint": stage1_checkpoint, "ema_decay": ema_decay,
                                           "ema_every": ema_every, "ema_start": ema_start,
-                                          "conv1d_as_conv2d": conv1d_as_conv2d})
+                                          "ema_inv_gamma": ema_inv_gamma, "ema_power": ema_power,
+                                          "ema_warmup": ema_warmup, "conv1d_as_conv2d": conv1d_as_conv2d})
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
         self._sched: WarmupReduceLROnPlateau | None = None
@@ -415,8 +477,12 @@ class ECGFlowTask(ZooTask):
         cfg = self._cfg
         for name in ("encoder", "ecg_decoder", "ppg_decoder"):
             getattr(self.net, name).requires_grad_(False).eval()
-        self.flow_ema = ModelEMA(self.net.flow, cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"])
-        self._flow, self._encoder = self.net.flow, self.net.encoder
+        self.flow_ema = ModelEMA(self.net.flow, cfg["ema_decay"], cfg["ema_every"], cfg["ema_start"],
+                                 cfg["ema_inv_gamma"], cfg["ema_power"], warmup=cfg["ema_warmup"])
+        # aliases outside the module tree (registering them would store the flow and the encoder twice in every
+        # checkpoint: +386 MB per stage-2 .ckpt at paper size)
+        object.__setattr__(self, "_flow", self.net.flow)
+        object.__setattr__(self, "_encoder", self.net.encoder)
         if self.compile_mode:  # the flow and the frozen encoder; the wrappers stay outside the module tree
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_flow", torch.compile(self.net.flow, mode=mode))
@@ -516,7 +582,9 @@ class ECGFlowTask(ZooTask):
             return
         real, fake = np.concatenate(parts, axis=1)
         if len(real) >= 2:
-            self.log(f"{stage}/fd", sm.frechet_distance(real, fake))
+            h = self.hparams
+            self.log(f"{stage}/fd", sm.frechet_distance(real, fake, small_sample_below=h.fd_small_sample_below,
+                                                        pca_dim=h.fd_pca_dim, n_trials=h.fd_trials))
         fs = float(getattr(self.trainer.datamodule, "fs", 128.0)) if self._trainer and self.trainer.datamodule else 128.
         if real.shape[1] >= 4 * fs:  # heart rate needs a few beats
             hr = sm.heart_rate_mae(fake, real, fs)
@@ -553,6 +621,10 @@ class ECGFlowTask(ZooTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_sched = checkpoint.get("flow_lr_schedule")
+        sd = checkpoint.get("state_dict")
+        if isinstance(sd, dict):  # checkpoints written before the aliases left the module tree hold duplicates
+            for k in [k for k in sd if k.startswith(("_flow.", "_encoder."))]:
+                del sd[k]
 
     def on_fit_start(self) -> None:
         state = getattr(self, "_pending_sched", None)
@@ -608,8 +680,11 @@ class ECGClassificationTask(ZooTask):
         threshold: probability threshold of the F1 score.
         input_source: 'real' (the batch's ECG) or 'generated' (ECG sampled from the batch's PPG).
         generator_model: PPGFlowECG model name for input_source='generated' (e.g. 'ppgflowecg_base').
-        generator_checkpoint: weights of the generator (our safetensors/folder, a task .ckpt or the reference).
+        generator_checkpoint: weights of the generator (our safetensors/folder, an ECGFlowTask .ckpt or the
+            reference stage-2 checkpoint), read by ``zoo.ppgflowecg.load_weights``.
         generator_steps: Euler steps of the generator.
+        generator_use_ema: take the EMA flow of a stage-2 checkpoint (True; what the reference samples with) rather
+            than the online flow.
     """
 
     data_links: ClassVar[tuple[str, ...]] = ("num_classes",)
@@ -619,6 +694,7 @@ class ECGClassificationTask(ZooTask):
         model_kwargs: dict[str, Any] | None = None, compile: bool | str = False, lr: float = 1e-3,
         weight_decay: float = 1e-4, threshold: float = 0.5, input_source: str = "real",
         generator_model: str | None = None, generator_checkpoint: str | None = None, generator_steps: int = 10,
+        generator_use_ema: bool = True,
     ) -> None:
         if input_source not in ("real", "generated"):
             raise ValueError("input_source must be 'real' or 'generated'")
@@ -629,7 +705,9 @@ class ECGClassificationTask(ZooTask):
         self.save_hyperparameters()
         self._generator = None
         if input_source == "generated":
-            gen = zoo.create_model(generator_model, checkpoint_path=generator_checkpoint)
+            gen = zoo.create_model(generator_model)
+            if generator_checkpoint:  # load_weights: the EMA-or-online choice (create_model always takes the EMA)
+                zoo.ppgflowecg.load_weights(gen, generator_checkpoint, use_ema=generator_use_ema)
             object.__setattr__(self, "_generator", gen.eval().requires_grad_(False))
 
     def on_net_built(self) -> None:

@@ -220,6 +220,14 @@ def test_convert_official_checkpoint_both_stages(tmp_path):
     back = zoo.create_model("local-dir:" + str(tmp_path / "converted"))
     for k, v in conv.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+    # the family reader keeps the reference checkpoint's EMA entry (load_state_dict_file would unwrap 'model')
+    from zoo.ppgflowecg import load_weights
+
+    via_reader = load_weights(zoo.create_model("ppgflowecg_tiny"), tmp_path / "checkpoint-1.pt", strict=False)
+    torch.testing.assert_close(via_reader.flow.state_dict(), conv.flow.state_dict(), rtol=0, atol=0)
+    online_only = load_weights(zoo.create_model("ppgflowecg_tiny"), tmp_path / "checkpoint-1.pt", use_ema=False,
+                               strict=False)
+    assert torch.equal(online_only.flow.pos_embed, online["model.pos_enc.pe"])
     via_factory = zoo.create_model("ppgflowecg_tiny")
     zoo.load_checkpoint(via_factory, tmp_path / "VAE-iter-10.pth", strict=False)
     assert torch.equal(via_factory.ecg_decoder.to_latent.weight, s1["decoder_ecg"]["to_latent.weight"])
@@ -317,6 +325,53 @@ def test_flow_latents_one_encoder_pass_equals_two(tiny):
         torch.testing.assert_close(z0, tiny.encode(ecg, sample=False), rtol=1e-5, atol=1e-6)
 
 
+def _ema_pytorch_reference(values, beta=0.995, update_after_step=100, update_every=10, inv_gamma=1.0, power=2 / 3):
+    """ema-pytorch 0.7.7 ``EMA.update()`` on a scalar online weight that takes ``values`` in turn (written from its
+    source: ``step`` read then incremented; first call initialises; ``get_current_decay`` uses the incremented step)."""
+    step, avg, decays = 0, None, []
+    for v in values:
+        s = step
+        step += 1
+        if avg is None:
+            avg = v
+            continue
+        if s % update_every:
+            continue
+        if s <= update_after_step:
+            avg = v
+            continue
+        epoch = max(step - update_after_step - 1, 0)
+        d = 0.0 if epoch <= 0 else min(max(1 - (1 + epoch / inv_gamma) ** -power, 0.0), beta)
+        decays.append(d)
+        avg = avg + (v - avg) * (1 - d)  # tensor.lerp_(online, 1 - decay)
+    return avg, decays
+
+
+def test_ema_warmup_decay_matches_ema_pytorch():
+    ema = ModelEMA(torch.nn.Linear(1, 1), decay=0.995, every=10, start=100)
+    for step in (0, 1, 100, 101):
+        assert ema.current_decay(step) == 0.0  # epoch = step - 101 <= 0: ema-pytorch returns 0 (a copy)
+    assert ema.current_decay(102) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert ema.current_decay(111) == pytest.approx(1 - 11 ** (-2 / 3))  # the first real average: 0.798
+    assert ema.current_decay(111) == pytest.approx(0.79782, abs=1e-5)
+    assert ema.current_decay(1101) == pytest.approx(1 - 1001 ** (-2 / 3))
+    assert ema.current_decay(2928) < 0.995 == ema.current_decay(2930) == ema.current_decay(10_000)  # the cap
+    assert ModelEMA(torch.nn.Linear(1, 1), inv_gamma=2.0, power=0.5).current_decay(111) == pytest.approx(
+        1 - (1 + 10 / 2.0) ** -0.5)
+    assert ModelEMA(torch.nn.Linear(1, 1), warmup=False).current_decay(111) == 0.995
+    # the averaged weight along a run equals ema-pytorch's on the same online sequence
+    lin = torch.nn.Linear(1, 1, bias=False).double()
+    ema = ModelEMA(lin, decay=0.995, every=10, start=100)
+    values = [float(v) for v in torch.linspace(0, 5, 400).double() ** 2]
+    for v in values:
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        ema.step(lin)
+    ref, decays = _ema_pytorch_reference(values)
+    assert ema.module.weight.item() == pytest.approx(ref, rel=1e-12)
+    assert decays[0] == pytest.approx(1 - 11 ** (-2 / 3)) and len(decays) == 29  # s = 110, 120, ..., 390
+
+
 def test_ema_count_is_host_side_and_survives_state_dict():
     lin = torch.nn.Linear(3, 3)
     ema = ModelEMA(lin, decay=0.5, every=1, start=2)
@@ -341,18 +396,22 @@ def test_ema_count_is_host_side_and_survives_state_dict():
 
 def test_ema_update_and_schedule():
     lin = torch.nn.Linear(3, 3)
-    ema = ModelEMA(lin, decay=0.9, every=2, start=2)
-    old = ema.module.weight.clone()
+    ema = ModelEMA(lin, decay=0.9, every=2, start=2, warmup=False)  # constant decay
     with torch.no_grad():
         lin.weight.add_(1.0)
-    ema.step(lin)  # step 1: nothing
-    assert torch.equal(ema.module.weight, old)
-    ema.step(lin)  # step 2 <= start: copy
+    ema.step(lin)  # call 1: initialise = copy (ema-pytorch's first update)
     assert torch.equal(ema.module.weight, lin.weight)
     with torch.no_grad():
         lin.weight.add_(1.0)
-    ema.step(lin)
-    ema.step(lin)  # step 4: average
+    before = ema.module.weight.clone()
+    ema.step(lin)  # 1 earlier call, 1 % 2 != 0: nothing
+    assert torch.equal(ema.module.weight, before)
+    ema.step(lin)  # 2 earlier calls <= start: copy
+    assert torch.equal(ema.module.weight, lin.weight)
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.step(lin)  # 3: nothing
+    ema.step(lin)  # 4 > start: average with the constant decay
     torch.testing.assert_close(ema.module.weight, 0.9 * (lin.weight - 1.0) + 0.1 * lin.weight)
     opt = torch.optim.Adam(lin.parameters(), lr=1e-4)
     s = WarmupReduceLROnPlateau(opt, warmup_lr=8e-4, warmup=4, factor=0.5, patience=2)

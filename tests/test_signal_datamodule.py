@@ -32,8 +32,10 @@ def _write(dst: Path, name: str, sig: np.ndarray, names=("II", "PLETH"), fs=125,
 
 
 def _synthetic(n: int, fs: float = 125) -> np.ndarray:
+    """Paired ECG-like (spiky beats + 20 µV noise, so the baseline is not a flat line) and PPG-like channels."""
     t = np.arange(n) / fs
-    return np.stack([np.sin(2 * np.pi * 1.2 * t) ** 15, np.sin(2 * np.pi * 1.2 * t + 1) + 1], 1)
+    ecg = np.sin(2 * np.pi * 1.2 * t) ** 15 + 0.02 * np.random.default_rng(0).standard_normal(n)
+    return np.stack([ecg, np.sin(2 * np.pi * 1.2 * t + 1) + 1], 1)
 
 
 def test_a103l_real_windows(tmp_path):
@@ -230,7 +232,8 @@ def test_mcmed_separate_records_paired_by_start_time(tmp_path):
 
     visit = root / "waveforms" / "123" / "100123"
     t_e, t_p = np.arange(250 * 60) / 250, np.arange(125 * 60) / 125
-    write(visit / "II", "100123_1", np.sin(2 * np.pi * 1.2 * t_e) ** 15, "II", 250, dt.time(10, 0, 0))
+    ecg_src = np.sin(2 * np.pi * 1.2 * t_e) ** 15 + 0.02 * np.random.default_rng(0).standard_normal(len(t_e))
+    write(visit / "II", "100123_1", ecg_src, "II", 250, dt.time(10, 0, 0))
     write(visit / "Pleth", "100123_1", np.sin(2 * np.pi * 1.2 * (t_p + 5)) + 1, "Pleth", 125, dt.time(10, 0, 5))
     lone = root / "waveforms" / "456" / "100456"
     write(lone / "Pleth", "100456_1", np.sin(2 * np.pi * t_p) + 1, "Pleth", 125, dt.time(9, 0, 0))
@@ -243,6 +246,62 @@ def test_mcmed_separate_records_paired_by_start_time(tmp_path):
     item = dm.dataset("train")[0]
     ref = ds.butter_filter(ds.resample(np.sin(2 * np.pi * 1.2 * (t_p + 5)) + 1, 125, 128), 128, 0.5, 8, 3)[:1280]
     np.testing.assert_allclose(item["ppg"][0].numpy(), (ref - ref.mean()) / ref.std(), atol=1e-4)
-    ecg = np.sin(2 * np.pi * 1.2 * t_e[1250:]) ** 15
+    ecg = wfdb.rdrecord(str(visit / "II" / "100123_1")).p_signal[1250:, 0]  # as stored (16-bit)
     ref = ds.butter_filter(ds.resample(ecg, 250, 128), 128, 0.5, None, 5)[:1280]
     np.testing.assert_allclose(item["ecg"][0].numpy(), (ref - ref.mean()) / ref.std(), atol=1e-4)
+
+
+def _reference_flat_ratios(windows: np.ndarray, window_size: int, threshold: float) -> np.ndarray:
+    """The reference ``detect_flat_in_windows`` (data_process_to_npz/step1.py), row by row."""
+    diff = np.abs(np.diff(windows, axis=1))
+    rate = np.apply_along_axis(lambda x: np.convolve(x, np.ones(window_size - 1), mode="valid") / (window_size - 1),
+                               axis=1, arr=diff)
+    return np.mean(rate < threshold, axis=1)
+
+
+def test_flat_line_default_is_the_reference_mean_abs_diff(tmp_path):
+    fs = 125
+    rng = np.random.default_rng(3)
+    sig = _synthetic(fs * 20)
+    # window 2 (10-20 s): a 5-s PPG stretch that drifts by 2e-4 per sample — flat for the reference (mean |diff| <
+    # 1e-3) but not for a peak-to-peak test (0.0025 > 1e-3 over 0.1 s)
+    sig[fs * 12: fs * 17, 1] = 1.0 + 2e-4 * np.arange(fs * 5)
+    # the measure itself equals the reference on source-rate windows with a flat segment
+    for w in (sig[: fs * 10, 1], sig[fs * 10:, 1], sig[fs * 10:, 0], np.r_[np.zeros(300), rng.normal(size=950)]):
+        assert ds.flat_fraction_diff(w, fs) == pytest.approx(_reference_flat_ratios(w[None], int(0.1 * fs), 1e-3)[0])
+    assert ds.flat_fraction_diff(sig[fs * 10:, 1], fs) > 0.25 > ds.flat_fraction(
+        ds.resample(sig[fs * 10:, 1], fs, 128), 128)
+    _write(tmp_path / "r", "drift", sig)
+    dm = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10)
+    dm.setup()
+    assert dict(dm.screening.windows) == {"kept": 1, "rejected_flat_ppg": 1, "total": 2}
+    old = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10, flat_method="ptp")
+    old.setup()
+    assert old.screening.windows["kept"] == 2
+    with pytest.raises(ValueError, match="flat_method"):
+        WFDBPairedSignalDataModule(flat_method="std")
+
+
+def test_subject_table_groups_visits_of_one_patient(tmp_path):
+    root = tmp_path / "r"
+    for v in range(10):  # 10 visits (the layout's subject), 2 per patient
+        _write(root, f"v{v:02d}_rec", _synthetic(125 * 10))
+    table = tmp_path / "visits.csv"
+    table.write_text("MRN,CSN,Age\n" + "".join(f"P{v // 2},v{v:02d},50\n" for v in range(10)))
+    kw = dict(subject_regex=r"(v\d\d)_", window_s=10, cache_dir=str(tmp_path / "c"), split_seed=1)
+    dm = WFDBPairedSignalDataModule(str(root), subject_table=str(table), **kw)
+    dm.setup()
+    groups = {k: dm.split_groups(k) for k in ("train", "val", "test")}
+    assert set().union(*groups.values()) == {f"P{i}" for i in range(5)} and dm.unmapped_subjects == 0
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    for k in ("train", "val", "test"):  # both visits of a patient are in the same split
+        assert {f"v{2 * int(p[1:]) + j:02d}" for p in groups[k] for j in (0, 1)} == dm.split_subjects(k)
+    # explicit split lists may name visits (CSNs) or patients (MRNs)
+    dm = WFDBPairedSignalDataModule(str(root), subject_table=str(table), **kw,
+                                    splits={"train": ["P0", "P1", "P2"], "val": ["v06"], "test": ["P4"]})
+    dm.setup()
+    assert dm.split_subjects("val") == {"v06"} and dm.split_subjects("test") == {"v08", "v09"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient,visit\n")
+    with pytest.raises(ValueError, match="lacks the columns 'CSN' and 'MRN'"):
+        WFDBPairedSignalDataModule(str(root), subject_table=str(bad), **kw).setup()

@@ -29,16 +29,76 @@ def test_mae_rmse_pearson_against_numpy_scipy():
         sm.mae(a, b[:, :50])
 
 
-def test_frechet_distance_against_scipy_sqrtm():
+def _fd_reference(a, b, eps):
+    """Gaussian Fréchet distance as the reference ``calculate_fd``: scipy sqrtm of the covariance product."""
+    d = a.shape[1]
+    ca, cb = np.cov(a, rowvar=False) + eps * np.eye(d), np.cov(b, rowvar=False) + eps * np.eye(d)
+    covmean = linalg.sqrtm(ca @ cb).real
+    return ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean)
+
+
+def _fd_small_sample_reference(gt, fake, pca_dim=32, eps=1e-4, n_trials=5, svd_solver="auto"):
+    """The reference ``calculate_fd_for_small_sample``: sklearn PCA on both sets together, then the Gaussian FD,
+    averaged over trials."""
+    from sklearn.decomposition import PCA
+
+    fds = []
+    for _ in range(n_trials):
+        z = PCA(n_components=pca_dim, svd_solver=svd_solver, whiten=False).fit_transform(np.concatenate([gt, fake]))
+        fds.append(_fd_reference(z[: len(gt)], z[len(gt):], eps))
+    return float(np.mean(fds))
+
+
+def _beats(n, t_len, rng, shift=0.0):
+    """ECG-like windows (random rate and phase, a slow offset ``shift``, noise): a decaying PCA spectrum."""
+    t = np.arange(t_len) / 128
+    rate, phase = rng.uniform(1.0, 2.0, (n, 1)), rng.uniform(0, 2 * np.pi, (n, 1))
+    return np.sin(2 * np.pi * rate * t + phase) ** 15 + shift * np.cos(2 * np.pi * 0.3 * t) + 0.3 * rng.normal(
+        size=(n, t_len))
+
+
+def test_frechet_distance_raw_windows_against_scipy_sqrtm():
     rng = np.random.default_rng(1)
     r = rng.normal(size=(40, 16))
     f = rng.normal(size=(30, 16)) * 1.5 + 0.3
-    eps = 1e-6
-    cr, cf = np.cov(r, rowvar=False) + eps * np.eye(16), np.cov(f, rowvar=False) + eps * np.eye(16)
-    covmean = linalg.sqrtm(cr @ cf).real
-    ref = ((r.mean(0) - f.mean(0)) ** 2).sum() + np.trace(cr) + np.trace(cf) - 2 * np.trace(covmean)
-    assert sm.frechet_distance(r, f) == pytest.approx(ref, rel=1e-6)
-    assert abs(sm.frechet_distance(r, r)) < 1e-6
+    # the large-sample regime (raw windows, eps 1e-6), forced here with small_sample_below=0
+    assert sm.frechet_distance(r, f, small_sample_below=0) == pytest.approx(_fd_reference(r, f, 1e-6), rel=1e-6)
+    assert abs(sm.frechet_distance(r, r, small_sample_below=0)) < 1e-6
+    # default regime (40 < 3000 windows): PCA to min(32, 70, 16) = 16 dims is a rotation, FD is invariant to it
+    assert sm.frechet_distance(r, f) == pytest.approx(_fd_reference(r, f, 1e-4), rel=1e-6)
+    # 3000 windows or more: raw windows with eps 1e-6 by default
+    big_r, big_f = rng.normal(size=(3000, 6)), rng.normal(size=(3000, 6)) * 1.2
+    assert sm.frechet_distance(big_r, big_f) == pytest.approx(_fd_reference(big_r, big_f, 1e-6), rel=1e-6)
+
+
+def test_frechet_distance_small_sample_pca_against_sklearn():
+    pytest.importorskip("sklearn")
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # small matrices: BLAS threads only contend on a shared 2-core machine
+        _check_small_sample_fd()
+
+
+def _check_small_sample_fd():
+    rng = np.random.default_rng(2)
+    # 2N = 300 <= 500 rows: sklearn's 'auto' picks the exact SVD, so the reference is deterministic (1 trial suffices)
+    r, f = _beats(150, 256, rng), _beats(150, 256, rng, shift=0.5)
+    ref = _fd_small_sample_reference(r, f, n_trials=1)
+    assert sm.frechet_distance(r, f) == pytest.approx(ref, rel=1e-8)
+    assert sm.frechet_distance(r, f, pca_solver="full") == pytest.approx(ref, rel=1e-8)
+    assert sm.frechet_distance(r, f, pca_dim=8, eps=1e-3) == pytest.approx(
+        _fd_small_sample_reference(r, f, pca_dim=8, eps=1e-3, n_trials=1), rel=1e-8)
+    # 2N = 600 > 500 rows: 'auto' is sklearn's randomized SVD (different in every trial, hence the reference's 5-trial
+    # mean); ours is seeded and lands on the exact-PCA value as closely as sklearn's does
+    r, f = _beats(300, 256, rng), _beats(300, 256, rng, shift=0.5)
+    exact = _fd_small_sample_reference(r, f, svd_solver="full", n_trials=1)
+    ours = sm.frechet_distance(r, f)
+    assert ours == pytest.approx(exact, rel=2e-3)
+    assert ours == pytest.approx(_fd_small_sample_reference(r, f), rel=2e-3)
+    assert ours == sm.frechet_distance(r, f)  # seeded: reproducible
+    assert sm.frechet_distance(r, f, pca_solver="full") == pytest.approx(exact, rel=1e-8)
+    with pytest.raises(ValueError, match="pca_solver"):
+        sm.frechet_distance(r, f, pca_solver="arpack")
 
 
 def test_heart_rate_against_neurokit2(real_ecg):

@@ -165,3 +165,71 @@ def test_flow_schedule_reads_losses_before_the_next_optimizer_step():
     task.on_train_end()
     assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"])
     assert opt.param_groups[0]["lr"] < 1e-3  # the plateau decayed it
+
+
+@pytest.fixture(scope="module")
+def stage2_ckpt(tmp_path_factory):
+    """A real ECGFlowTask .ckpt (2 optimisation steps) whose EMA flow differs from its online flow."""
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    task = ECGFlowTask("ppgflowecg_tiny", warmup_steps=1, val_sample_batches=0)
+    data = [{"ecg": torch.randn(1, 256), "ppg": torch.randn(1, 256)} for _ in range(8)]
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(task, torch.utils.data.DataLoader(data, batch_size=4))
+    with torch.no_grad():  # make the difference unmistakable
+        for p in task.flow_ema.module.parameters():
+            p.add_(0.5)
+    path = tmp_path_factory.mktemp("s2") / "stage2.ckpt"
+    trainer.save_checkpoint(path)
+    ema = {k: v.clone() for k, v in task.flow_ema.module.state_dict().items()}
+    online = {k: v.clone() for k, v in task.net.flow.state_dict().items()}
+    assert all(not torch.equal(ema[k], online[k]) for k in ema)
+    return path, ema, online, {k: v.clone() for k, v in task.net.encoder.state_dict().items()}
+
+
+def _assert_state(module, expected):
+    got = module.state_dict()
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_stage2_task_checkpoint_loads_the_ema_flow(stage2_ckpt):
+    path, ema, online, encoder = stage2_ckpt
+    net = zoo.ppgflowecg.load_weights(zoo.create_model("ppgflowecg_tiny"), path)
+    _assert_state(net.flow, ema)
+    _assert_state(net.encoder, encoder)
+    _assert_state(zoo.ppgflowecg.load_weights(zoo.create_model("ppgflowecg_tiny"), path, use_ema=False).flow, online)
+    # the downstream classifier's generator samples with the EMA flow (unless told otherwise)
+    cls = ECGClassificationTask("ecg_resnet1d_tiny", model_kwargs={"num_classes": 2}, input_source="generated",
+                                generator_model="ppgflowecg_tiny", generator_checkpoint=str(path))
+    _assert_state(cls._generator.flow, ema)
+    cls = ECGClassificationTask("ecg_resnet1d_tiny", model_kwargs={"num_classes": 2}, input_source="generated",
+                                generator_model="ppgflowecg_tiny", generator_checkpoint=str(path),
+                                generator_use_ema=False)
+    _assert_state(cls._generator.flow, online)
+    # the family filter maps the EMA copy whenever it sees it (a raw task state dict, with or without net.)
+    sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    net = zoo.create_model("ppgflowecg_tiny")
+    for raw in (sd, {k.removeprefix("net."): v for k, v in sd.items()}):
+        net.load_state_dict(zoo.ppgflowecg.checkpoint_filter_fn(raw, net))  # strict: exactly the model's keys
+        _assert_state(net.flow, ema)
+        _assert_state(net.encoder, encoder)
+
+
+def test_create_model_from_stage2_task_checkpoint_uses_the_ema_flow(stage2_ckpt):
+    path, ema, _, _ = stage2_ckpt
+    _assert_state(zoo.create_model("ppgflowecg_tiny", checkpoint_path=path).flow, ema)
+
+
+def test_task_checkpoints_hold_each_weight_once_and_old_ones_still_load():
+    for task, alias in ((CardioAlignTask("ppgflowecg_tiny"), "_stage1"), (ECGFlowTask("ppgflowecg_tiny"), "_flow")):
+        sd = task.state_dict()
+        assert {k.split(".")[0] for k in sd} <= {"net", "flow_ema"}  # no aliased copies
+        # a checkpoint written while the aliases were registered submodules (duplicate keys) still loads strictly
+        prefix = "net." if alias == "_stage1" else "net.flow."
+        old = {"state_dict": {**sd, **{f"{alias}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)}}}
+        task.on_load_checkpoint(old)
+        task.load_state_dict(old["state_dict"])

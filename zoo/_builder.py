@@ -63,16 +63,19 @@ def build_model(
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
     """Load a local checkpoint into ``model``: our safetensors, a Lightning ``.ckpt`` or an upstream ``.pth``.
 
-    Upstream keys go through the family module's ``checkpoint_filter_fn(state_dict, model)`` when it has one.
+    A family module may read the file itself with ``read_checkpoint(path, model)`` (PPGFlowECG: a stage-2 task
+    checkpoint's EMA flow, which the generic ``net.`` selection below would drop). Upstream keys go through the
+    family module's ``checkpoint_filter_fn(state_dict, model)`` when it has one.
     """
     import importlib
 
-    sd = load_state_dict_file(path)
+    name = getattr(model, "model_name", None)
+    mod = importlib.import_module(model_module(name)) if name else None
+    reader = getattr(mod, "read_checkpoint", None)
+    sd = reader(path, model) if reader is not None else load_state_dict_file(path)
     if any(k.startswith("net.") for k in sd) and not any(k.startswith("net.") for k in model.state_dict()):
         sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}  # a sharezoo Lightning task checkpoint
-    name = getattr(model, "model_name", None)
-    if name:
-        mod = importlib.import_module(model_module(name))
+    if mod is not None:
         fn = getattr(mod, "checkpoint_filter_fn", None)
         if fn is not None:
             sd = fn(sd, model)

@@ -183,6 +183,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     A ``{'state_dict': ...}`` / ``{'model': ...}`` wrapper is unwrapped.
     """
+    return unwrap_state_dict(read_weight_file(path), path)
+
+
+def read_weight_file(path: str | os.PathLike) -> Any:
+    """The object stored in a weight file, as saved (safetensors: its tensors; torch: ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise PretrainedWeightsError(f"weight file not found: {path}")
@@ -195,15 +200,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         # released upstream checkpoints (DUSt3R/MASt3R lineage) keep their training args as a Namespace
         with torch.serialization.safe_globals([argparse.Namespace]):
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise PretrainedWeightsError(f"cannot read weights from {path}: {e}") from e
+
+
+def unwrap_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint object (``state_dict`` / ``model`` / ``module`` / ``net`` wrappers)."""
     for key in ("state_dict", "model", "module", "net"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise PretrainedWeightsError(f"{path} does not hold a state dict (got {type(sd).__name__})")
-    return sd
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise PretrainedWeightsError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    return obj
 
 
 def load_into(

@@ -10,6 +10,19 @@ integrates dx/dt = v from noise (t=0) to the ECG latent (t=1) with Euler steps, 
 
 Also here: ``ECGResNet1d``, the 1-D ResNet ECG classifier of the downstream CVD / arrhythmia detection experiment.
 All tensors are (batch, channels, time).
+
+Weights: a stage-2 task checkpoint loads the EMA flow by default (:func:`load_weights`, :func:`read_checkpoint`; the
+reference samples with the EMA model).
+
+Evaluation gap — FID is NOT implemented. The paper's headline fidelity metric is the FID on embeddings of the 1-lead
+ECGFounder (HF ``PKUDigitalHealth/ECGFounder``, file ``1_lead_ECGFounder.pth``; the reference builds its ``Net1D``
+backbone, drops the ``dense`` head and compares the pooled 1024-d features, ``evaluation/calculate_metric.py``):
+MCMED 12.84, VitalDB 27.09, MIMIC-AFib 37.69, BIDMC 54.22. Those weights are not available offline here, and a FID on
+any other feature extractor is not comparable, so none is reported. To add it: port ``Net1D`` /
+``ft_1lead_ECGFounder`` as a zoo model with a manifest entry (sha256) for the converted ECGFounder weights, embed real
+and generated windows (N, 1, 1280) and apply ``tasks.metrics.signal.frechet_distance`` with ``small_sample_below=0``
+(the reference FID uses eps 1e-6 and no PCA). Heart-rate MAE uses our own R-peak detector, not biosppy's (see
+``tasks.metrics.signal``).
 """
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +54,9 @@ __all__ = [
     "checkpoint_filter_fn",
     "conv1d_as_conv2d",
     "convert_official_checkpoint",
+    "load_weights",
+    "read_checkpoint",
+    "task_state_dict_to_model",
 ]
 
 LATENT_SCALE = 0.18215  # the SD-VAE latent scale the paper keeps (spec "must-not-miss")
@@ -70,13 +87,27 @@ MODEL_CARD = {
         "sample_ecg encodes the PPG with posterior sampling noise (as the reference does); pass "
         "sample_posterior=False for the deterministic posterior mean.",
         "One module holds encoder, both decoders and the flow; EMA weights are kept by the training task "
-        "(tasks.signal.ECGFlowTask) and exported into `flow` for sampling.",
+        "(tasks.signal.ECGFlowTask) and exported into `flow` for sampling; loading a stage-2 task .ckpt through "
+        "load_weights/read_checkpoint (and ECGClassificationTask's generator) puts the EMA flow into `flow`.",
         "Where the spec's prose and the reference code differ we follow the code (what trained the release): the "
         "alignment KL is 0.5·(KL(ecg‖ppg) + KL(ppg‖ecg)) summed over time; InfoNCE pools the (B, 4, L) means over "
         "the channel dim (giving (B, L) vectors), not over time.",
         "Training batches are a fixed number of windows; the reference batches 4 visits (LMDB files) of a variable "
         "number of windows.",
         "ECG classifier (ecg_resnet1d*): the paper's classifier code is not released; ours is a plain 1-D ResNet.",
+        "Missing metric: FID on 1-lead ECGFounder features (the paper's headline fidelity number: MCMED 12.84, VitalDB "
+        "27.09, MIMIC-AFib 37.69, BIDMC 54.22) is not implemented: the ECGFounder weights (HF PKUDigitalHealth/"
+        "ECGFounder, 1_lead_ECGFounder.pth) are not available offline and another feature extractor would not be "
+        "comparable. Plug-in point: an ECGFounder Net1D zoo model + tasks.metrics.signal.frechet_distance "
+        "(small_sample_below=0, eps 1e-6) on its pooled features.",
+        "Heart-rate MAE: the reference uses biosppy (hamilton_segmenter + correct_rpeaks, then get_heart_rate with "
+        "smoothing, mean over the window; the generated ECG is first cleaned with NeuroKit pantompkins1985). biosppy "
+        "is not a dependency here; tasks.metrics.signal.heart_rate_mae uses its own 5-15 Hz energy R-peak detector "
+        "and the mean R-R interval, on both signals alike, so values are close but not identical to the paper's.",
+        "Fréchet distance follows the reference script's two regimes (N < 3000 windows: PCA to 32 dims, eps 1e-4, "
+        "mean of 5 trials; otherwise raw windows, eps 1e-6).",
+        "EMA: ema-pytorch 0.7.7's warm-up schedule (decay 1-(1+e)^(-2/3) capped at 0.995, e = steps past 100) is "
+        "reproduced by tasks.signal.ModelEMA.",
     ],
 }
 
@@ -644,14 +675,77 @@ def convert_stage2_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """Remap a reference checkpoint (stage 1 dict of modules, or stage 2 ``model``/``ema``) onto our keys."""
+_EMA_PREFIX = "flow_ema.module."  # where tasks.signal.ECGFlowTask keeps the EMA flow in its state dict
+
+
+def task_state_dict_to_model(state_dict: dict[str, Any], use_ema: bool = True) -> dict[str, Any]:
+    """A stage-2 task state dict (``net.*`` + the EMA copy ``flow_ema.module.*``) → model keys.
+
+    With ``use_ema`` (default) and EMA keys present, ``flow.*`` is taken from the EMA copy (what the reference samples
+    with, spec §Losses "Sampling ... using the EMA model"); otherwise the online flow. Accepts the dict with or without
+    the ``net.`` prefix; other task keys (``flow_ema.num_steps``) are dropped.
+    """
+    ema = {k[len(_EMA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX)}
+    if any(k.startswith("net.") for k in state_dict):
+        sd = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
+    else:
+        sd = {k: v for k, v in state_dict.items() if not k.startswith("flow_ema.")}
+    if use_ema and ema:
+        sd = {k: v for k, v in sd.items() if not k.startswith("flow.")} | {f"flow.{k}": v for k, v in ema.items()}
+    return sd
+
+
+def read_checkpoint(
+    path: str | os.PathLike, model: nn.Module | None = None, use_ema: bool = True,
+) -> dict[str, Any]:
+    """Read a PPGFlowECG weight file keeping its EMA flow: the family's reader for ``zoo.load_checkpoint``.
+
+    Handles our safetensors (file or folder), a Lightning ``.ckpt`` of :class:`tasks.signal.ECGFlowTask` (EMA flow
+    ``flow_ema.module.*`` → ``flow.*``, see :func:`task_state_dict_to_model`), the reference stage-2 ``checkpoint-*.pt``
+    (``{'model', 'ema', ...}``: the ``ema`` entry is returned, not ``model``) and the reference stage-1 ``.pth``.
+    ``use_ema=False`` takes the online flow instead. The result still goes through :func:`checkpoint_filter_fn`
+    (reference keys → ours). ``model`` is unused (the signature of a family reader).
+    """
+    from ._pretrained import read_weight_file, unwrap_state_dict
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    raw = read_weight_file(p)  # raises the clear "not found" / "cannot read" errors
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and isinstance(raw.get("ema"), dict):
+        # the reference stage-2 checkpoint {model, ema, ...}
+        return dict(raw["ema"] if use_ema else raw["model"])
+    raw = unwrap_state_dict(raw, p)
+    return task_state_dict_to_model(raw, use_ema) if any(k.startswith("flow_ema.") for k in raw) else raw
+
+
+def load_weights(model: PPGFlowECG, path: str | os.PathLike, use_ema: bool = True, strict: bool = True) -> PPGFlowECG:
+    """Load any PPGFlowECG weight file into ``model`` (see :func:`read_checkpoint`), the EMA flow by default."""
+    from ._pretrained import load_into
+
+    sd = checkpoint_filter_fn(read_checkpoint(path, model, use_ema), model, use_ema)
+    load_into(model, sd, str(path), strict=strict)
+    return model
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module, use_ema: bool = True) -> dict[str, Any]:
+    """Remap a reference checkpoint (stage 1 dict of modules, or stage 2 ``model``/``ema``) onto our keys.
+
+    A stage-2 task state dict that still holds the EMA copy (``flow_ema.module.*``) loads the EMA flow as ``flow.*``
+    (``use_ema``, default), as does a reference stage-2 checkpoint holding ``ema``. NOTE: ``zoo.load_checkpoint``
+    strips a task checkpoint to its ``net.*`` keys before calling this, which drops the EMA copy; it keeps it only
+    when it reads the file with this family's :func:`read_checkpoint` (see :func:`load_weights`).
+    """
     if not isinstance(model, PPGFlowECG):
         return state_dict
+    if any(k.startswith(("flow_ema.", "net.")) for k in state_dict):
+        state_dict = task_state_dict_to_model(state_dict, use_ema)
     if "encoder_ecg" in state_dict:
         return convert_stage1_state_dict(state_dict, model)
-    if "ema" in state_dict and isinstance(state_dict["ema"], dict):
+    if isinstance(state_dict.get("ema"), dict) and (use_ema or not isinstance(state_dict.get("model"), dict)):
         state_dict = state_dict["ema"]
+    elif isinstance(state_dict.get("ema"), dict):
+        state_dict = state_dict["model"]
     if any(k.startswith(("model.temporal_encoder.", "ema_model.model.")) for k in state_dict):
         return convert_stage2_state_dict(state_dict)
     return state_dict

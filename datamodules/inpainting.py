@@ -7,6 +7,9 @@ Masks (``train_mask`` / ``eval_mask``), generated at the final image size ``S``:
   segment length 20..50 px, width 15..30 px at 256x256), lengths scaled by ``S / 256``;
 - ``'square_center'`` / ``'square_random'``: a 128x128 square at 256x256 (side ``S / 2``), centred or at a random
   offset;
+- ``'square_list'`` (evaluation only): the same square at fixed offsets read from ``mask_list``, a text file of one
+  ``x y`` per image (the official ``List/test_mask256.txt``, ``<mask path> x y`` lines, works as is), paired by index
+  with the evaluated split's images (:func:`read_square_list`);
 - ``'folder'``: mask images from ``mask_dir`` (e.g. the official ``test_mask256`` / ``test_maskff`` sets or the
   irregular-mask test sets), which must be ``S x S`` and binary (``mask_threshold`` binarises soft/JPEG masks).
 Evaluation masks are seeded by the sample index, so every validation pass sees the same holes.
@@ -32,12 +35,12 @@ from ._base import SplitDataModule
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-MaskKind = Literal["free_form", "square_center", "square_random", "folder"]
+MaskKind = Literal["free_form", "square_center", "square_random", "square_list", "folder"]
 
 __all__ = [
     "CelebAHQInpaintingDataModule", "InpaintingDataError", "InpaintingDataModule", "InpaintingImageDataset",
     "MaskGenerator", "Places2InpaintingDataModule", "free_form_mask", "load_image", "load_mask_image",
-    "square_mask", "write_skimage_photos",
+    "read_square_list", "square_mask", "write_skimage_photos",
 ]
 
 
@@ -156,23 +159,82 @@ def load_mask_image(path: str | os.PathLike, size: int, holes_are: Literal["blac
     return (white if holes_are == "white" else ~white).astype(np.float32)
 
 
+def read_square_list(path: str | os.PathLike, size: int, hole: int | None = None) -> list[tuple[int, int]]:
+    """Read the fixed square-hole offsets of ``eval_mask: square_list``: one ``x y`` per line.
+
+    Format (the official PEPSI ``List/test_mask256.txt`` is read as is): each non-blank line is ``x y`` or
+    ``<anything> x y`` (the official lines are ``D:/dataset/inpainting/test_mask256/mask_%05d.png x y``; the first
+    token is ignored); ``#`` starts a comment line. ``x`` and ``y`` are the integer top-left offsets, in pixels of the
+    ``size x size`` image, of a ``hole x hole`` square (default ``size // 2``: 128 at 256). ``x`` is the ROW
+    (vertical) offset and ``y`` the COLUMN offset: the official ``main.py`` crops the local-PSNR hole as
+    ``img[:, x:x + 128, y:y + 128, :]`` of NHWC arrays (its offsets range over 0..127, from
+    ``randint(0, 256 - 128 - 1)``); the official mask PNGs, not in its repository, are assumed to hold their hole at
+    that crop (their ordering of x and y is an assumption, unverifiable without them). Line ``i`` belongs to the ``i``-th image of the evaluated split, as upstream
+    pairs ``test_mask256.txt`` line ``i`` with ``test_fh256.txt`` line ``i``. The official list is for 256x256 images.
+
+    Returns:
+        ``[(x, y), ...]`` in file order.
+
+    Raises:
+        DatasetLayoutError: the file does not exist or holds no offsets.
+        InpaintingDataError: a bad line (not 2 or 3 tokens, non-integer or out-of-range offsets); the message names
+            the file and the line number.
+    """
+    path = Path(path)
+    hole = size // 2 if hole is None else hole
+    if not path.is_file():
+        raise DatasetLayoutError(f"mask_list {path} does not exist: eval_mask 'square_list' needs a text file of one "
+                                 f"'x y' offset per evaluation image (e.g. the official List/test_mask256.txt)")
+    offsets: list[tuple[int, int]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if len(tokens) not in (2, 3):
+            raise InpaintingDataError(f"{path}, line {lineno}: expected 'x y' (or the official '<mask path> x y'), "
+                                      f"got {line.strip()!r}")
+        try:
+            x, y = int(tokens[-2]), int(tokens[-1])
+        except ValueError:
+            raise InpaintingDataError(f"{path}, line {lineno}: the offsets must be integers, got "
+                                      f"{' '.join(tokens[-2:])!r} in {line.strip()!r}") from None
+        if not (0 <= x <= size - hole and 0 <= y <= size - hole):
+            raise InpaintingDataError(f"{path}, line {lineno}: offset x={x} y={y} puts the {hole}x{hole} hole outside "
+                                      f"the {size}x{size} image (0 <= x, y <= {size - hole}; the official list is "
+                                      f"for 256x256 images)")
+        offsets.append((x, y))
+    if not offsets:
+        raise DatasetLayoutError(f"mask_list {path} holds no 'x y' lines")
+    return offsets
+
+
 class MaskGenerator:
     """Picks the hole mask of one sample.
 
     Args:
-        kind: 'free_form', 'square_center', 'square_random' or 'folder'.
+        kind: 'free_form', 'square_center', 'square_random', 'square_list' or 'folder'.
         size: image side.
         mask_dir: folder of mask images (kind 'folder').
         holes_are: colour of the holes in the mask images.
         threshold: binarisation threshold for non-binary mask images (None = require binary).
+        mask_list: text file of square-hole offsets (kind 'square_list', :func:`read_square_list`).
     """
 
     def __init__(self, kind: MaskKind, size: int, mask_dir: str | os.PathLike | None = None,
-                 holes_are: Literal["black", "white"] = "black", threshold: float | None = None) -> None:
-        if kind not in ("free_form", "square_center", "square_random", "folder"):
-            raise ValueError(f"unknown mask kind {kind!r}: use free_form, square_center, square_random or folder")
+                 holes_are: Literal["black", "white"] = "black", threshold: float | None = None,
+                 mask_list: str | os.PathLike | None = None) -> None:
+        if kind not in ("free_form", "square_center", "square_random", "square_list", "folder"):
+            raise ValueError(f"unknown mask kind {kind!r}: use free_form, square_center, square_random, square_list "
+                             f"or folder")
         self.kind, self.size, self.holes_are, self.threshold = kind, size, holes_are, threshold
         self.files: list[Path] = []
+        self.mask_list = Path(mask_list) if mask_list is not None else None
+        self.offsets: list[tuple[int, int]] = []
+        if kind == "square_list":
+            if self.mask_list is None:
+                raise DatasetLayoutError("mask kind 'square_list' needs mask_list, a text file of one 'x y' square "
+                                         "offset per evaluation image (e.g. the official List/test_mask256.txt)")
+            self.offsets = read_square_list(self.mask_list, size)
         if kind == "folder":
             if mask_dir is None or not Path(mask_dir).is_dir():
                 raise DatasetLayoutError(f"mask kind 'folder' needs mask_dir, a folder of {size}x{size} binary mask "
@@ -181,7 +243,29 @@ class MaskGenerator:
             if not self.files:
                 raise DatasetLayoutError(f"mask_dir {mask_dir} has no mask images ({', '.join(IMAGE_EXTS)})")
 
+    def check_count(self, num_images: int, split: str) -> None:
+        """Kind 'square_list': the list must have an offset for each of the split's ``num_images`` images (a longer
+        list is used up to ``num_images``: the official one has 15,000 lines for 3,000 test images)."""
+        if self.kind != "square_list":
+            return
+        if len(self.offsets) < num_images:
+            raise InpaintingDataError(
+                f"mask_list {self.mask_list} has {len(self.offsets)} 'x y' lines but the {split} split has "
+                f"{num_images} images: one line per image is needed (line i = image i of the split, in list order)")
+        if len(self.offsets) > num_images:
+            _logger.info("mask_list %s: using the first %d of its %d offsets for the %d %s images", self.mask_list,
+                         num_images, len(self.offsets), num_images, split)
+
     def __call__(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "square_list":
+            if index >= len(self.offsets):
+                raise InpaintingDataError(f"mask_list {self.mask_list} has no line for image {index} "
+                                          f"({len(self.offsets)} offsets)")
+            x, y = self.offsets[index]
+            hole = self.size // 2
+            m = np.zeros((self.size, self.size), np.float32)
+            m[x:x + hole, y:y + hole] = 1.0  # x = row, y = column (the official crop [:, x:x+128, y:y+128])
+            return m
         if self.kind == "free_form":
             return free_form_mask(self.size, rng)
         if self.kind == "square_center":
@@ -306,8 +390,12 @@ class InpaintingDataModule(SplitDataModule):
         batch_size: images per batch (8 in the paper).
         num_workers: DataLoader workers.
         train_mask: mask of training samples: 'free_form' (paper), 'square_random', 'square_center' or 'folder'.
-        eval_mask: mask of validation/test samples (fixed per sample index).
+        eval_mask: mask of validation/test samples (fixed per sample index): one of the above or 'square_list'.
         mask_dir: folder of mask images for 'folder' masks (must be S x S and binary).
+        mask_list: offsets file for 'square_list' masks: one ``x y`` (row, column of the S/2 x S/2 hole's top-left
+            corner) per line, line i for image i of the evaluated split in its order (the split list's order, else
+            sorted file names); the official List/test_mask256.txt works as is (see :func:`read_square_list`). A
+            relative path is taken as given when it exists, else under ``root``.
         mask_holes_are: colour of the holes in mask images: 'black' (PEPSI's test masks) or 'white'.
         mask_threshold: binarise non-binary mask images at this fraction of white (None: they are an error).
         hflip: random horizontal flips in training (the paper uses no augmentation).
@@ -347,8 +435,12 @@ class InpaintingDataModule(SplitDataModule):
         test_dir: str = "test",
         limit_val_images: int | None = None,
         seed: int = 0,
+        mask_list: str | None = None,
     ) -> None:
         super().__init__()
+        if train_mask == "square_list":
+            raise ValueError("train_mask 'square_list' is not supported: the offsets list pairs fixed squares with "
+                             "evaluation images; train with 'free_form' (paper) or 'square_random'")
         self.save_hyperparameters()
         self.root = Path(root)
         self.image_size = image_size
@@ -358,7 +450,8 @@ class InpaintingDataModule(SplitDataModule):
         # own copy of the options (save_hyperparameters records the most derived class's arguments only)
         self.options = {"train_mask": train_mask, "eval_mask": eval_mask, "mask_dir": mask_dir,
                         "mask_holes_are": mask_holes_are, "mask_threshold": mask_threshold, "hflip": hflip,
-                        "on_bad_image": on_bad_image, "limit_val_images": limit_val_images, "seed": seed}
+                        "on_bad_image": on_bad_image, "limit_val_images": limit_val_images, "seed": seed,
+                        "mask_list": mask_list}
         self.datasets: dict[str, InpaintingImageDataset] = {}
 
     @property
@@ -387,6 +480,16 @@ class InpaintingDataModule(SplitDataModule):
             raise self._layout_error(f"{split} split: {folder} has no images ({', '.join(IMAGE_EXTS)}).")
         return paths
 
+    def mask_list_path(self) -> Path | None:
+        """The ``mask_list`` file: as given when it exists, else relative to ``root``."""
+        ml = self.options["mask_list"]
+        if ml is None:
+            return None
+        p = Path(ml)
+        if not p.is_absolute() and not p.is_file() and (self.root / p).is_file():
+            return self.root / p
+        return p
+
     def prepare_data(self) -> None:
         for split in self.splits:
             self.split_paths(split)
@@ -396,7 +499,8 @@ class InpaintingDataModule(SplitDataModule):
 
         hp = SimpleNamespace(**self.options)
         s = self.image_size
-        eval_masks = MaskGenerator(hp.eval_mask, s, hp.mask_dir, hp.mask_holes_are, hp.mask_threshold)
+        eval_masks = MaskGenerator(hp.eval_mask, s, hp.mask_dir, hp.mask_holes_are, hp.mask_threshold,
+                                   self.mask_list_path())
         want = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in want.get(stage or "fit", ("train", "val", "test")):
             if split in self.datasets:
@@ -409,6 +513,7 @@ class InpaintingDataModule(SplitDataModule):
             else:
                 if split == "val" and hp.limit_val_images:
                     paths = paths[: hp.limit_val_images]
+                eval_masks.check_count(len(paths), split)
                 self.datasets[split] = InpaintingImageDataset(paths, build_transform(s, False, False), eval_masks,
                                                               hp.seed, hp.on_bad_image)
 
@@ -431,8 +536,11 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
         num_workers: DataLoader workers.
         train_mask: training masks ('free_form' in the paper).
         eval_mask: evaluation masks (the paper: 128x128 squares and free-form, one test pass each; the official
-            fixed squares are ``'folder'`` with ``mask_dir`` = the official test_mask256, paired by sorted index).
+            fixed squares are ``'square_list'`` with ``mask_list`` = the official List/test_mask256.txt, or
+            ``'folder'`` with ``mask_dir`` = the official test_mask256 images, paired by sorted index).
         mask_dir: folder of mask images for 'folder' masks (e.g. the official test_mask256 / test_maskff).
+        mask_list: offsets file for 'square_list' masks (one ``x y`` per line; line i = image i of the test list,
+            in the list's order, as upstream pairs test_mask256.txt with test_fh256.txt).
         mask_holes_are: colour of the holes in mask images.
         mask_threshold: binarise non-binary mask images at this fraction (None: error).
         hflip: random horizontal flips in training.
@@ -453,7 +561,9 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
   train_fh256.txt  test_fh256.txt                   optional split lists, one image path per line; the official
                                                     List/*.txt work as is (their D:/dataset/inpainting/ prefix is
                                                     re-rooted here); without them the folders are listed
-  test_mask256/mask_00000.png ...                   optional mask images for eval_mask: folder (0 = hole)"""
+  test_mask256/mask_00000.png ...                   optional mask images for eval_mask: folder (0 = hole)
+  test_mask256.txt                                  optional square offsets for eval_mask: square_list (mask_list;
+                                                    the official List/test_mask256.txt, '<mask path> x y' lines)"""
     where_to_get = (
         "CelebA-HQ is not downloaded automatically (CelebA licence: non-commercial research only). Build it from "
         "CelebA with the progressive-GAN tooling (github.com/tkarras/progressive_growing_of_gans, dataset_tool.py "
@@ -470,6 +580,7 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
         train_mask: MaskKind = "free_form",
         eval_mask: MaskKind = "square_random",
         mask_dir: str | None = None,
+        mask_list: str | None = None,
         mask_holes_are: Literal["black", "white"] = "black",
         mask_threshold: float | None = None,
         hflip: bool = False,
@@ -485,7 +596,7 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
     ) -> None:
         super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
                          mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
-                         test_dir, limit_val_images, seed)
+                         test_dir, limit_val_images, seed, mask_list=mask_list)
 
 
 class Places2InpaintingDataModule(InpaintingDataModule):
@@ -497,8 +608,9 @@ class Places2InpaintingDataModule(InpaintingDataModule):
         batch_size: images per batch.
         num_workers: DataLoader workers.
         train_mask: training masks.
-        eval_mask: evaluation masks.
+        eval_mask: evaluation masks ('square_list' + ``mask_list``: fixed squares from an offsets file).
         mask_dir: folder of mask images for 'folder' masks.
+        mask_list: offsets file for 'square_list' masks (one ``x y`` per line; line i = image i of the val list).
         mask_holes_are: colour of the holes in mask images.
         mask_threshold: binarise non-binary mask images at this fraction (None: error).
         hflip: random horizontal flips in training.
@@ -532,6 +644,7 @@ class Places2InpaintingDataModule(InpaintingDataModule):
         train_mask: MaskKind = "free_form",
         eval_mask: MaskKind = "square_random",
         mask_dir: str | None = None,
+        mask_list: str | None = None,
         mask_holes_are: Literal["black", "white"] = "black",
         mask_threshold: float | None = None,
         hflip: bool = False,
@@ -547,7 +660,7 @@ class Places2InpaintingDataModule(InpaintingDataModule):
     ) -> None:
         super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
                          mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
-                         test_dir, limit_val_images, seed)
+                         test_dir, limit_val_images, seed, mask_list=mask_list)
 
 
 # --------------------------------------------------------------------------------------- real demo photographs

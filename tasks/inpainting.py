@@ -8,11 +8,14 @@ Per training batch (official PEPSI loop): one discriminator step, then one gener
 
 Validation/test (per image, then averaged; [0, 1] scale): ``psnr`` (global PSNR of the composite), ``psnr_hole``
 (PSNR over the hole pixels only: for PEPSI's 128x128 square holes this is the paper's "local PSNR" of the hole crop),
-``ssim`` (torchmetrics, over the valid window positions as in scikit-image), ``l1`` and ``l1_hole``; a grid of
-[masked input | coarse | output | ground truth] rows is logged when the logger takes images.
+``ssim`` (RGB in [0, 1], torchmetrics, over the valid window positions as in scikit-image), ``ssim_luma`` (the
+official code's SSIM, on the 8-bit BT.601 luma: :func:`ssim_luma_per_image`; compare it, not ``ssim``, with the
+paper's SSIM), ``l1`` and ``l1_hole``; a grid of [masked input | coarse | output | ground truth] rows is logged when
+the logger takes images.
 
 The paper's protocol has two passes over the test set: square holes (local + global PSNR, SSIM) and free-form holes
-(global PSNR); each pass is one ``test`` run with the datamodule's ``eval_mask`` set accordingly (see the configs).
+(global PSNR); each pass is one ``test`` run with the datamodule's ``eval_mask`` set accordingly (see the configs;
+``eval_mask: square_list`` + ``mask_list`` reads the official List/test_mask256.txt offsets).
 
 Note: with two optimisers stepping per batch Lightning's ``global_step`` grows by 2 per iteration, so
 ``trainer.max_steps`` = 2 x iterations; the annealing counts iterations (``self.iterations``).
@@ -32,8 +35,8 @@ import zoo
 
 from ._base import ZooTask
 
-__all__ = ["InpaintingTask", "coarse_weight_at", "hinge_d_loss", "hinge_g_loss", "psnr_hole_per_image",
-           "ssim_per_image"]
+__all__ = ["LUMA_BT601", "InpaintingTask", "coarse_weight_at", "hinge_d_loss", "hinge_g_loss", "luma_bt601",
+           "psnr_hole_per_image", "ssim_luma_per_image", "ssim_per_image"]
 
 
 def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
@@ -61,6 +64,51 @@ def ssim_per_image(pred: torch.Tensor, target: torch.Tensor, data_range: float =
     _, full = structural_similarity_index_measure(pred, target, data_range=data_range, return_full_image=True,
                                                   reduction="none")
     return full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+
+
+#: ITU-R BT.601 luma weights of R, G, B: the Y row of ``tf.image.rgb_to_yuv`` (and of ``skimage.color.rgb2yuv``)
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+
+def luma_bt601(rgb: torch.Tensor, quantize: bool = True, eps: float = 5e-4) -> torch.Tensor:
+    """BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` of (B,3,H,W) images in [0, 1] -> (B,1,H,W) in [0, 1].
+
+    ``quantize`` reproduces the official ``tf.to_int32(rgb_to_yuv(x)[..., 0:1] * 255.0)``: truncation to an 8-bit
+    level, returned as ``level / 255``. ``eps`` (in levels) is added before the floor so float noise never drops a
+    level: for 8-bit inputs ``255 Y`` is a multiple of 0.001 exactly, float32 noise is ~1e-5, so the result is the
+    exact floor (the official float32 truncation may instead lose one level, at random, where ``255 Y`` is an
+    integer, e.g. grey pixels).
+    """
+    w = torch.tensor(LUMA_BT601, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    y = (rgb * w).sum(dim=1, keepdim=True)
+    if quantize:
+        y = torch.floor((y * 255.0 + eps).clamp(0.0, 255.0)) / 255.0
+    return y
+
+
+def ssim_luma_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The official PEPSI SSIM of each image: SSIM of the 8-bit BT.601 luma channel.
+
+    The official ``main.py`` computes ``tf.image.ssim(to_int32(255 * Y(A)), to_int32(255 * Y(B)), 255)`` with
+    ``Y = tf.image.rgb_to_yuv(.)[..., 0]`` of the composite and the ground truth in [0, 1]. Chosen to match it:
+
+    - luma: BT.601 ``0.299 R + 0.587 G + 0.114 B`` (``tf.image.rgb_to_yuv``; not ``tf.image.rgb_to_grayscale``'s
+      0.2989/0.5870/0.1140, nor scikit-image's ``rgb2gray``, which is BT.709), truncated to 8-bit levels
+      (:func:`luma_bt601`);
+    - SSIM: ``tf.image.ssim``'s defaults, an 11x11 Gaussian window of sigma 1.5, k1 = 0.01, k2 = 0.03, population
+      (co)variances, averaged over the VALID window positions; TF rescales the int32 images and ``max_val`` alike,
+      so this is SSIM of ``level / 255`` at data range 1 = :func:`ssim_per_image` on the luma (=
+      ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+      data_range=1)``).
+
+    Args:
+        pred: (B,3,H,W) composite in [0, 1].
+        target: (B,3,H,W) ground truth in [0, 1].
+
+    Returns:
+        (B,) SSIM per image; the official number is their mean (it averages per-batch means of equal batches).
+    """
+    return ssim_per_image(luma_bt601(pred.float()), luma_bt601(target.float()), data_range=1.0)
 
 
 def psnr_hole_per_image(pred: torch.Tensor, target: torch.Tensor, hole: torch.Tensor, data_range: float = 1.0,
@@ -145,6 +193,7 @@ class InpaintingTask(ZooTask):
             "psnr": PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)),
             "psnr_hole": MeanMetric(),
             "ssim": MeanMetric(),
+            "ssim_luma": MeanMetric(),
             "l1": MeanMetric(),
             "l1_hole": MeanMetric(),
         })
@@ -243,6 +292,7 @@ class InpaintingTask(ZooTask):
         psnr_hole, has_hole = psnr_hole_per_image(pred, target, mask)
         m["psnr_hole"].update(psnr_hole[has_hole])  # an empty update adds nothing
         m["ssim"].update(ssim_per_image(pred, target))
+        m["ssim_luma"].update(ssim_luma_per_image(pred, target))
         err = (pred - target).abs()
         m["l1"].update(err.mean(dim=(1, 2, 3)))
         hole = mask.expand_as(err)

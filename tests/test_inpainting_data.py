@@ -14,6 +14,7 @@ from datamodules.inpainting import (
     Places2InpaintingDataModule,
     free_form_mask,
     load_mask_image,
+    read_square_list,
     square_mask,
     write_skimage_photos,
 )
@@ -165,3 +166,65 @@ def test_unreadable_image_names_the_file_or_is_skipped(tmp_path):
     dm.setup("test")
     item = dm.datasets["test"][i]
     assert item["path"] != str(bad) and dm.datasets["test"].skipped == [str(bad)]
+
+
+def test_square_list_reads_official_offsets_paired_by_split_order(celebahq_root, tmp_path):
+    """eval_mask 'square_list': fixed S/2 squares at the list's offsets (x = row, y = column, as the official
+    main.py crops [:, x:x+128, y:y+128]); line i goes with image i of the split in the split list's order; the
+    official '<mask png> x y' lines are read as is; a longer list is fine (the official one has 15,000 lines)."""
+    offsets = [(0, 32), (32, 0), (5, 17), (31, 2), (12, 12), (1, 30), (7, 7)]  # 7 lines for 6 test images
+    official = tmp_path / "test_mask256.txt"
+    official.write_text("".join(f"D:/dataset/inpainting/test_mask256/mask_{i:05d}.png {x} {y}\n"
+                                for i, (x, y) in enumerate(offsets)))
+    assert read_square_list(official, 64) == offsets
+    # the split in a non-sorted list order (the official test_fh256.txt is not sorted)
+    lines = (celebahq_root / "test_fh256.txt").read_text().split()
+    (celebahq_root / "test_reversed.txt").write_text("\n".join(lines[::-1]) + "\n")
+    dm = CelebAHQInpaintingDataModule(str(celebahq_root), image_size=64, batch_size=3, num_workers=0,
+                                      eval_mask="square_list", mask_list=str(official), test_list="test_reversed.txt",
+                                      limit_val_images=2)
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    assert [p.name for p in ds.paths] == [ln.rsplit("/", 1)[-1] for ln in lines[::-1]]
+    for i in range(len(ds)):
+        item = ds[i]
+        x, y = offsets[i]
+        expected = np.zeros((64, 64), np.float32)
+        expected[x:x + 32, y:y + 32] = 1
+        np.testing.assert_array_equal(item["mask"][0].numpy(), expected)
+    b = next(iter(dm.test_dataloader()))
+    assert b["mask"].shape == (3, 1, 64, 64) and b["mask"][:, 0].sum(dim=(1, 2)).tolist() == [32 * 32] * 3
+    dm.setup("validate")  # validation: its first limit_val_images images, the first lines
+    assert len(dm.datasets["val"]) == 2 and dm.datasets["val"][1]["mask"][0, 32, 0] == 1
+    # plain 'x y' lines (and comments), a path relative to the root
+    (celebahq_root / "squares.txt").write_text("# x y\n" + "".join(f"{x} {y}\n" for x, y in offsets[:6]))
+    dm = CelebAHQInpaintingDataModule(str(celebahq_root), image_size=64, num_workers=0, eval_mask="square_list",
+                                      mask_list="squares.txt")
+    dm.setup("test")
+    assert dm.datasets["test"][3]["mask"][0, 31, 2] == 1 and dm.datasets["test"][3]["mask"][0, 30, 2] == 0
+
+
+def test_square_list_errors_name_the_file_and_line(celebahq_root, tmp_path):
+    bad = tmp_path / "bad.txt"
+    for text, pattern in [("1 2\n3\n", r"bad\.txt, line 2: expected 'x y'"),
+                          ("1 2\n\n4 five\n", r"bad\.txt, line 3: the offsets must be integers"),
+                          ("1 2 3 4\n", r"bad\.txt, line 1: expected"),
+                          ("0 0\n0 33\n", r"bad\.txt, line 2: offset x=0 y=33 puts the 32x32 hole outside the 64x64")]:
+        bad.write_text(text)
+        with pytest.raises(InpaintingDataError, match=pattern):
+            read_square_list(bad, 64)
+    bad.write_text("# nothing\n")
+    with pytest.raises(DatasetLayoutError, match=r"bad\.txt holds no 'x y' lines"):
+        read_square_list(bad, 64)
+    with pytest.raises(DatasetLayoutError, match=r"nope\.txt does not exist"):
+        read_square_list(tmp_path / "nope.txt", 64)
+    with pytest.raises(DatasetLayoutError, match="needs mask_list"):
+        MaskGenerator("square_list", 64)
+    short = tmp_path / "short.txt"
+    short.write_text("0 0\n" * 5)  # 5 offsets for 6 test images
+    dm = CelebAHQInpaintingDataModule(str(celebahq_root), image_size=64, num_workers=0, eval_mask="square_list",
+                                      mask_list=str(short))
+    with pytest.raises(InpaintingDataError, match=r"short\.txt has 5 'x y' lines but the test split has 6 images"):
+        dm.setup("test")
+    with pytest.raises(ValueError, match="train_mask 'square_list' is not supported"):
+        CelebAHQInpaintingDataModule(str(celebahq_root), train_mask="square_list", mask_list=str(short))

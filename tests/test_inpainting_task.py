@@ -14,7 +14,9 @@ from tasks.inpainting import (
     coarse_weight_at,
     hinge_d_loss,
     hinge_g_loss,
+    luma_bt601,
     psnr_hole_per_image,
+    ssim_luma_per_image,
     ssim_per_image,
 )
 
@@ -62,6 +64,43 @@ def test_metrics_match_scikit_image():
                         for p, t in zip(pred, target)])
     assert m["psnr"].compute().item() == pytest.approx(ref_psnr, abs=1e-3)
     assert m["ssim"].compute().item() == pytest.approx(ref_ssim, abs=1e-4)
+
+
+def test_ssim_luma_matches_scikit_image_on_the_bt601_luma():
+    """ssim_luma (the official code's SSIM) == scikit-image's SSIM with tf.image.ssim's settings on the 8-bit BT.601
+    luma computed independently (skimage.color.rgb2yuv, then truncated to levels as tf.to_int32(255 Y))."""
+    import skimage.data
+    from skimage.color import rgb2yuv
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    img = skimage.data.astronaut()[::8, ::8].copy()  # 64x64 uint8
+    img[:8, :8] = 255  # white: 255 Y is exactly 255 (float noise must not drop it to 254)
+    img[8:16, :8] = 77  # grey: 255 Y exactly 77
+    target8 = np.stack([img, img[:, ::-1]])
+    pred8 = np.clip(target8.astype(int) + rng.integers(-40, 41, target8.shape), 0, 255).astype(np.uint8)
+    pred8[:, :8, :8] = 255
+    pred8[:, 8:16, :8] = 77
+
+    def ref_luma(x8):  # independent: scikit-image's YUV (BT.601), float64, exact floor of the 8-bit level
+        return np.floor(rgb2yuv(x8.astype(np.float64) / 255.0)[..., 0] * 255.0 + 1e-6) / 255.0
+
+    def to_t(a):
+        return torch.from_numpy(a.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+
+    pred, target = to_t(pred8), to_t(target8)
+    ours = luma_bt601(target)
+    assert ours.shape == (2, 1, 64, 64)
+    np.testing.assert_array_equal(np.round(ours[:, 0].numpy() * 255), np.stack([ref_luma(t) for t in target8]) * 255)
+    assert ours[0, 0, 0, 0].item() * 255 == pytest.approx(255) and ours[0, 0, 8, 0].item() * 255 == pytest.approx(77)
+    ref = [structural_similarity(ref_luma(t), ref_luma(p), data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, K1=0.01, K2=0.03) for p, t in zip(pred8, target8)]
+    got = ssim_luma_per_image(pred, target)
+    np.testing.assert_allclose(got.numpy(), ref, atol=2e-5, rtol=0)
+    assert abs(got.mean().item() - ssim_per_image(pred, target).mean().item()) > 1e-3  # a different number than RGB
+    task = _task()
+    task.val_metrics["ssim_luma"].update(got)
+    assert task.val_metrics["ssim_luma"].compute().item() == pytest.approx(float(np.mean(ref)), abs=2e-5)
 
 
 def test_hole_psnr_is_the_local_psnr_of_the_square_crop():
@@ -119,7 +158,7 @@ def test_validation_logs_sample_grid_only_where_supported(photos, tmp_path):
     trainer = pl.Trainer(logger=[tb, CSVLogger(tmp_path)], limit_val_batches=1, enable_progress_bar=False,
                          enable_model_summary=False)
     res = trainer.validate(task, datamodule=_dm(photos), verbose=False)[0]
-    assert {"val/psnr", "val/psnr_hole", "val/ssim", "val/l1", "val/l1_hole"} <= set(res)
+    assert {"val/psnr", "val/psnr_hole", "val/ssim", "val/ssim_luma", "val/l1", "val/l1_hole"} <= set(res)
     assert res["val/psnr_hole"] < res["val/psnr"]  # the known pixels of the composite are exact
     assert task.last_sample_grid.shape == (3, 2 * 34 + 2, 4 * 34 + 2)  # 2 samples x [masked|coarse|output|truth]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -156,6 +195,12 @@ def test_cli_fit_test_and_checkpoint_round_trip(photos, tmp_path):
     assert ckpts, "fit wrote no checkpoint"
     # the paper's second test pass (free-form holes), by the CLI override the paper configs document
     main(["test", *common, "--ckpt_path", str(ckpts[-1]), "--data.init_args.eval_mask", "free_form"])
+    # the first pass with the official fixed squares: an offsets list in the official '<mask png> x y' format
+    mask_list = tmp_path / "test_mask256.txt"
+    mask_list.write_text("".join(f"D:/dataset/inpainting/test_mask256/mask_{i:05d}.png {i} {16 - i}\n"
+                                 for i in range(8)))
+    main(["test", *common, "--ckpt_path", str(ckpts[-1]), "--data.init_args.eval_mask", "square_list",
+          "--data.init_args.mask_list", str(mask_list)])
     # the checkpoint restores without a config, and its generator loads through the zoo
     task = InpaintingTask.load_from_checkpoint(ckpts[-1], weights_only=True)
     assert task.hparams.model == "pepsi_tiny" and int(task.iterations) == 2
@@ -180,6 +225,9 @@ def test_paper_configs_never_select_checkpoints_on_the_test_split(config):
     assert ckpt and all("monitor" not in a and a.get("save_last") for a in ckpt)
     assert cfg["trainer"]["precision"] == "bf16-mixed" and "32-true" in text  # the deviation and its way back
     assert "--data.init_args.eval_mask free_form" in text and "test_mask256" in text
+    # the official fixed squares: documented as an option, the key present in the data section
+    assert "--data.init_args.eval_mask square_list" in text and "--data.init_args.mask_list" in text
+    assert "mask_list" in cfg["data"]["init_args"] and "ssim_luma" in text
 
 
 @pytest.mark.slow

@@ -108,8 +108,12 @@ MODEL_CARD: dict[str, Any] = {
             "and rotates it per sample)."
         ),
         (
-            "Validation SSIM is on RGB in [0, 1] (Gaussian window, as scikit-image); the official code reports SSIM "
-            "on the luma channel."
+            "SSIM: two are logged. ssim is on RGB in [0, 1] (11x11 Gaussian window, sigma 1.5, as scikit-image); "
+            "ssim_luma is the official code's SSIM, the one to compare with the paper: tf.image.ssim (11x11 Gaussian, "
+            "sigma 1.5, k1 0.01, k2 0.03, valid window positions) on the BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B "
+            "(tf.image.rgb_to_yuv) truncated to 8-bit levels (tf.to_int32(255 Y)), of the composite and the ground "
+            "truth. Where 255 Y is an exact integer (e.g. grey pixels) we take that level; the official float32 "
+            "truncation may lose one level there."
         ),
         (
             "Precision: the PEPSI / Diet-PEPSI paper configs train in bf16-mixed autocast; the official code is "
@@ -121,10 +125,14 @@ MODEL_CARD: dict[str, Any] = {
         (
             "Evaluation masks: the paper configs validate/test on seeded random-offset 128x128 squares "
             "(eval_mask: square_random; the same square per image index on every pass), whereas the official code "
-            "uses its fixed list of 128x128 squares (List/test_mask256.txt, first 800 images). The official masks "
-            "can be used as they are: eval_mask: folder, mask_dir: <root>/test_mask256 (256x256 images, 0 = hole, "
-            "paired with the test images by sorted index as upstream; the list's x y offsets are not needed since "
-            "psnr_hole is computed over the mask). Local PSNR = psnr_hole (PSNR over the hole pixels, equal to the "
+            "uses its fixed list of 128x128 squares (List/test_mask256.txt, first 800 test images). The official "
+            "protocol is an option: eval_mask: square_list with mask_list: List/test_mask256.txt (read as is; its "
+            "lines are '<mask png> x y', x the row and y the column of the hole's top-left corner, as main.py crops "
+            "[:, x:x+128, y:y+128]; line i pairs with image i of the test list in its order, as upstream pairs it "
+            "with test_fh256.txt; the list's 15,000 lines cover more than the 3,000 test images, the rest are "
+            "unused), plus trainer.limit_test_batches 100 at batch 8 for the first 800. The mask PNGs themselves "
+            "(test_mask256/, not in the repository) also work: eval_mask: folder, mask_dir: <root>/test_mask256 "
+            "(0 = hole, paired by sorted index). Local PSNR = psnr_hole (PSNR over the hole pixels, equal to the "
             "PSNR of the 128x128 hole crop); metrics are on float images in [0, 1], the official code on float "
             "[0, 255] (the same PSNR)."
         ),

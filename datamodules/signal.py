@@ -1,10 +1,12 @@
 """Paired PPG/ECG (and ECG-only) windows from folders of WFDB records, for PPGFlowECG and ECG classifiers.
 
-Pipeline per record (spec §Data; the reference ``data_process_to_npz/step1.py``):
+Pipeline per record (spec §Data; the reference ``data_process_to_npz/step1.py`` and ``step2.py``):
 read WFDB (single- or multi-segment) → pick channels by name with aliases → mark NaN samples → resample to ``fs``
 with torchaudio → PPG band-pass 0.5-8 Hz (Butterworth order 3), ECG high-pass 0.5 Hz (order 5), optional notch
-→ non-overlapping windows → screening (NaN / dropout, flat line) with counts → per-window z-score.
-Windows are written once to a memory-mapped cache (``.npy``), so later epochs and runs read no WFDB.
+→ non-overlapping windows → screening (NaN / dropout, flat line) → ECG polarity check → ECG SQI gate → per-window
+z-score → [step 2: Savitzky-Golay smoothing, stricter PPG + ECG screening], with counts of every rejection reason.
+Windows are written once to a memory-mapped cache (``.npy``), so later epochs and runs read no WFDB; the cache key
+hashes every preprocessing option (and the record files), so changing an option rebuilds it.
 Splits are by subject (or record); windows of one subject never land in two splits.
 
 Flat-line test (``flat_method``): by default the reference's ``detect_flat_in_windows``: on the unfiltered signal at
@@ -13,23 +15,39 @@ differences; all positions, step 1) is compared with ``flat_threshold`` (1e-3, i
 window whose fraction of flat positions exceeds ``max_flat_fraction`` (0.25) is rejected. ``flat_method='ptp'`` keeps
 our earlier test (peak-to-peak < threshold over non-overlapping 0.1-s chunks of the resampled, unfiltered signal).
 
-Deviations from the reference preprocessing (``data_process_to_npz/step1.py`` and ``step2.py``), not implemented here:
+ECG polarity (``ecg_polarity``, default 'record'): each window that passed the NaN/flat screening is tested with the
+reference's rule (:func:`ecg_inverted`: median over rolling 2-s windows of the sample with the largest square < 0) on
+the record's resampled ECG cleaned as the reference cleans it (0.5-Hz high-pass order 5 + 50-Hz notch,
+:func:`ecg_clean_for_polarity`); the whole record's ECG is flipped when more than ``ecg_polarity_threshold`` (0.5) of
+those windows are inverted (the spec's "flip if >50% windows inverted"). Our choices: the vote counts only screened
+windows, and the test runs at the target rate on the whole cleaned record (the reference cleans and tests each stored
+row at 125 Hz). Each stored row of the reference is one 10-s window, so its ratio is over a single window, i.e. it
+decides per window in effect: ``ecg_polarity='window'`` does that. Counted as ``flipped_ecg`` (windows in
+``screening.windows``, records in ``screening.records``).
 
-- ECG polarity check: the reference flips a stored ECG row when, after cleaning, the median over rolling 2-s windows
-  of the sample with the largest square is negative (``ecg_invert_thre`` 0.5 over the row; spec: "flip if >50% windows
-  inverted"). We never flip, so inverted leads stay inverted.
-- ECG signal-quality index: the reference drops a window that NeuroKit ``ecg_quality(method='zhao2018',
-  approach='simple')`` rates 'Unacceptable' (PPG SQI is off there). No SQI screening here.
+ECG SQI (``ecg_sqi``, default 'zhao2018'): NeuroKit ``ecg_quality(window, sampling_rate, method='zhao2018',
+approach='simple')`` on the filtered (and polarity-corrected) ECG window; 'Unacceptable' windows are dropped
+('Excellent' and 'Barely acceptable' kept; a NeuroKit failure drops), counted as ``rejected_sqi_ecg``. This is the
+reference's rule: its ``ecg_sqi_thre`` 0.5 / ``ecg_frac_thre`` 0.75 (the spec's "fraction >= 0.75 at 0.5") apply only
+to its other method, 'averageQRS' (``ecg_sqi='averageQRS'``, ``ecg_sqi_threshold``, ``ecg_sqi_fraction``). PPG SQI is
+off in the reference's step 1 and here. The reference rates the window at its 125-Hz source rate; we rate it at the
+target rate (``fs``).
+
+Step 2 smoothing (``step2_smooth``; off by default, on in the MC-MED configs): the reference smooths the z-scored
+128-Hz windows with ``scipy.signal.savgol_filter`` (PPG window 7, ECG window 11, order 2; :func:`savgol_smooth`); the
+smoothed windows are what it saves (``*_filtered.npz``), so they are cached as they are, not z-scored again. Off by
+default because the spec does not say that the training LMDBs were built from the step-2 output.
+
+Deviations from the reference preprocessing (``data_process_to_npz/step1.py`` and ``step2.py``):
+
 - Filters and order: the reference filters at the source rate with MNE IIR Butterworth filters (PPG 0.5-8 Hz order 3;
   ECG 0.5-Hz high-pass order 5 plus an always-on 50-Hz notch) and resamples last with ``scipy.signal.resample_poly``;
   we resample first (torchaudio band-limited sinc), then filter with zero-phase Butterworth sections, and the notch is
-  optional (``ecg_notch``; on in the MC-MED configs).
-- ``step2.py`` is absent: it Savitzky-Golay-smooths the z-scored windows (PPG window 7, ECG window 11, order 2; the
-  smoothed windows are what it saves as ``*_filtered.npz``) and keeps a window only if both pass its stricter checks
-  (PPG: at least 4 of 5 checks — baseline drift, SNR > 10 dB, peak-interval CV < 0.5 with a 30-120 bpm mean rate,
-  template correlation, amplitude; ECG: its 'custom' score from baseline, SNR, RR regularity, template correlation,
-  amplitude and the 0.5-40 Hz spectral-energy ratio). Our windows are neither smoothed nor screened that way, so they
-  are a noisier superset of the reference's training windows.
+  optional (``ecg_notch``; on in the MC-MED configs). The polarity check and the SQI gate therefore run at the target
+  rate (see above).
+- Step 2 is off by default (see above), and its stricter screening (the reference's ``step2.py`` PPG check on peak
+  intervals and beat-template correlation through the biobss library, and its 'custom' ECG score) is not
+  implemented: only the smoothing is. MC-MED runs get the step-1 screening (flat line, polarity, ECG SQI).
 """
 from __future__ import annotations
 
@@ -40,6 +58,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,6 +423,64 @@ def flat_fraction_diff(w: np.ndarray, fs: float, window_s: float = 0.1, threshol
     return float((rate < threshold).mean())
 
 
+# ------------------------------------------------------------------------------------------------ ECG polarity and SQI
+def ecg_clean_for_polarity(x: np.ndarray, fs: float) -> np.ndarray:
+    """The reference's ECG cleaning inside its polarity check (``ecg_clean_nk_mne``): 0.5-Hz Butterworth high-pass
+    (order 5) and a 50-Hz notch (skipped when 50 Hz is not below Nyquist); zero-phase here as in MNE's IIR filter."""
+    return notch_filter(butter_filter(np.asarray(x, dtype=np.float64), fs, 0.5, None, 5), fs, 50.0)
+
+
+def ecg_inverted(w: np.ndarray, fs: float, window_s: float = 2.0) -> bool:
+    """The reference / NeuroKit inversion rule on a cleaned ECG window: over every position of a rolling
+    ``window_s`` window (step 1), take the original value of the sample with the largest square; the ECG is inverted
+    when the median of these values is negative. A window shorter than ``window_s`` is one rolling window."""
+    w = np.asarray(w, dtype=np.float64)
+    if len(w) == 0:
+        return False
+    k = min(len(w), max(1, int(window_s * fs)))
+    r = np.lib.stride_tricks.sliding_window_view(w, k)
+    v = np.take_along_axis(r, np.square(r).argmax(-1)[:, None], axis=-1)
+    return bool(np.nanmedian(v) < 0)
+
+
+def ecg_sqi_ok(w: np.ndarray, fs: float, method: str = "zhao2018", approach: str = "simple",
+               threshold: float = 0.5, fraction: float = 0.75) -> bool:
+    """The reference's step-1 ECG quality gate (``ecg_quality_checker``) on one cleaned ECG window, through NeuroKit's
+    ``ecg_quality``: 'zhao2018' keeps the window unless it is rated 'Unacceptable' ('Excellent' and 'Barely
+    acceptable' pass); 'averageQRS' keeps it when the fraction of samples with quality >= ``threshold`` is >=
+    ``fraction``. A NeuroKit failure rejects the window, as in the reference."""
+    import neurokit2 as nk
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = nk.ecg_quality(np.asarray(w, dtype=np.float64), sampling_rate=int(fs), method=method,
+                               approach=approach)
+    except Exception:  # noqa: BLE001  (the reference: 'Unacceptable' / zero quality)
+        return False
+    if method == "zhao2018":
+        return q != "Unacceptable"
+    q = np.asarray(q, dtype=np.float64)
+    return bool(q.size and (q >= threshold).sum() / q.size >= fraction)
+
+
+# ------------------------------------------------------------------------------------------------ step 2
+def savgol_smooth(x: np.ndarray, window: int, order: int = 2) -> np.ndarray:
+    """Savitzky-Golay smoothing as the reference's ``_safe_savgol``: ``scipy.signal.savgol_filter(x, window, order)``
+    (mode 'interp'), the window shortened to the longest odd length for short inputs, the input returned as it is
+    when it is too short to smooth."""
+    x = np.asarray(x)
+    n = len(x)
+    if n < order + 2:
+        return x
+    w = min(window, n if n % 2 == 1 else n - 1)
+    if w < order + 2:
+        w = order + 3 if (order + 3) % 2 else order + 4  # the reference: order + 3, made odd
+        if w > n:
+            return x
+    return sps.savgol_filter(x, window_length=w, polyorder=order)
+
+
 @dataclass
 class Screening:
     """Counts of windows and records kept and rejected, by reason."""
@@ -468,6 +545,23 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         max_flat_fraction: windows with a larger flat fraction than this (per modality) are rejected.
         flat_method: 'mean_abs_diff' (the reference's sliding mean |diff| at the source rate; default) or 'ptp'
             (peak-to-peak over non-overlapping 0.1-s chunks of the resampled signal; the earlier default).
+        ecg_polarity: 'record' (default; the spec's rule: flip the whole ECG of a record when more than
+            ``ecg_polarity_threshold`` of its windows that pass the NaN/flat screening are inverted), 'window' (flip
+            each inverted window on its own: what the reference code does in effect, as each of its stored rows is
+            one 10-s window), or None (never flip). See :func:`ecg_inverted`.
+        ecg_polarity_threshold: fraction of inverted windows above which a record is flipped (0.5).
+        ecg_sqi: step-1 ECG quality gate through NeuroKit ``ecg_quality``: 'zhao2018' (default; drop 'Unacceptable'
+            windows), 'averageQRS' (keep when >= ``ecg_sqi_fraction`` of samples have quality >=
+            ``ecg_sqi_threshold``), or None. For ECG-only classification data consider None: the gate also drops
+            noisy and ectopy-rich windows.
+        ecg_sqi_approach: zhao2018 fusion, 'simple' (reference) or 'fuzzy'.
+        ecg_sqi_threshold: averageQRS per-sample quality threshold (0.5, the reference's ``ecg_sqi_thre``).
+        ecg_sqi_fraction: averageQRS fraction of good samples (0.75, the reference's ``ecg_frac_thre``).
+        step2_smooth: Savitzky-Golay-smooth the z-scored windows as ``step2.py`` (PPG window
+            ``savgol_ppg_window``, ECG ``savgol_ecg_window``, order ``savgol_order``); the smoothed windows are
+            cached as they are (not z-scored again, as the reference saves them). Off by default (see the module
+            docstring); on in the MC-MED configs. (The reference's step-2 screening is not implemented.)
+        savgol_ppg_window, savgol_ecg_window, savgol_order: step-2 smoothing (7, 11, 2 as the reference).
         on_bad_record: 'raise' (clear error naming the record) or 'skip' (counted in ``screening``).
         split_by: 'subject' (layout rule), 'record', or 'time' (contiguous blocks within each record; only for
             single-record demos).
@@ -510,6 +604,16 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         flat_threshold: float = 1e-3,
         max_flat_fraction: float = 0.25,
         flat_method: str = "mean_abs_diff",
+        ecg_polarity: str | None = "record",
+        ecg_polarity_threshold: float = 0.5,
+        ecg_sqi: str | None = "zhao2018",
+        ecg_sqi_approach: str = "simple",
+        ecg_sqi_threshold: float = 0.5,
+        ecg_sqi_fraction: float = 0.75,
+        step2_smooth: bool = False,
+        savgol_ppg_window: int = 7,
+        savgol_ecg_window: int = 11,
+        savgol_order: int = 2,
         on_bad_record: str = "raise",
         split_by: str = "subject",
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -537,6 +641,10 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             raise ValueError("split_by must be 'subject', 'record' or 'time'")
         if flat_method not in ("mean_abs_diff", "ptp"):
             raise ValueError("flat_method must be 'mean_abs_diff' or 'ptp'")
+        if ecg_polarity not in (None, "record", "window"):
+            raise ValueError("ecg_polarity must be None, 'record' or 'window'")
+        if ecg_sqi not in (None, "zhao2018", "averageQRS"):
+            raise ValueError("ecg_sqi must be None, 'zhao2018' or 'averageQRS'")
         if label_source not in (None, "header", "csv", "annotations"):
             raise ValueError("label_source must be None, 'header', 'csv' or 'annotations'")
         if label_source and not label_names:
@@ -551,6 +659,12 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None else ()))
         self.ppg_band, self.ecg_highpass, self.ecg_notch = ppg_band, ecg_highpass, ecg_notch
         self.flat_threshold, self.max_flat_fraction, self.flat_method = flat_threshold, max_flat_fraction, flat_method
+        self.ecg_polarity, self.ecg_polarity_threshold = ecg_polarity, float(ecg_polarity_threshold)
+        self.ecg_sqi, self.ecg_sqi_approach = ecg_sqi, ecg_sqi_approach
+        self.ecg_sqi_threshold, self.ecg_sqi_fraction = float(ecg_sqi_threshold), float(ecg_sqi_fraction)
+        self.step2_smooth = step2_smooth
+        self.savgol_ppg_window, self.savgol_ecg_window = int(savgol_ppg_window), int(savgol_ecg_window)
+        self.savgol_order = int(savgol_order)
         self.on_bad_record, self.split_by = on_bad_record, split_by
         self.split_fractions, self.split_seed, self.splits = tuple(split_fractions), split_seed, splits
         self.subject_regex = subject_regex
@@ -616,6 +730,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         key = self._cache_key(recs)
         cache = self.cache_root / key
         if not (cache / "meta.json").is_file():
+            self._check_neurokit()
             self._build_cache(recs, cache)
         meta = json.loads((cache / "meta.json").read_text())
         self.cache_path = cache
@@ -629,9 +744,11 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         return {k: getattr(self, k) for k in (
             "layout", "paired", "ecg_channels", "ppg_channels", "target_fs", "window_s", "expected_fs", "ppg_band",
             "ecg_highpass", "ecg_notch", "flat_threshold", "max_flat_fraction", "flat_method", "on_bad_record",
-            "label_source",
+            "ecg_polarity", "ecg_polarity_threshold", "ecg_sqi", "ecg_sqi_approach", "ecg_sqi_threshold",
+            "ecg_sqi_fraction", "step2_smooth", "savgol_ppg_window",
+            "savgol_ecg_window", "savgol_order", "label_source",
             "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
-        } | {"version": 1}
+        } | {"version": 2}
 
     def _cache_key(self, recs: list[str]) -> str:
         h = hashlib.sha1(json.dumps(self._config(), sort_keys=True, default=str).encode())
@@ -676,7 +793,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         n = min(len(out[m]) for m in sigs) // win
         if self.max_windows_per_record:
             n = min(n, self.max_windows_per_record)
-        keep, reasons = [], Counter()
+        cand, reasons = [], Counter()
         for i in range(n):
             s = slice(i * win, (i + 1) * win)
             if any(out[f"{m}_nan"][s].any() for m in sigs):
@@ -687,17 +804,63 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                 for m in flat:
                     reasons[f"rejected_flat_{m}"] += 1
                 continue
+            cand.append(i)
+        flipped = self._fix_polarity(out, cand, win) if self.ecg_polarity else 0
+        if flipped:
+            reasons["flipped_ecg"] += flipped
+        keep = []
+        for i in cand:
+            if self.ecg_sqi and not ecg_sqi_ok(out["ecg"][i * win:(i + 1) * win], self.target_fs, self.ecg_sqi,
+                                               self.ecg_sqi_approach, self.ecg_sqi_threshold, self.ecg_sqi_fraction):
+                reasons["rejected_sqi_ecg"] += 1
+                continue
             keep.append(i)
-        reasons["kept"] += len(keep)
-        reasons["total"] += n
-        res: dict[str, Any] = {"n": len(keep), "reasons": reasons}
+        wins = {}
         for m in sigs:
             w = np.stack([out[m][i * win:(i + 1) * win] for i in keep]) if keep else np.zeros((0, win))
-            w = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True).clip(1e-8)
-            res[m] = w[:, None].astype(np.float32)
+            wins[m] = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True).clip(1e-8)
+            if self.step2_smooth:
+                sg = self.savgol_ppg_window if m == "ppg" else self.savgol_ecg_window
+                wins[m] = np.stack([savgol_smooth(x, sg, self.savgol_order) for x in wins[m]]) if keep else wins[m]
+        reasons["kept"] += len(keep)
+        reasons["total"] += n
+        res: dict[str, Any] = {"n": len(keep), "reasons": reasons, "flipped_ecg": flipped}
+        for m in sigs:
+            res[m] = wins[m][:, None].astype(np.float32)
         if self.label_source:
             res["labels"] = self._labels(rec.split("+")[0], comments, keep, win)
         return res
+
+    def _check_neurokit(self) -> None:
+        """A clear error, before any record is read, when a stage that needs NeuroKit is on and it is missing."""
+        if not self.ecg_sqi:
+            return
+        try:
+            import neurokit2  # noqa: F401
+        except ImportError as e:
+            raise ImportError("the ECG SQI gate (ecg_sqi) needs neurokit2: pip install neurokit2, or set "
+                              "ecg_sqi: null") from e
+
+    def _fix_polarity(self, out: dict[str, Any], cand: list[int], win: int) -> int:
+        """Flip inverted ECG (``ecg_polarity``) in ``out['ecg']``; returns the number of candidate windows flipped.
+
+        Each candidate window (passed the NaN and flat screening) is tested with :func:`ecg_inverted` on the
+        resampled, unfiltered ECG cleaned as the reference cleans it (:func:`ecg_clean_for_polarity`, the whole
+        record at once)."""
+        if not cand or "ecg" not in out:
+            return 0
+        clean = ecg_clean_for_polarity(out["ecg_raw"], self.target_fs)
+        inv = np.asarray([ecg_inverted(clean[i * win:(i + 1) * win], self.target_fs) for i in cand])
+        if self.ecg_polarity == "record":
+            if inv.mean() <= self.ecg_polarity_threshold:
+                return 0
+            out["ecg"] = -out["ecg"]
+            return len(cand)
+        y = out["ecg"].copy()
+        for i in np.asarray(cand)[inv]:
+            y[i * win:(i + 1) * win] *= -1
+        out["ecg"] = y
+        return int(inv.sum())
 
     def _flat(self, out: dict[str, Any], mod: str, i: int, win: int) -> float:
         """Flat fraction of window ``i`` of modality ``mod`` under ``flat_method``."""
@@ -791,6 +954,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                 _logger.warning("skipping %s", e)
                 continue
             scr.records["used"] += 1
+            if r.get("flipped_ecg"):
+                scr.records["flipped_ecg"] += 1
             scr.windows.update(r["reasons"])
             for m in parts:
                 if m in r:

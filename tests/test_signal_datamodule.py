@@ -31,6 +31,11 @@ def _write(dst: Path, name: str, sig: np.ndarray, names=("II", "PLETH"), fs=125,
                 adc_gain=[1000.0] * sig.shape[1], baseline=[0] * sig.shape[1], write_dir=str(dst))
 
 
+# the synthetic sin^15 "ECG" below spikes both ways (no polarity) and is no ECG to NeuroKit's SQI: tests that use it
+# (or that read many records and are not about these stages) turn the polarity check and the SQI gate off
+NO_QC = {"ecg_polarity": None, "ecg_sqi": None}
+
+
 def _synthetic(n: int, fs: float = 125) -> np.ndarray:
     """Paired ECG-like (spiky beats + 20 µV noise, so the baseline is not a flat line) and PPG-like channels."""
     t = np.arange(n) / fs
@@ -92,7 +97,7 @@ def test_subject_split_disjoint(tmp_path):
         _copy(root, "a103l", f"s{i:02d}_a103l")
         _copy(root, "a103l", f"s{i:02d}_b103l")  # two records of one subject
     dm = WFDBPairedSignalDataModule(str(root), layout="cinc2015", subject_regex=r"(s\d\d)_", window_s=10,
-                                    cache_dir=str(tmp_path / "c"), expected_fs=[250])
+                                    cache_dir=str(tmp_path / "c"), expected_fs=[250], **NO_QC)
     dm.setup()
     subs = {k: dm.split_subjects(k) for k in ("train", "val", "test")}
     assert len(subs["train"]) == 8 and len(subs["val"]) == 1 and len(subs["test"]) == 1
@@ -100,7 +105,7 @@ def test_subject_split_disjoint(tmp_path):
     recs = {k: {dm.window_records[i] for i in v} for k, v in dm.split_indices.items()}
     assert not (recs["train"] & recs["test"])
     dm_rec = WFDBPairedSignalDataModule(str(root), split_by="record", window_s=10, cache_dir=str(tmp_path / "c"),
-                                        splits={"train": ["s00_a103l"], "test": ["s01_b103l"]})
+                                        splits={"train": ["s00_a103l"], "test": ["s01_b103l"]}, **NO_QC)
     dm_rec.setup()
     assert {dm_rec.window_records[i] for i in dm_rec.split_indices["test"]} == {"s01_b103l"}
 
@@ -120,7 +125,7 @@ def test_mimic_layouts_multisegment_and_segments(tmp_path):
     (pdir / "RECORDS").write_text("p000001-2100-01-01-00-00\n")
     assert ds.list_records(root, None, "mimic3") == ["p00/p000001/p000001-2100-01-01-00-00"]
     assert ds.list_records(root, "**/*.hea", "mimic3") == ["p00/p000001/p000001-2100-01-01-00-00"]
-    dm = WFDBPairedSignalDataModule(str(root), layout="mimic3", window_s=10, cache_dir=str(tmp_path / "c"))
+    dm = WFDBPairedSignalDataModule(str(root), layout="mimic3", window_s=10, cache_dir=str(tmp_path / "c"), **NO_QC)
     dm.setup()
     # 60 s: 3 windows in segment 1, the one overlapping the 10-s gap rejected, 2 more after it
     assert dm.screening.windows["total"] == 6 and dm.screening.windows["rejected_nan"] == 1
@@ -147,7 +152,8 @@ def test_labels_header_csv_and_annotations(tmp_path):
     ann = ds.read_beat_annotations(BUNDLED_ROOT / "100")
     assert ann["fs"] == 360 and ann["symbol"].count("V") == 1 and ann["symbol"].count("A") == 33
     dm = WFDBPairedSignalDataModule(records=["100"], paired=False, label_source="annotations",
-                                    label_names=["N", "A", "V"], window_s=10, cache_dir=str(tmp_path), split_by="time")
+                                    label_names=["N", "A", "V"], window_s=10, cache_dir=str(tmp_path), split_by="time",
+                                    ecg_sqi=None)
     dm.setup()
     lab = np.stack([dm.dataset(s)[i]["labels"].numpy() for s in ("train", "val", "test")
                     for i in range(len(dm.dataset(s)))])
@@ -197,18 +203,18 @@ def test_all_nan_windows(tmp_path):
     sig[:, 1] = np.nan  # PPG entirely missing
     _write(root, "nanrec", sig)
     with pytest.raises(SignalDataError, match="record nanrec: the PPG channel is entirely NaN"):
-        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path)).setup()
+        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), **NO_QC).setup()
     sig = _synthetic(125 * 20)
     sig[: 125 * 10, 0] = np.nan  # first 10 s of ECG missing: one window rejected, one kept
     _write(root, "nanrec", sig)
-    dm = WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10)
+    dm = WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10, **NO_QC)
     dm.setup()
     assert dm.screening.windows["rejected_nan"] == 1 and dm.screening.windows["kept"] == 1
     flat = _synthetic(125 * 20)
     flat[:, 1] = 0.5  # flat PPG: every window rejected → clear error naming the record, or skipped and counted
     _write(root, "nanrec", flat)
     with pytest.raises(SignalDataError, match=r"record nanrec: all 2 windows were rejected .*rejected_flat_ppg"):
-        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10).setup()
+        WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10, **NO_QC).setup()
 
 
 def test_wrong_sampling_rate(tmp_path):
@@ -237,7 +243,7 @@ def test_mcmed_separate_records_paired_by_start_time(tmp_path):
     write(visit / "Pleth", "100123_1", np.sin(2 * np.pi * 1.2 * (t_p + 5)) + 1, "Pleth", 125, dt.time(10, 0, 5))
     lone = root / "waveforms" / "456" / "100456"
     write(lone / "Pleth", "100456_1", np.sin(2 * np.pi * t_p) + 1, "Pleth", 125, dt.time(9, 0, 0))
-    dm = WFDBPairedSignalDataModule(str(root), layout="mcmed", window_s=10, cache_dir=str(tmp_path / "c"))
+    dm = WFDBPairedSignalDataModule(str(root), layout="mcmed", window_s=10, cache_dir=str(tmp_path / "c"), **NO_QC)
     dm.setup()
     assert set(dm.window_records) == {"waveforms/123/100123/II/100123_1+waveforms/123/100123/Pleth/100123_1"}
     assert dm.screening.windows["total"] == 5  # 55 s of overlap
@@ -272,10 +278,11 @@ def test_flat_line_default_is_the_reference_mean_abs_diff(tmp_path):
     assert ds.flat_fraction_diff(sig[fs * 10:, 1], fs) > 0.25 > ds.flat_fraction(
         ds.resample(sig[fs * 10:, 1], fs, 128), 128)
     _write(tmp_path / "r", "drift", sig)
-    dm = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10)
+    dm = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10, **NO_QC)
     dm.setup()
     assert dict(dm.screening.windows) == {"kept": 1, "rejected_flat_ppg": 1, "total": 2}
-    old = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10, flat_method="ptp")
+    old = WFDBPairedSignalDataModule(str(tmp_path / "r"), cache_dir=str(tmp_path / "c"), window_s=10, flat_method="ptp",
+                                     **NO_QC)
     old.setup()
     assert old.screening.windows["kept"] == 2
     with pytest.raises(ValueError, match="flat_method"):
@@ -288,7 +295,7 @@ def test_subject_table_groups_visits_of_one_patient(tmp_path):
         _write(root, f"v{v:02d}_rec", _synthetic(125 * 10))
     table = tmp_path / "visits.csv"
     table.write_text("MRN,CSN,Age\n" + "".join(f"P{v // 2},v{v:02d},50\n" for v in range(10)))
-    kw = dict(subject_regex=r"(v\d\d)_", window_s=10, cache_dir=str(tmp_path / "c"), split_seed=1)
+    kw = dict(subject_regex=r"(v\d\d)_", window_s=10, cache_dir=str(tmp_path / "c"), split_seed=1, **NO_QC)
     dm = WFDBPairedSignalDataModule(str(root), subject_table=str(table), **kw)
     dm.setup()
     groups = {k: dm.split_groups(k) for k in ("train", "val", "test")}
@@ -305,3 +312,98 @@ def test_subject_table_groups_visits_of_one_patient(tmp_path):
     bad.write_text("patient,visit\n")
     with pytest.raises(ValueError, match="lacks the columns 'CSN' and 'MRN'"):
         WFDBPairedSignalDataModule(str(root), subject_table=str(bad), **kw).setup()
+
+
+# ------------------------------------------------------------------------------------------------ reference QC stages
+def _sim_pair(seconds: int = 40, hr: int = 60, fs: int = 125) -> tuple[np.ndarray, np.ndarray]:
+    """A NeuroKit-simulated (upright) ECG and PPG of one heart rate."""
+    nk = pytest.importorskip("neurokit2")
+    ecg = nk.ecg_simulate(duration=seconds, sampling_rate=fs, heart_rate=hr, random_state=0, method="simple",
+                          noise=0.01)
+    return ecg, nk.ppg_simulate(duration=seconds, sampling_rate=fs, heart_rate=hr, random_state=0)
+
+
+def _cached(dm: WFDBPairedSignalDataModule, mod: str, rec: str) -> np.ndarray:
+    return np.load(dm.cache_path / f"{mod}.npy")[np.asarray(dm.window_records) == rec][:, 0]
+
+
+def test_ecg_polarity_flips_an_inverted_record(tmp_path):
+    ecg, ppg = _sim_pair()
+    root = tmp_path / "r"
+    _write(root, "up", np.stack([ecg, ppg], 1))
+    _write(root, "down", np.stack([-ecg, ppg], 1))  # the same record with its ECG lead inverted
+    clean = ds.ecg_clean_for_polarity(ds.resample(ecg, 125, 128), 128)
+    assert not ds.ecg_inverted(clean[:1280], 128) and ds.ecg_inverted(-clean[:1280], 128)
+    kw = {"root": str(root), "window_s": 10, "split_by": "record", "ecg_sqi": None}
+    dm = WFDBPairedSignalDataModule(cache_dir=str(tmp_path / "c"), **kw)  # default: ecg_polarity='record'
+    dm.setup()
+    assert dm.screening.records["flipped_ecg"] == 1 and dm.screening.windows["flipped_ecg"] == 4  # 'down' only
+    np.testing.assert_allclose(_cached(dm, "ecg", "down"), _cached(dm, "ecg", "up"), atol=1e-3)
+    off = WFDBPairedSignalDataModule(cache_dir=str(tmp_path / "c"), ecg_polarity=None, **kw)
+    off.setup()
+    assert "flipped_ecg" not in off.screening.windows and "flipped_ecg" not in off.screening.records
+    np.testing.assert_allclose(_cached(off, "ecg", "down"), -_cached(off, "ecg", "up"), atol=1e-3)
+    np.testing.assert_allclose(_cached(off, "ecg", "up"), _cached(dm, "ecg", "up"), atol=1e-6)  # 'up' untouched
+
+
+def test_ecg_sqi_rejects_noise_and_matches_neurokit(tmp_path):
+    nk = pytest.importorskip("neurokit2")
+    ecg, ppg = _sim_pair()
+    ecg[125 * 20:] = 0.5 * np.random.default_rng(0).standard_normal(125 * 20)  # last 20 s: noise, not ECG
+    _write(tmp_path / "r", "half", np.stack([ecg, ppg], 1))
+    dm = WFDBPairedSignalDataModule(str(tmp_path / "r"), window_s=10, split_by="time", cache_dir=str(tmp_path / "c"))
+    dm.setup()  # default ecg_sqi='zhao2018'
+    w = dm.screening.windows
+    assert (w["rejected_sqi_ecg"], w["kept"], w["total"]) == (2, 2, 4)
+    # the same decision as NeuroKit called directly on the pipeline's filtered ECG windows
+    sig, *_ = ds.read_channels(tmp_path / "r", "half", {"ecg": ds.ECG_ALIASES})
+    y = ds.butter_filter(ds.resample(sig["ecg"], 125, 128), 128, 0.5, None, 5)
+    wins = [y[i * 1280:(i + 1) * 1280] for i in range(4)]
+    direct = [nk.ecg_quality(x, sampling_rate=128, method="zhao2018", approach="simple") for x in wins]
+    assert [q != "Unacceptable" for q in direct] == [ds.ecg_sqi_ok(x, 128) for x in wins] == [True, True, False, False]
+    kept = _cached(dm, "ecg", "half")
+    np.testing.assert_allclose(kept[0], (wins[0] - wins[0].mean()) / wins[0].std(), atol=1e-4)
+    q = np.asarray(nk.ecg_quality(wins[0], sampling_rate=128, method="averageQRS"))
+    assert ds.ecg_sqi_ok(wins[0], 128, "averageQRS") == ((q >= 0.5).mean() >= 0.75)
+
+
+def test_savgol_smoothing_equals_scipy():
+    from scipy.signal import savgol_filter
+
+    x = np.random.default_rng(0).standard_normal(1280)
+    for window in (7, 11):
+        np.testing.assert_array_equal(ds.savgol_smooth(x, window, 2), savgol_filter(x, window, 2))
+    np.testing.assert_array_equal(ds.savgol_smooth(x[:6], 11, 2), savgol_filter(x[:6], 5, 2))  # shortened window
+    np.testing.assert_array_equal(ds.savgol_smooth(x[:3], 7, 2), x[:3])  # too short: unchanged
+
+
+def test_step2_smoothing_of_the_cached_windows(tmp_path):
+    from scipy.signal import savgol_filter
+
+    ecg, ppg = _sim_pair()
+    _write(tmp_path / "r", "sim", np.stack([ecg, ppg], 1))
+    kw = dict(root=str(tmp_path / "r"), window_s=10, split_by="time", cache_dir=str(tmp_path / "c"), **NO_QC)
+    step1 = WFDBPairedSignalDataModule(**kw)
+    step1.setup()
+    e1, p1 = _cached(step1, "ecg", "sim"), _cached(step1, "ppg", "sim")
+    smooth = WFDBPairedSignalDataModule(step2_smooth=True, **kw)
+    smooth.setup()  # smoothed z-scored windows, PPG window 7, ECG window 11, order 2
+    np.testing.assert_allclose(_cached(smooth, "ppg", "sim"), savgol_filter(p1, 7, 2, axis=1), atol=1e-5)
+    np.testing.assert_allclose(_cached(smooth, "ecg", "sim"), savgol_filter(e1, 11, 2, axis=1), atol=1e-5)
+    assert smooth.screening.windows["kept"] == step1.screening.windows["kept"] == 4
+
+
+def test_cache_key_follows_the_qc_options(tmp_path):
+    base = WFDBPairedSignalDataModule(cache_dir=str(tmp_path))
+    recs = ["a103l"]
+    keys = {base._cache_key(recs)}
+    for opt in ({"ecg_polarity": None}, {"ecg_polarity": "window"}, {"ecg_polarity_threshold": 0.6},
+                {"ecg_sqi": None}, {"ecg_sqi": "averageQRS"}, {"ecg_sqi_approach": "fuzzy"},
+                {"ecg_sqi_threshold": 0.4}, {"ecg_sqi_fraction": 0.5}, {"step2_smooth": True},
+                {"savgol_ppg_window": 9}, {"savgol_ecg_window": 13}, {"savgol_order": 3}):
+        keys.add(WFDBPairedSignalDataModule(cache_dir=str(tmp_path), **opt)._cache_key(recs))
+    assert len(keys) == 13
+    assert WFDBPairedSignalDataModule(cache_dir=str(tmp_path))._cache_key(recs) == base._cache_key(recs)
+    for bad in ({"ecg_polarity": "yes"}, {"ecg_sqi": "orphanidou"}):
+        with pytest.raises(ValueError):
+            WFDBPairedSignalDataModule(**bad)

@@ -123,13 +123,12 @@ def test_engine_with_eos_stops():
         assert o.tolist() == expect.tolist()
 
 
-@pytest.mark.parametrize("lse_merge", [True, False])
-def test_kv_actually_stored_stays_under_budget(lse_merge, monkeypatch):
-    """Audit case: prefix 20, suffixes 1/1/1/12, max_new_tokens 1/1/1/30, budget 100 (the old plan said 68 and the
-    engine stored 184). The K/V the attention really holds is measured by instrumenting every attention call."""
+def _instrument(monkeypatch):
+    """Record, at every attention call, the K/V the attention really holds: segment K/V as stored + own K/V cache +
+    per-row prefix copies (the joint path's concat); also the segment entries stored (freed groups disappear)."""
     from tasks.llm.prefix import segments
 
-    held = []  # per call: segment K/V as stored + own K/V cache + per-row prefix copies (the joint path's concat)
+    held, entries = [], []
     orig_call, orig_joint = segments.SegmentAttention.__call__, segments.SegmentAttention._joint
 
     def call(self, module, q, k, v, scaling, softcap=None):
@@ -138,6 +137,7 @@ def test_kv_actually_stored_stays_under_budget(lse_merge, monkeypatch):
         own = self.own_keys[module.layer_idx] if self.record else k
         stored = sum(s.keys[module.layer_idx].shape[0] * s.keys[module.layer_idx].shape[2] for s in self.segments)
         held.append(stored + own.shape[0] * own.shape[2] + self._copies)
+        entries.append(sum(s.keys[module.layer_idx].shape[0] for s in self.segments))
         return out
 
     def joint(self, q, k, v, own_mask, li, scaling):
@@ -146,20 +146,71 @@ def test_kv_actually_stored_stays_under_budget(lse_merge, monkeypatch):
 
     monkeypatch.setattr(segments.SegmentAttention, "__call__", call)
     monkeypatch.setattr(segments.SegmentAttention, "_joint", joint)
+    return held, entries
+
+
+def _old_formula(prompts, groups, mnt, lse_merge):
+    """The planner before finished rows left the batch: every row decodes until the batch's longest request."""
+    members = [i for g in groups for i in g.members]
+    p_max = max(g.prefix_len for g in groups)
+    s_max = max(prompts[i].numel() - g.prefix_len for g in groups for i in g.members)
+    n = len(members)
+    return len(groups) * p_max + n * (s_max + max(mnt[i] for i in members) - 1) + (0 if lse_merge else n * p_max)
+
+
+@pytest.mark.parametrize("lse_merge", [True, False])
+def test_kv_actually_stored_stays_under_budget(lse_merge, monkeypatch):
+    """Audit case: prefix 20, suffixes 1/1/1/12, max_new_tokens 1/1/1/30, budget 100 (an early plan said 68 and the
+    engine stored 184). Finished rows now leave the batch, so the three 1-token requests no longer pin K/V for 29
+    decode steps: measured peak <= planned <= budget, and the plan is below the old formula."""
+    from tasks.llm.batchllm import batch_kv_tokens
+
+    held, _ = _instrument(monkeypatch)
     model = tiny_causal_lm("llama", vocab_size=60)
     prefix = torch.randint(3, 60, (20,))
     prompts = [torch.cat([prefix, torch.randint(3, 60, (n,))]) for n in (1, 1, 1, 12)]
     mnt = [1, 1, 1, 30]
     engine = BatchLLMEngine(model, kv_budget_tokens=100, lse_merge=lse_merge)
     out = engine.generate(prompts, mnt)
-    assert max(held) <= 100 and engine.stats["max_batch_kv_tokens"] <= 100
     assert engine.stats["measured_peak_kv_tokens"] == max(held)  # the engine's own accounting agrees
+    assert max(held) <= engine.stats["max_batch_kv_tokens"] <= 100
     batches = schedule(prompts, plan_prefix_groups(prompts), mnt, 100, lse_merge)
     assert max(engine.batch_peak_kv_tokens) == max(b.kv_tokens for b in batches)  # the planner is exact
-    from tasks.llm.batchllm import batch_kv_tokens
-
     assert all(b.kv_tokens == batch_kv_tokens(prompts, b.groups, mnt, lse_merge) for b in batches)
     for p, o, m in zip(prompts, out, mnt):
         assert o.tolist() == sample_completions(model, [p], 1, m, greedy=True)[0][0].tolist()
-    with pytest.raises(ValueError, match="needs"):
+    # all four requests as one batch: 20 + 4 * 12 = 68 (LSE), vs 20 + 4 * (12 + 29) = 184 before
+    whole = plan_prefix_groups(prompts)
+    assert batch_kv_tokens(prompts, whole, mnt, lse_merge) == (68 if lse_merge else 148)
+    assert _old_formula(prompts, whole, mnt, lse_merge) == (184 if lse_merge else 264)
+    if lse_merge:
+        assert len(batches) == 1  # fits the budget of 100 as one batch now (the old formula forced a split)
+    with pytest.raises(ValueError, match="needs"):  # the 30-token request alone: 20 + 12 + 29 = 61 > 40
         BatchLLMEngine(model, kv_budget_tokens=40, lse_merge=lse_merge).generate(prompts, mnt)
+
+
+@pytest.mark.parametrize("lse_merge", [True, False])
+def test_finished_rows_and_groups_leave_the_batch(lse_merge, monkeypatch):
+    """Two prefix groups + a lone request in one batch with very unequal max_new_tokens: rows leave as they finish,
+    a group's prefix entry is freed after its last member, the measured peak equals the plan (below the old
+    formula), and greedy outputs still equal generating each prompt alone."""
+    from tasks.llm.batchllm import batch_kv_tokens
+
+    held, entries = _instrument(monkeypatch)
+    model = tiny_causal_lm("llama", vocab_size=60)
+    doc_a, doc_b = torch.randint(3, 60, (14,)), torch.randint(3, 60, (6,))
+    prompts = [torch.cat([doc_a, torch.randint(3, 60, (n,))]) for n in (2, 9)]
+    prompts += [torch.cat([doc_b, torch.randint(3, 60, (n,))]) for n in (3, 1)]
+    prompts += [torch.randint(3, 60, (4,))]
+    mnt = [1, 2, 3, 25, 7]  # group A finishes after 2 tokens (its 14-token prefix is then freed), B runs to 25
+    engine = BatchLLMEngine(model, kv_budget_tokens=10_000, lse_merge=lse_merge)
+    out = engine.generate(prompts, mnt)
+    assert engine.stats["batches"] == 1 and engine.stats["groups"] == 3
+    groups = plan_prefix_groups(prompts)
+    planned = batch_kv_tokens(prompts, groups, mnt, lse_merge)
+    assert engine.stats["measured_peak_kv_tokens"] == max(held) == planned == engine.stats["max_batch_kv_tokens"]
+    assert planned < _old_formula(prompts, groups, mnt, lse_merge)
+    assert max(entries) == 3 and entries[-1] == 1  # prefix entries: 3 groups at first, only B's at the end
+    assert held[-1] < max(held)
+    for p, o, m in zip(prompts, out, mnt):
+        assert o.tolist() == sample_completions(model, [p], 1, m, greedy=True)[0][0].tolist()

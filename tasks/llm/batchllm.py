@@ -7,11 +7,13 @@ Spec (``shared/papers/llm/batchllm.md``), steps as implemented here:
 2. flattened to one level of shared prefixes by a dynamic programme (:func:`plan_prefix_groups`): per child, keep its
    own (deeper) sharing or fork/merge its prompts into the group of this node, saving ``(members - 1) * depth`` per
    group; the programme is exact (equals the best partition, checked against brute force);
-3. a group's prefix is prefilled once, its K/V lives only while the group's batch runs;
+3. a group's prefix is prefilled once, its K/V lives only until the group's last member finishes (a finished
+   request leaves the running batch before the next decode forward: its own K/V and query row are dropped, and the
+   caches are trimmed to the longest prefix / suffix still running);
 4. groups (and requests inside a group) are ordered by expected decode length / prompt length, decode-heavy first;
 5. groups are packed into batches while the KV tokens the batch will hold stay under ``kv_budget_tokens``
-   (memory-centric; :func:`batch_kv_tokens` counts what the engine really stores: the batch's prefixes padded to the
-   longest, every row's suffix padded to the longest and decoded until the batch's longest ``max_new_tokens``, plus the
+   (memory-centric; :func:`batch_kv_tokens` is the exact peak the engine stores: at every forward, the running rows'
+   prefixes padded to their longest, their suffixes padded to their longest plus the tokens decoded so far, plus the
    per-row prefix copies of the non-LSE path); a group that does not fit alone is split into sub-groups that do
    (each re-prefills the prefix), a single request that does not fit raises;
 6. attention of every request over ``[shared prefix KV ; own KV]`` is the LSE merge of two partial attentions
@@ -155,27 +157,41 @@ class ScheduledBatch:
 
 
 class _BatchShape:
-    """Running maxima of a batch under construction; :meth:`kv_tokens` mirrors :meth:`BatchLLMEngine._run_batch`."""
+    """Rows of a batch under construction; :meth:`kv_tokens` mirrors :meth:`BatchLLMEngine._run_batch`."""
 
     def __init__(self, prompts, max_new_tokens, lse_merge: bool) -> None:
         self.prompts, self.mnt, self.lse_merge = prompts, max_new_tokens, lse_merge
-        self.n_groups = self.p_max = self.n_rows = self.s_max = self.mnt_max = 0
+        self.n_groups = 0
+        self.rows: list[tuple[int, int, int, int]] = []  # (group index, prefix length, suffix length, max_new_tokens)
 
     def with_group(self, g: PrefixGroup) -> _BatchShape:
         out = _BatchShape(self.prompts, self.mnt, self.lse_merge)
-        out.n_groups, out.n_rows = self.n_groups + 1, self.n_rows + len(g.members)
-        out.p_max = max(self.p_max, g.prefix_len)
-        out.s_max = max([self.s_max] + [self.prompts[i].numel() - g.prefix_len for i in g.members])
-        out.mnt_max = max([self.mnt_max] + [self.mnt[i] for i in g.members])
+        out.n_groups = self.n_groups + 1
+        out.rows = self.rows + [(self.n_groups, g.prefix_len, self.prompts[i].numel() - g.prefix_len,
+                                 max(1, self.mnt[i])) for i in g.members]
         return out
 
     def kv_tokens(self) -> int:
-        # prefix segment [groups, P_max] + own K/V [rows, S_max + decode forwards] (the last token is never fed back)
-        # + the joint (non-LSE) path's per-row copy of the prefix K/V, materialised at every layer call
-        segment = self.n_groups * self.p_max
-        own = self.n_rows * (self.s_max + max(self.mnt_max - 1, 0))
-        copies = 0 if self.lse_merge else self.n_rows * self.p_max
-        return segment + own + copies
+        """Exact peak over the forwards of the batch (no EOS; an EOS only makes rows leave earlier).
+
+        Forward ``k`` (0: the suffix prefill, ``k >= 1``: the k-th decode forward) runs the rows ``R_k`` with
+        ``max_new_tokens > k`` and holds: the prefix segment of their groups ``G_k`` trimmed to their longest prefix
+        ``P_k`` (``|G_k| * P_k``), their own K/V trimmed to their longest suffix ``S_k`` plus ``k`` decoded tokens
+        (``|R_k| * (S_k + k)``), and without the LSE merge the per-row prefix copies (``|R_k| * P_k``). ``R_k`` only
+        changes at ``k = m`` for the requests' ``m``, and the count grows with ``k`` in between, so the peak is at
+        one of the ``k = m - 1``. The prefix prefill (``G * P``) is never above forward 0.
+        """
+        best = 0
+        for m in {r[3] for r in self.rows}:
+            alive = [r for r in self.rows if r[3] >= m]  # = rows with max_new_tokens > m - 1
+            k = m - 1
+            p = max(r[1] for r in alive)
+            groups = len({r[0] for r in alive}) if p > 0 else 0
+            s = max(r[2] for r in alive)
+            own = len(alive) * (s + k)
+            copies = 0 if self.lse_merge else len(alive) * p
+            best = max(best, groups * p + own + copies)
+        return best
 
 
 def batch_kv_tokens(
@@ -184,10 +200,13 @@ def batch_kv_tokens(
 ) -> int:
     """Peak K/V tokens (per layer; every layer holds as many) the engine stores to run ``groups`` as one batch.
 
-    ``G * P_max + n * (S_max + max(max_new_tokens) - 1)`` (+ ``n * P_max`` per-row prefix copies without the LSE merge):
-    prefixes are padded to the batch's longest, suffixes to the longest, and every row keeps decoding (appending K/V)
-    until the batch's longest request finishes. Transient per-layer attention work buffers (GQA head repetition,
-    scores) are not K/V storage and are not counted.
+    ``max_k |G_k| * P_k + |R_k| * (S_k + k)`` (+ ``|R_k| * P_k`` per-row prefix copies without the LSE merge) over
+    the forwards ``k``: a finished request leaves the batch before the next decode forward (its own K/V is dropped,
+    its group's prefix K/V once its last member has finished), so ``R_k`` are the rows with ``max_new_tokens > k``,
+    ``G_k`` their groups, ``P_k`` / ``S_k`` their longest prefix / suffix (the caches are trimmed to them); see
+    ``_BatchShape.kv_tokens``. At most the old ``G * P + n * (S + max(max_new_tokens) - 1)``, equal when every row
+    runs to the end. Transient per-layer attention work buffers (GQA head repetition, scores) and the momentary copy
+    made while compacting a cache are not K/V storage and are not counted.
     """
     shape = _BatchShape(prompts, max_new_tokens, lse_merge)
     for g in groups:
@@ -327,19 +346,23 @@ class BatchLLMEngine:
         last = hidden[torch.arange(len(rows), device=dev), s_len - 1]
         next_pos = start + s_len
         limits = torch.tensor([mnt[i] for _, i in rows], device=dev)
-        done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
-        generated = []
+        alive = torch.arange(len(rows), device=dev)  # batch rows still decoding
+        gen = torch.full((len(rows), max(1, int(limits.max()))), -1, dtype=torch.long, device=dev)
         for step in range(int(limits.max())):
             tok = lm_logits(model, last).argmax(-1)
-            generated.append(torch.where(done, torch.full_like(tok, -1), tok))
-            done |= limits <= step + 1
+            gen[alive, step] = tok
+            done = limits[alive] <= step + 1
             if self.eos_id is not None:
                 done |= tok == self.eos_id
             if bool(done.all()):
                 break
+            if bool(done.any()):  # finished rows leave: own K/V dropped, a group's prefix freed with its last row
+                keep = ~done
+                spec.keep_rows(keep)
+                alive, tok, next_pos = alive[keep], tok[keep], next_pos[keep]
             hidden = run_segment_forward(model, spec, tok[:, None], next_pos[:, None])
             last = hidden[:, -1]
             next_pos = next_pos + 1
         self.batch_peak_kv_tokens.append(max(peak, spec.peak_kv_tokens))
-        gen = torch.stack(generated, dim=1).cpu()
+        gen = gen.cpu()
         return {i: gen[r][gen[r] >= 0] for r, (_, i) in enumerate(rows)}

@@ -44,6 +44,36 @@ class KVSegment:
         """The segment seen by ``rows``: row ``r`` reads entry ``rows[r]`` (nothing is copied)."""
         return KVSegment(self.keys, self.values, self.valid, self.temperature, self.weight, rows)
 
+    def keep_rows(self, keep: torch.Tensor, n: int) -> KVSegment | None:
+        """The segment seen by the rows ``keep`` (indices into the ``n`` current rows) once the others have left.
+
+        Entries no row reads any more are freed, and the keys are trimmed to the longest still-valid position (the
+        kept entries are copied into new tensors, so the old storage is released once nothing else holds it).
+        Returns None when no kept row sees any valid key (the segment contributes nothing: dropping it is exact).
+        """
+        if self.row_index is None:
+            entry = keep if self.entries == n else torch.zeros_like(keep)
+        else:
+            entry = self.row_index[keep]
+        used, row_index = torch.unique(entry, sorted=True, return_inverse=True)
+        length = self.length
+        if self.valid is not None:
+            valid = self.valid[used]
+            cols = valid.any(0).nonzero()
+            length = int(cols[-1]) + 1 if cols.numel() else 0
+            valid = valid[:, :length]
+        else:
+            valid = None
+        if length == 0 or used.numel() == 0:
+            return None
+        if used.numel() == self.entries and length == self.length:  # nothing to free: keep the storage
+            keys, values, valid = self.keys, self.values, self.valid
+        else:
+            keys = [k[used, :, :length] for k in self.keys]
+            values = [v[used, :, :length] for v in self.values]
+        shared = self.row_index is None and self.entries == 1
+        return KVSegment(keys, values, valid, self.temperature, self.weight, None if shared else row_index)
+
     def query_slots(self, n: int) -> tuple[torch.Tensor, int]:
         """``(flat slot [n], m)``: row ``r`` goes to slot ``entry * m + rank of r within its entry``.
 
@@ -181,6 +211,27 @@ class SegmentAttention:
         kk, vv = repeat_kv(torch.cat(keys, dim=2), n_rep), repeat_kv(torch.cat(values, dim=2), n_rep)
         out = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, scale=scaling)
         return out.transpose(1, 2).contiguous()
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Drop every row not in ``keep`` (bool ``[n]``) before the next forward: its own K/V and validity go, own
+        key columns no kept row sees (padding) are removed, and segment entries no kept row reads are freed
+        (:meth:`KVSegment.keep_rows`). Exact for the kept rows: only keys they mask out are removed."""
+        n = keep.numel()
+        idx = keep.nonzero().squeeze(1)
+        cols = None
+        if self.own_valid is not None:
+            valid = self.own_valid[idx]
+            col_ok = valid.any(0)
+            if not bool(col_ok.all()):
+                cols = col_ok.nonzero().squeeze(1)
+                valid = valid[:, cols]
+            self.own_valid = valid
+        for store in (self.own_keys, self.own_values):
+            for li, t in store.items():
+                t = t[idx]
+                store[li] = t if cols is None else t[:, :, cols]
+        segs = [seg.keep_rows(idx, n) for seg in self.segments]
+        self.segments = [seg for seg in segs if seg is not None]
 
     def end(self) -> None:
         """Commit the validity of the tokens just processed (call after each forward)."""

@@ -13,6 +13,14 @@ contexts without a positive are skipped and counted (as the Douban evaluation sc
 Utterances may also be joined inside one field with ``__eou__`` (Ubuntu V2). Tokenisation is whitespace/word level with
 a vocabulary built from ``train.txt`` (``[PAD] [CLS] [SEP] [UNK]`` + the most frequent words); utterances are joined
 with ``[SEP]``. :func:`write_synthetic_response_selection` writes a small learnable set in this format.
+
+``candidate_format`` (the Uni-Encoder input, spec step 1, ``[CLS] c [SEP] r_1 [SEP] r_2 ...``):
+
+* ``official`` (default) — as the released dataset code: the context is ``[CLS] u_1 [SEP] ... u_k [SEP]`` and every
+  candidate is wrapped as ``[CLS] r_j [SEP]`` (``max_response_len`` counts both specials; the response keeps its
+  first ``max_response_len - 2`` words). The model gives the candidate tokens token type 1
+  (:class:`tasks.llm.uni_encoder.UniEncoderTask` reads the format from the datamodule);
+* ``plain`` — candidates are bare words (the earlier layout, no token types).
 """
 from __future__ import annotations
 
@@ -26,6 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from ._base import SplitDataModule
 
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]"]
+PAD_ID, CLS_ID, SEP_ID, UNK_ID = 0, 1, 2, 3
+CANDIDATE_FORMATS = ("official", "plain")
+
+
+def check_candidate_format(candidate_format: str) -> str:
+    if candidate_format not in CANDIDATE_FORMATS:
+        raise ValueError(f"unknown candidate_format {candidate_format!r} (one of {CANDIDATE_FORMATS})")
+    return candidate_format
 
 
 def read_response_file(path: Path, counts: dict | None = None) -> list[dict]:
@@ -89,20 +105,31 @@ class WordVocab:
 
 
 class ResponseSelectionDataset(Dataset):
-    def __init__(self, examples: list[dict], vocab: WordVocab, max_context_len: int, max_response_len: int) -> None:
+    """Token ids of one context and its candidates (``candidate_format``: see the module docstring)."""
+
+    def __init__(self, examples: list[dict], vocab: WordVocab, max_context_len: int, max_response_len: int,
+                 candidate_format: str = "official") -> None:
         self.examples, self.vocab = examples, vocab
         self.max_context_len, self.max_response_len = max_context_len, max_response_len
+        self.candidate_format = check_candidate_format(candidate_format)
+        if candidate_format == "official" and max_response_len < 3:
+            raise ValueError("candidate_format='official' needs max_response_len >= 3 ([CLS] word [SEP])")
+
+    def encode_candidate(self, text: str) -> list[int]:
+        if self.candidate_format == "official":
+            return [CLS_ID] + (self.vocab.encode(text) or [UNK_ID])[: self.max_response_len - 2] + [SEP_ID]
+        return (self.vocab.encode(text) or [UNK_ID])[: self.max_response_len]
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
         e = self.examples[i]
-        ctx = [1]
+        ctx = [CLS_ID]
         for u in e["context"]:
-            ctx += self.vocab.encode(u) + [2]
-        ctx = [1] + ctx[1:][-(self.max_context_len - 1) :]  # keep [CLS] and the most recent turns
-        cands = [torch.tensor((self.vocab.encode(c) or [3])[: self.max_response_len]) for c in e["candidates"]]
+            ctx += self.vocab.encode(u) + [SEP_ID]
+        ctx = [CLS_ID] + ctx[1:][-(self.max_context_len - 1) :]  # keep [CLS] and the most recent turns
+        cands = [torch.tensor(self.encode_candidate(c)) for c in e["candidates"]]
         labels = torch.tensor(e.get("labels", [int(j == e["label"]) for j in range(len(cands))]), dtype=torch.bool)
         return {"context_ids": torch.tensor(ctx), "candidate_ids": cands, "label": e["label"], "labels": labels}
 
@@ -128,10 +155,12 @@ class ResponseSelectionDataModule(SplitDataModule):
         data_dir: folder holding the three files.
         batch_size: contexts per batch.
         max_context_len: context tokens kept (the most recent).
-        max_response_len: tokens kept per candidate.
+        max_response_len: tokens kept per candidate (with ``official``: including its ``[CLS]``/``[SEP]``).
         max_vocab: vocabulary size cap (most frequent training words).
         num_workers: DataLoader workers.
         synthetic: demo only: write the synthetic set into ``data_dir`` when its files are missing.
+        candidate_format: ``official`` (``[CLS] r [SEP]`` per candidate, token type 1 in the model) or ``plain``
+            (bare candidate words, no token types).
     """
 
     def __init__(
@@ -143,8 +172,10 @@ class ResponseSelectionDataModule(SplitDataModule):
         max_vocab: int = 30000,
         num_workers: int = 0,
         synthetic: bool = False,
+        candidate_format: str = "official",
     ) -> None:
         super().__init__()
+        self.candidate_format = check_candidate_format(candidate_format)
         self.synthetic = synthetic
         self.data_dir = Path(data_dir)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -183,7 +214,8 @@ class ResponseSelectionDataModule(SplitDataModule):
                 counts: dict = {}
                 ex = read_response_file(self.data_dir / fname, counts)
                 self.skipped[split] = counts["skipped_no_positive"]
-                self.sets[split] = ResponseSelectionDataset(ex, self.vocab, self.max_context_len, self.max_response_len)
+                self.sets[split] = ResponseSelectionDataset(ex, self.vocab, self.max_context_len, self.max_response_len,
+                                                             self.candidate_format)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

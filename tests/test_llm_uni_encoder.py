@@ -169,3 +169,110 @@ def test_noam_scheduler_option(tmp_path):
                          default_root_dir=tmp_path)
     trainer.fit(task, ResponseSelectionDataModule(str(root), batch_size=8))
     assert task.noam_warmup() == 3 + 1 and trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-3)
+
+
+def test_official_candidate_format_layout_and_token_types(tmp_path):
+    """``official``: ``[CLS] c [SEP] [CLS] r_1 [SEP] [CLS] r_2 [SEP]``, token types 0 on the context and 1 on every
+    candidate token (padding 0), every candidate block at positions from the context length; ``plain``: bare words."""
+    from datamodules.llm_response_selection import ResponseSelectionDataset, WordVocab, collate_response_selection
+
+    ex = [{"context": ["a b", "c"], "candidates": ["x y z", "w"], "labels": [1, 0], "label": 0},
+          {"context": ["d"], "candidates": ["y", "x w"], "labels": [0, 1], "label": 1}]
+    vocab = WordVocab(["a", "b", "c", "d", "x", "y", "z", "w"])  # ids 4..11
+    a, b, c, d, x, y, z, w = range(4, 12)
+    ds = ResponseSelectionDataset(ex, vocab, max_context_len=16, max_response_len=4)
+    item = ds[0]
+    assert item["context_ids"].tolist() == [1, a, b, 2, c, 2]
+    assert [r.tolist() for r in item["candidate_ids"]] == [[1, x, y, 2], [1, w, 2]]  # "x y z": 2 words + 2 specials
+    plain = ResponseSelectionDataset(ex, vocab, max_context_len=16, max_response_len=4, candidate_format="plain")
+    assert [r.tolist() for r in plain[0]["candidate_ids"]] == [[x, y, z], [w]]
+    with pytest.raises(ValueError, match="candidate_format"):
+        ResponseSelectionDataset(ex, vocab, 16, 4, candidate_format="wrapped")
+
+    batch = collate_response_selection([ds[0], ds[1]])
+    model = UniEncoder(BERT, vocab_size=len(vocab), token_types=True)
+    layout, ids, types = model.pack(batch["context_ids"], batch["candidate_ids"])
+    assert ids.tolist() == [[1, a, b, 2, c, 2, 1, x, y, 2, 1, w, 2],
+                            [1, d, 2, 1, y, 2, 1, x, w, 2, 0, 0, 0]]
+    assert types.tolist() == [[0] * 6 + [1] * 7,
+                              [0] * 3 + [1] * 7 + [0] * 3]
+    assert layout.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 6, 7, 8]  # candidates restart at 6
+    assert layout.position_ids[1, :10].tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 5, 6]
+    # each candidate block (pooled by the mean) runs from its own [CLS] through its [SEP]
+    flat = ids.reshape(-1)
+    blocks = [flat[idx[v]].tolist() for idx, v in zip(layout.suffix_index, layout.suffix_valid)]
+    assert blocks == [[1, x, y, 2], [1, w, 2], [1, y, 2], [1, x, w, 2]]
+    # arrow masks over the wrapped blocks: a candidate's [CLS] sees the context and its own block only
+    m = layout.dense_mask("arrow")[0, 0]
+    assert m[10].tolist() == [True] * 6 + [False] * 4 + [True] * 3  # row of candidate 2's [CLS]
+    assert m[6].tolist() == [True] * 10 + [False] * 3  # candidate 1's [CLS]
+    assert m[0].tolist() == [True] * 13  # released arrow: the context sees every candidate
+    # token types reach the backbone: the scores change with them; decoders get none
+    model.eval()
+    with torch.no_grad():
+        s_types, _ = model(batch["context_ids"], batch["candidate_ids"])
+        model.token_types = False
+        assert model.pack(batch["context_ids"], batch["candidate_ids"])[2] is None
+        s_none, _ = model(batch["context_ids"], batch["candidate_ids"])
+    assert (s_types - s_none).abs().max() > 1e-4
+    assert UniEncoder(LLAMA, vocab_size=12, token_types=True).pack(batch["context_ids"], batch["candidate_ids"])[2] is None
+
+
+@pytest.mark.parametrize("attn_map", ["arrow_context_masked", "arrow"])
+def test_official_layout_packed_scores_equal_per_candidate_scoring(attn_map):
+    """Wrapped candidates with token types: the context-masked arrow equals scoring each ``[CLS] r [SEP]`` alone
+    (scores and every parameter gradient, token-type embeddings included). The released arrow (context rows see every
+    candidate) is not per-candidate exact with several candidates; with one candidate per row this checks that the
+    token types stay right under row padding."""
+    torch.manual_seed(0)
+    model = UniEncoder(BERT, vocab_size=40, attn_map=attn_map, token_types=True).eval()
+    ctx, cands = _data(1)
+    ctx = [torch.cat([torch.tensor([1]), c, torch.tensor([2])]) for c in ctx]
+    cands = [[torch.cat([torch.tensor([1]), r, torch.tensor([2])]) for r in g] for g in cands]
+    if attn_map == "arrow":  # context rows see all candidates: per-candidate equality needs one candidate per row
+        cands = [[g[0]] for g in cands]
+    w = torch.randn(2, 3)[:, : max(len(g) for g in cands)]
+    scores, valid = model(ctx, cands)
+    (scores.masked_fill(~valid, 0) * w).sum().backward()
+    packed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert packed["backbone.embeddings.token_type_embeddings.weight"][1].abs().sum() > 0  # type 1 is used
+    model.zero_grad()
+    total = 0
+    for i, group in enumerate(cands):
+        for j, c in enumerate(group):
+            alone, _ = model([ctx[i]], [[c]])
+            torch.testing.assert_close(scores[i, j], alone[0, 0], atol=1e-5, rtol=1e-5)
+            total = total + alone[0, 0] * w[i, j]
+    total.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(packed[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_task_candidate_format_follows_datamodule_and_configs(tmp_path):
+    """The task takes the datamodule's format (token types on for ``official``), refuses a disagreeing one; the
+    shipped configs use the official layout and their headers no longer list it as a deviation."""
+    from pathlib import Path
+
+    import yaml
+
+    root = write_synthetic_response_selection(tmp_path / "rs", num_train=16, num_val=4, num_test=4)
+    for fmt, own, expect in (("official", None, True), ("plain", None, False), ("plain", "plain", False)):
+        task = UniEncoderTask(backbone=BERT, candidate_format=own)
+        trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             default_root_dir=tmp_path)
+        trainer.fit(task, ResponseSelectionDataModule(str(root), batch_size=8, candidate_format=fmt))
+        assert task.net.token_types is expect and task.hparams.candidate_format == fmt
+    with pytest.raises(ValueError, match="candidate_format"):
+        trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(UniEncoderTask(backbone=BERT, candidate_format="official"),
+                    ResponseSelectionDataModule(str(root), batch_size=8, candidate_format="plain"))
+    with pytest.raises(ValueError, match="candidate_format"):
+        UniEncoderTask(backbone=BERT, candidate_format="wrapped")
+    cfg_dir = Path(__file__).resolve().parents[1] / "configs" / "uni_encoder"
+    for path in sorted(cfg_dir.glob("*.yaml")):
+        text = path.read_text()
+        header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+        assert "not wrapped" not in header and "no token_type_ids" not in header, path.name
+        assert yaml.safe_load(text)["data"]["init_args"].get("candidate_format", "official") == "official", path.name

@@ -21,9 +21,16 @@ weight decay 0.01, gradient clipping 1.0): ``scheduler='noam'`` reproduces the r
 * no auxiliary masked-LM loss, and backbones are built from config (random init), not bert-base(-chinese) / BERT-FP;
 * attention dropout is 0 (the shared-prefix attention specs refuse attention dropout in training); hidden dropout is
   0 by default here (BERT: 0.1; set ``hidden_dropout_prob`` in the backbone spec);
-* candidates are not wrapped in ``[CLS]``/``[SEP]`` (the context starts with ``[CLS]``, its utterances end with
-  ``[SEP]``; candidates are bare tokens), and no ``token_type_ids`` segment embeddings are used;
-* word-level vocabulary from the training set instead of the BERT WordPiece tokenizer.
+* word-level vocabulary from the training set instead of the BERT WordPiece tokenizer; the context's utterances are
+  joined with ``[SEP]`` (``[CLS] u_1 [SEP] ... u_k [SEP]``) instead of the released speaker tokens
+  (``[CLS] [unused1] u_1 [unused2] u_2 ... [SEP]``); responses keep their first words, not their last.
+
+Input layout (``candidate_format``, set on the datamodule, :mod:`datamodules.llm_response_selection`): ``official``
+(default) is the released one, ``[CLS] c [SEP] [CLS] r_1 [SEP] [CLS] r_2 [SEP] ...`` with ``token_type_ids`` 0 on the
+context and 1 on every candidate token (BERT backbones; decoders have no segment embeddings and ignore it); each
+candidate block is its ``[CLS] r_j [SEP]``, so the masks, the shared position ids (every block starts at the context
+length, the released ``bos_locations[0]``) and the mean pooling (the released one averages a candidate's block from its
+``[CLS]`` through its ``[SEP]``) cover the wrapped tokens. ``plain``: bare candidate tokens, no token types.
 """
 from __future__ import annotations
 
@@ -65,30 +72,50 @@ class UniEncoder(nn.Module):
         backbone: backbone spec, ``{'family': 'bert'|'llama'|'qwen2', ...config fields}``.
         vocab_size: vocabulary size.
         attn_map: ``arrow`` (released), ``arrow_context_masked`` or ``causal`` (decoder backbones).
+        token_types: BERT backbones: ``token_type_ids`` 0 on the context, 1 on the candidate tokens (the released
+            ``official`` layout); ignored by decoder backbones (no segment embeddings). A plain attribute (no
+            parameters depend on it): the task sets it from the datamodule's ``candidate_format``.
     """
 
-    def __init__(self, backbone: dict[str, Any], vocab_size: int, attn_map: str = "arrow") -> None:
+    def __init__(self, backbone: dict[str, Any], vocab_size: int, attn_map: str = "arrow",
+                 token_types: bool = False) -> None:
         super().__init__()
         if attn_map not in ("arrow", "arrow_context_masked", "causal"):
             raise ValueError(f"unknown attn_map {attn_map!r}")
         self.attn_map = attn_map
+        self.token_types = token_types
         self.backbone = enable_prefix_attention(build_backbone(backbone, vocab_size))
         self.score = nn.Linear(self.backbone.config.hidden_size, 1)
+
+    def pack(
+        self, contexts: list[torch.Tensor], candidates: list[list[torch.Tensor]]
+    ) -> tuple[PrefixLayout, torch.Tensor, torch.Tensor | None]:
+        """The packed layout, input ids ``[b, L]`` and ``token_type_ids`` ``[b, L]`` (None unless a BERT backbone
+        with ``token_types``): 0 on the context and padding, 1 on every candidate token."""
+        device = contexts[0].device
+        layout = PrefixLayout.build([c.numel() for c in contexts], [[r.numel() for r in g] for g in candidates], device)
+        ids = layout.pack(list(contexts), [list(g) for g in candidates])
+        types = None
+        if self.token_types and self.backbone.config.model_type == "bert":
+            pos = torch.arange(layout.length, device=device)
+            ctx_len = torch.tensor(layout.prefix_lens, device=device)[:, None]
+            types = ((pos[None] >= ctx_len) & layout.valid).long()
+        return layout, ids, types
 
     def forward(
         self, contexts: list[torch.Tensor], candidates: list[list[torch.Tensor]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``[b, N_max]`` (``-inf`` where a context has fewer candidates) and their validity mask."""
         device = contexts[0].device
-        layout = PrefixLayout.build([c.numel() for c in contexts], [[r.numel() for r in g] for g in candidates], device)
-        ids = layout.pack(list(contexts), [list(g) for g in candidates])
+        layout, ids, types = self.pack(contexts, candidates)
         if self.attn_map == "causal":
             spec = GroupedAttention(layout)
         else:
             spec = MaskedAttention(layout.dense_mask(self.attn_map), layout.max_position)
+        extra = {} if types is None else {"token_type_ids": types}
         out = self.backbone(
             input_ids=ids, position_ids=layout.position_ids, attention_mask=_placeholder_mask(device),
-            prefix_attention=spec,
+            prefix_attention=spec, **extra,
         )
         hidden = out.last_hidden_state
         b, length, d = hidden.shape
@@ -169,6 +196,9 @@ class UniEncoderTask(pl.LightningModule):
             optimizer step).
         warmup_steps: Noam warmup (released default 3500, capped at one epoch + 1 step when the trainer knows it).
         betas: AdamW betas (released: ``(0.9, 0.98)``).
+        candidate_format: ``official`` (candidates wrapped ``[CLS] r [SEP]`` by the datamodule, token type 1 on
+            candidate tokens) or ``plain``; None takes the datamodule's (``official`` without one). A value that
+            disagrees with the datamodule's is an error.
     """
 
     def __init__(
@@ -182,25 +212,37 @@ class UniEncoderTask(pl.LightningModule):
         scheduler: str | None = None,
         warmup_steps: int = 3500,
         betas: tuple[float, float] = (0.9, 0.999),
+        candidate_format: str | None = None,
     ) -> None:
         super().__init__()
         if scheduler not in (None, "noam"):
             raise ValueError(f"unknown scheduler {scheduler!r} (None or 'noam')")
+        if candidate_format not in (None, "official", "plain"):
+            raise ValueError(f"unknown candidate_format {candidate_format!r} (None, 'official' or 'plain')")
         self.save_hyperparameters()
         self.net: UniEncoder | None = None
         if vocab_size is not None:
             self._build(vocab_size)
 
     def _build(self, vocab_size: int) -> None:
-        self.net = UniEncoder(self.hparams.backbone or {"family": "bert"}, vocab_size, self.hparams.attn_map)
+        fmt = self.hparams.get("candidate_format") or "official"
+        self.net = UniEncoder(self.hparams.backbone or {"family": "bert"}, vocab_size, self.hparams.attn_map,
+                              token_types=fmt == "official")
         self.hparams["vocab_size"] = vocab_size
 
     def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        dm_fmt = getattr(dm, "candidate_format", None)
+        if dm_fmt is not None:
+            own = self.hparams.get("candidate_format")
+            if own is not None and own != dm_fmt:
+                raise ValueError(f"UniEncoderTask candidate_format={own!r} but the datamodule's is {dm_fmt!r}")
+            self.hparams["candidate_format"] = dm_fmt
         if self.net is None:
-            dm = self.trainer.datamodule
             if dm is None or not hasattr(dm, "vocab_size"):
                 raise ValueError("UniEncoderTask needs vocab_size or a datamodule that provides it")
             self._build(dm.vocab_size)
+        self.net.token_types = (self.hparams.get("candidate_format") or "official") == "official"
 
     def configure_model(self) -> None:
         """FSDP (``tasks.llm.sharding``): each backbone block is a unit, then the whole ranker."""

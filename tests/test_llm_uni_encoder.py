@@ -31,16 +31,10 @@ def _data(seed=0):
     return ctx, cands
 
 
-@pytest.mark.parametrize("backbone,attn_map", [(BERT, "arrow_context_masked"), (LLAMA, "causal"),
-                                               (LLAMA, "arrow_context_masked")])
-def test_packed_scores_equal_per_candidate_scoring(backbone, attn_map):
-    """Scores and every parameter gradient of one packed forward equal scoring each candidate alone."""
-    torch.manual_seed(0)
-    model = UniEncoder(backbone, vocab_size=40, attn_map=attn_map).eval()
-    ctx, cands = _data()
-    w = torch.randn(2, 3)
+def _packed_equals_alone(model, ctx, cands, w):
+    """Scores and every parameter gradient of one packed forward of ``(ctx, cands)`` (weighted by ``w``) equal
+    scoring each candidate alone; returns the packed gradients."""
     scores, valid = model(ctx, cands)
-    assert valid.tolist() == [[True, True, True], [True, False, False]]
     (scores.masked_fill(~valid, 0) * w).sum().backward()
     packed = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -51,9 +45,22 @@ def test_packed_scores_equal_per_candidate_scoring(backbone, attn_map):
             torch.testing.assert_close(scores[i, j], alone[0, 0], atol=1e-5, rtol=1e-5)
             total = total + alone[0, 0] * w[i, j]
     total.backward()
-    assert sum(float(g.abs().sum()) for g in packed.values()) > 0
     for n, p in model.named_parameters():
         torch.testing.assert_close(packed[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+    return packed
+
+
+@pytest.mark.parametrize("backbone,attn_map", [(BERT, "arrow_context_masked"), (LLAMA, "causal"),
+                                               (LLAMA, "arrow_context_masked")])
+def test_packed_scores_equal_per_candidate_scoring(backbone, attn_map):
+    """Scores and every parameter gradient of one packed forward equal scoring each candidate alone."""
+    torch.manual_seed(0)
+    model = UniEncoder(backbone, vocab_size=40, attn_map=attn_map).eval()
+    ctx, cands = _data()
+    w = torch.randn(2, 3)
+    assert model(ctx, cands)[1].tolist() == [[True, True, True], [True, False, False]]
+    packed = _packed_equals_alone(model, ctx, cands, w)
+    assert sum(float(g.abs().sum()) for g in packed.values()) > 0
 
 
 def test_released_arrow_is_not_per_candidate_but_permutation_invariant():
@@ -232,20 +239,8 @@ def test_official_layout_packed_scores_equal_per_candidate_scoring(attn_map):
     if attn_map == "arrow":  # context rows see all candidates: per-candidate equality needs one candidate per row
         cands = [[g[0]] for g in cands]
     w = torch.randn(2, 3)[:, : max(len(g) for g in cands)]
-    scores, valid = model(ctx, cands)
-    (scores.masked_fill(~valid, 0) * w).sum().backward()
-    packed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    packed = _packed_equals_alone(model, ctx, cands, w)
     assert packed["backbone.embeddings.token_type_embeddings.weight"][1].abs().sum() > 0  # type 1 is used
-    model.zero_grad()
-    total = 0
-    for i, group in enumerate(cands):
-        for j, c in enumerate(group):
-            alone, _ = model([ctx[i]], [[c]])
-            torch.testing.assert_close(scores[i, j], alone[0, 0], atol=1e-5, rtol=1e-5)
-            total = total + alone[0, 0] * w[i, j]
-    total.backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(packed[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
 
 
 def test_task_candidate_format_follows_datamodule_and_configs(tmp_path):

@@ -23,7 +23,7 @@ from datamodules.geometry_synthetic import (
     write_pair_list,
     write_scannet_scene,
 )
-from tasks.geometry import normals_from_pointmap
+from zoo.layers.geometry import normals_from_pointmap
 
 
 @pytest.fixture(scope="module")

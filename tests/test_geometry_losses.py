@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.geometry import STAGE_WEIGHTS, normals_from_pointmap, stage_loss
+from tasks.geometry import STAGE_WEIGHTS, stage_loss
 from zoo.dens3r import Dens3ROutput, Dens3RView
+from zoo.layers.geometry import normals_from_pointmap
 
 H, W, F = 12, 14, 10.0
 

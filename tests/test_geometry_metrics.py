@@ -15,12 +15,12 @@ from tasks.geometry import (
     gt_correspondences,
     info_nce,
     normal_metrics,
-    normals_from_pointmap,
     pose_auc,
     stage_loss,
 )
 from tasks.metrics.geometry import align_scale_shift, border_mask, relative_pose_error, rotation_angle
 from zoo.dens3r import Dens3ROutput, Dens3RView
+from zoo.layers.geometry import normals_from_pointmap
 
 
 def _np_depth_metrics(pred, gt, lo=1e-3, hi=20.0):

@@ -1,6 +1,7 @@
 """Building blocks shared by several model families."""
 from .contextual_attention import ContextualAttention
 from .dpt import DPTHead
+from .geometry import normals_from_pointmap
 from .rope2d import RoPE2D, grid_positions
 
-__all__ = ["ContextualAttention", "DPTHead", "RoPE2D", "grid_positions"]
+__all__ = ["ContextualAttention", "DPTHead", "RoPE2D", "grid_positions", "normals_from_pointmap"]

@@ -20,7 +20,9 @@ WORKER = ROOT / "tests" / "ddp_reid_worker.py"
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PL_DISABLE_FORK": "1", **(env or {})}
+    # the repository root goes first on an inherited PYTHONPATH (dependencies may live in a folder named there)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PL_DISABLE_FORK": "1", **(env or {})}
     env.pop("LOCAL_RANK", None)
     r = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                        check=False)

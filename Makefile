@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all test-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# On a GPU machine: the default suite plus every `gpu` test with the GPU visible, in parallel (pytest-xdist).
+# `make test-gpu` uses .venv; on an image that already holds the stack: `make test-gpu PYTHON=python3 JOBS=12`.
+PYTHON ?= $(BIN)/python
+JOBS ?= auto
+test-gpu:
+	SHAREZOO_TEST_GPU=1 $(PYTHON) -m pytest -q -n $(JOBS) -m "(not slow and not multigpu) or gpu" -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""

@@ -65,6 +65,39 @@ class CPUFSDPStrategy(FSDPStrategy):
                          device_id=torch.device("cpu"), **self.kwargs):
             yield
 
+    # Full state dicts without ``offload_to_cpu``. Lightning asks FSDP1 for ``FullStateDictConfig(offload_to_cpu=True)``;
+    # on CPU processes (the parameters already live on the CPU) torch 2.11 then segfaults cloning the unsharded
+    # parameters in FSDP's post-state-dict hook (``_full_post_state_dict_hook.param_hook``; seen on the H200 image,
+    # torch 2.11.0 + Lightning 2.6.6; torch 2.14.1 does not). Turning the offload off is exact here: nothing moves.
+    def lightning_module_state_dict(self):
+        with _no_cpu_offload():
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer):
+        with _no_cpu_offload():
+            return super().optimizer_state(optimizer)
+
+
+@contextmanager
+def _no_cpu_offload():
+    import pytorch_lightning.strategies.fsdp as pl_fsdp
+
+    original = pl_fsdp._get_full_state_dict_context
+
+    def full_state_dict_context(module, world_size, rank0_only=True):
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.state_dict_type(module, StateDictType.FULL_STATE_DICT,
+                                    FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+                                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
+
+    pl_fsdp._get_full_state_dict_context = full_state_dict_context
+    try:
+        yield
+    finally:
+        pl_fsdp._get_full_state_dict_context = original
+
 
 def strategy(kind: str):
     if kind == "ddp":

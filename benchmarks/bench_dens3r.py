@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from datamodules.geometry_synthetic import random_cameras, random_scene, intrinsics, render  # noqa: E402
+from datamodules.synthetic.geometry import random_cameras, random_scene, intrinsics, render  # noqa: E402
 from tasks.metrics.geometry import depth_metrics  # noqa: E402
 
 

@@ -19,14 +19,18 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from zoo.layers.geometry import normals_from_pointmap
 
-from .geometry_synthetic import pair_sample, render_views
+from ._layout import DatasetLayoutError, layout_error, require_dataset
+from .synthetic.geometry import pair_sample, render_views
+
+__all__ = [
+    "BadSampleError", "DSINENormalDataModule", "DSINENormals", "DatasetLayoutError", "NYUv2DataModule",
+    "NYUv2Labeled", "PairList", "PairListDataModule", "ScanNetPairDataModule", "ScanNetPairs",
+    "SyntheticGeometryDataModule", "SyntheticPairs", "parse_normal_axes",
+]
 
 _logger = logging.getLogger(__name__)
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The on-disk layout is missing or wrong; the message shows the expected tree and where to get the data."""
 
 
 class BadSampleError(ValueError):
@@ -67,8 +71,6 @@ def _pointmap(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def _normals_from_depth_pts(pts: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    from tasks.geometry import normals_from_pointmap
-
     n, ok = normals_from_pointmap(torch.from_numpy(pts)[None], torch.from_numpy(valid)[None])
     return (n[0] * ok[0, ..., None]).numpy().astype(np.float32)
 
@@ -80,13 +82,8 @@ def _scale_K(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
     return K
 
 
-def _require(root: Path, required: list[str], tree: str, source: str) -> None:
-    missing = [r for r in required if not (root / r).exists()]
-    if not root.is_dir() or missing:
-        raise DatasetLayoutError(
-            f"dataset not found at {root} (missing: {', '.join(missing) or root}).\nExpected layout:\n{tree}\n"
-            f"Where to get it: {source}"
-        )
+def _require(root: Path, required: list[str], name: str, tree: str, source: str) -> None:
+    require_dataset(root, name=name, tree=tree, source=source, required=required)
 
 
 class _Base(pl.LightningDataModule):
@@ -289,7 +286,7 @@ class NYUv2DataModule(_Base):
         self.raw_mask = raw_mask
 
     def prepare_data(self) -> None:
-        _require(self.root, ["nyu_depth_v2_labeled.mat", "splits.mat"], NYU_TREE, NYU_SOURCE)
+        _require(self.root, ["nyu_depth_v2_labeled.mat", "splits.mat"], "NYUv2", NYU_TREE, NYU_SOURCE)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -395,14 +392,14 @@ class ScanNetPairDataModule(_Base):
         self.normals_from_depth, self.max_depth = normals_from_depth, max_depth
 
     def _scenes(self) -> list[Path]:
-        if not self.root.is_dir():
-            _require(self.root, ["scene*"], SCANNET_TREE, SCANNET_SOURCE)
+        _require(self.root, [], "ScanNet", SCANNET_TREE, SCANNET_SOURCE)
         scenes = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("scene"))
         if not scenes:
-            raise DatasetLayoutError(f"no scene* folders in {self.root}.\nExpected layout:\n{SCANNET_TREE}\n"
-                                     f"Where to get it: {SCANNET_SOURCE}")
+            raise layout_error(f"no scene* folders in {self.root}.", name="ScanNet", tree=SCANNET_TREE,
+                               source=SCANNET_SOURCE, root=self.root)
         for sc in scenes:
-            _require(sc, ["color", "depth", "pose", "intrinsic/intrinsic_depth.txt"], SCANNET_TREE, SCANNET_SOURCE)
+            _require(sc, ["color", "depth", "pose", "intrinsic/intrinsic_depth.txt"], f"ScanNet scene {sc.name}",
+                     SCANNET_TREE, SCANNET_SOURCE)
         return scenes
 
     def prepare_data(self) -> None:
@@ -518,10 +515,10 @@ class DSINENormalDataModule(_Base):
         self.normal_axes = normal_axes
 
     def prepare_data(self) -> None:
-        _require(self.root, [self.dataset], DSINE_TREE, DSINE_SOURCE)
+        _require(self.root, [self.dataset], "DSINE", DSINE_TREE, DSINE_SOURCE)
         if not any((self.root / self.dataset).glob("*normal.png")):
-            raise DatasetLayoutError(f"no *_normal.png files in {self.root / self.dataset}.\nExpected layout:\n"
-                                     f"{DSINE_TREE}\nWhere to get it: {DSINE_SOURCE}")
+            raise layout_error(f"no *_normal.png files in {self.root / self.dataset}.", name="DSINE", tree=DSINE_TREE,
+                               source=DSINE_SOURCE, root=self.root)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()
@@ -598,7 +595,7 @@ class PairListDataModule(_Base):
         self.root, self.pairs_file, self.size = Path(root), pairs_file, size
 
     def prepare_data(self) -> None:
-        _require(self.root, [self.pairs_file], PAIRS_TREE, PAIRS_SOURCE)
+        _require(self.root, [self.pairs_file], "image-pair list", PAIRS_TREE, PAIRS_SOURCE)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()

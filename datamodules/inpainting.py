@@ -14,8 +14,8 @@ Masks (``train_mask`` / ``eval_mask``), generated at the final image size ``S``:
   irregular-mask test sets), which must be ``S x S`` and binary (``mask_threshold`` binarises soft/JPEG masks).
 Evaluation masks are seeded by the sample index, so every validation pass sees the same holes.
 
-Real photographs for tests and the demo: :func:`write_skimage_photos` lays scikit-image's bundled photos out in the
-CelebA-HQ or Places2 layout (with the official-style list files).
+Real photographs for tests and the demo: ``datamodules.synthetic.write_skimage_photos`` lays scikit-image's bundled
+photos out in the CelebA-HQ or Places2 layout (with the official-style list files), labelled synthetic.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._base import SplitDataModule
+from ._layout import DatasetLayoutError, layout_error, require_dataset
+from .synthetic import is_synthetic, write_skimage_photos
 
 _logger = logging.getLogger(__name__)
 
@@ -40,16 +42,12 @@ MaskKind = Literal["free_form", "square_center", "square_random", "square_list",
 __all__ = [
     "CelebAHQInpaintingDataModule", "InpaintingDataError", "InpaintingDataModule", "InpaintingImageDataset",
     "MaskGenerator", "Places2InpaintingDataModule", "free_form_mask", "load_image", "load_mask_image",
-    "read_square_list", "square_mask", "write_skimage_photos",
+    "read_square_list", "square_mask",
 ]
 
 
 class InpaintingDataError(ValueError):
     """A bad input file (unreadable image, mask of the wrong size or not binary); the message names the file."""
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The dataset is not where the datamodule looks; the message prints the expected tree and where to get it."""
 
 
 # ------------------------------------------------------------------------------------------------------ masks
@@ -459,15 +457,18 @@ class InpaintingDataModule(SplitDataModule):
         return 3
 
     # -------------------------------------------------------------------------------------------- layout
+    def _layout(self) -> dict[str, Any]:
+        return {"name": type(self).__name__, "tree": self.expected_tree, "source": self.where_to_get}
+
     def _layout_error(self, problem: str) -> DatasetLayoutError:
-        return DatasetLayoutError(
-            f"{type(self).__name__}: {problem}\n\nExpected layout:\n"
-            f"{self.expected_tree.replace('<root>', str(self.root))}\n{self.where_to_get}")
+        return layout_error(problem, root=self.root, **self._layout())
 
     def split_paths(self, split: str) -> list[Path]:
         """The image files of ``split`` ('train', 'val', 'test')."""
-        if not self.root.is_dir():
-            raise self._layout_error(f"dataset root {self.root} does not exist.")
+        require_dataset(self.root, **self._layout())
+        if is_synthetic(self.root) and not getattr(self, "_told_synthetic", False):
+            self._told_synthetic = True
+            _logger.warning("%s reads SYNTHETIC stand-in data at %s (SYNTHETIC.md)", type(self).__name__, self.root)
         list_name, image_dir = self.splits[split]
         if list_name is not None and (self.root / list_name).is_file():
             return read_split_list(self.root / list_name, self.root, image_dir)
@@ -663,78 +664,12 @@ class Places2InpaintingDataModule(InpaintingDataModule):
                          test_dir, limit_val_images, seed, mask_list=mask_list)
 
 
-# --------------------------------------------------------------------------------------- real demo photographs
-#: scikit-image's bundled photographs (offline); the last three are held out for validation/test
-SKIMAGE_TRAIN = ("astronaut", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-                 "colorwheel", "camera", "brick", "grass", "coins")
-SKIMAGE_TEST = ("coffee", "moon", "gravel")
-
-
-def _square_crops(img: np.ndarray, n: int) -> list[np.ndarray]:
-    """Centre square crop plus (n - 1) smaller corner crops of a photo."""
-    h, w = img.shape[:2]
-    s = min(h, w)
-    crops = [img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]]
-    c = int(0.6 * s)
-    for y, x in [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c)][: max(0, n - 1)]:
-        crops.append(img[y:y + c, x:x + c])
-    return crops
-
-
-def write_skimage_photos(root: str | os.PathLike, layout: Literal["celebahq", "places2"] = "celebahq",
-                         image_size: int = 256, crops_per_photo: int = 5) -> Path:
-    """Lay scikit-image's bundled photographs out as a real CelebA-HQ or Places2 folder (tests and the demo).
-
-    Each photo gives ``crops_per_photo`` square crops resized to ``image_size``; list files are written in the
-    official formats (CelebA-HQ: PEPSI's absolute ``D:/dataset/inpainting/...`` lines; Places2: ``/x/name/%08d.jpg
-    label`` and ``Places365_val_%08d.jpg label``). Photos of :data:`SKIMAGE_TEST` form the test split.
-
-    Returns:
-        the root.
-    """
-    import skimage.data
-    from PIL import Image
-
-    root = Path(root)
-    counter = {"train": 0, "test": 0}
-    lines: dict[str, list[str]] = {"train": [], "test": []}
-    for split, names in (("train", SKIMAGE_TRAIN), ("test", SKIMAGE_TEST)):
-        for label, name in enumerate(names):
-            img = getattr(skimage.data, name)()
-            img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
-            for crop in _square_crops(img, crops_per_photo):
-                pil = Image.fromarray(crop.astype(np.uint8)).resize((image_size, image_size), Image.LANCZOS)
-                if layout == "celebahq":
-                    i = counter["train"] + counter["test"]
-                    folder = "train_fh256" if split == "train" else "test_fh256"
-                    rel = f"{folder}/img{i:08d}.png"
-                    lines[split].append(f"D:/dataset/inpainting/{rel}")
-                else:
-                    if split == "train":
-                        rel_in = f"{name[0]}/{name}/{counter['train'] + 1:08d}.jpg"
-                        rel = f"data_256/{rel_in}"
-                        lines[split].append(f"/{rel_in} {label}")
-                    else:
-                        rel = f"val_256/Places365_val_{counter['test'] + 1:08d}.jpg"
-                        lines[split].append(f"{Path(rel).name} {label}")
-                counter[split] += 1
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                pil.save(root / rel, quality=95)
-    if layout == "celebahq":
-        (root / "train_fh256.txt").write_text("\n".join(lines["train"]) + "\n")
-        (root / "test_fh256.txt").write_text("\n".join(lines["test"]) + "\n")
-    else:
-        (root / "places365_train_standard.txt").write_text("\n".join(lines["train"]) + "\n")
-        (root / "places365_val.txt").write_text("\n".join(lines["test"]) + "\n")
-    return root
-
-
 class SkimagePhotosInpaintingDataModule(CelebAHQInpaintingDataModule):
     """The demo: scikit-image's bundled photographs written (once) in the CelebA-HQ layout, then read like it.
 
     Args:
-        root: where the photos are laid out (default ``$SHAREZOO_CACHE/demo/skimage_photos_<S>``, else
-            ``~/.cache/sharezoo/demo/...``).
+        root: where the photos are laid out: an absent, empty or synthetic-labelled folder (default
+            ``zoo.cache_dir('derived/inpainting') / 'skimage_photos_<S>'``).
         image_size: side S of the images.
         batch_size: images per batch.
         num_workers: DataLoader workers.
@@ -758,9 +693,9 @@ class SkimagePhotosInpaintingDataModule(CelebAHQInpaintingDataModule):
         seed: int = 0,
     ) -> None:
         if root is None:
-            cache = os.environ.get("SHAREZOO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                             "sharezoo")
-            root = str(Path(cache) / "demo" / f"skimage_photos_{image_size}")
+            from zoo import cache_dir
+
+            root = str(cache_dir("derived/inpainting") / f"skimage_photos_{image_size}")
         super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, hflip=hflip, seed=seed)
         self.crops_per_photo = crops_per_photo
 

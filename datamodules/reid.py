@@ -28,6 +28,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 
+from ._layout import layout_error  # noqa: E402
+from .synthetic import is_synthetic  # noqa: E402
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ["LAYOUTS", "PILResize", "ReIDDataModule", "ReIDImageDataset", "RandomIdentitySampler", "ReIDRandomErasing",
@@ -99,12 +102,11 @@ def find_dataset_dir(root: str | Path, layout: str) -> Path:
             ok = all((c / s).is_dir() for s in spec["splits"])
         if ok:
             return c
-    raise FileNotFoundError(
-        f"{layout}: no dataset found under {root}. Expected this layout:\n{_expected_tree(layout)}\n"
-        f"(the dataset folder may also be passed as root). Obtain it from: {spec['source']}. "
-        f"It is never downloaded automatically. For a synthetic stand-in in the same layout use "
-        f"datamodules.synthetic.write_reid_dataset(root, '{layout}')."
-    )
+    raise layout_error(
+        f"no dataset found under {root} (the dataset folder may also be passed as root).", name=layout,
+        tree=_expected_tree(layout), source=f"{spec['source']}. It is never downloaded automatically.", root=root,
+        notes=f"for a synthetic stand-in in the same layout use datamodules.synthetic.write_reid_dataset(<an empty "
+              f"folder>, '{layout}').")
 
 
 def _parse_folder(folder: Path, drop_junk: bool = True) -> list[Item]:
@@ -154,6 +156,8 @@ def parse_layout(root: str | Path, layout: str) -> dict[str, list[Item]]:
         query/gallery pids as in the files (0 = distractor), junk (-1) dropped, camids 0-based.
     """
     d = find_dataset_dir(root, layout)
+    if is_synthetic(d):
+        _logger.warning("%s at %s is SYNTHETIC data (SYNTHETIC.md), not the real dataset", layout, d)
     if layout == "msmt17":
         v2 = not (d / "train").is_dir()
         train_dir, test_dir = (d / "mask_train_v2", d / "mask_test_v2") if v2 else (d / "train", d / "test")
@@ -178,6 +182,12 @@ class ReIDRandomErasing(A.ImageOnlyTransform):
     With probability p, up to 10 attempts draw an area in [min_area, max_area] of the image and a log-uniform aspect
     ratio in [min_aspect, 1/min_aspect]; the first box that fits is filled with N(0, 1) noise per pixel and channel.
     (albumentations' ``Erasing`` samples the ratio linearly and fills uniformly, so it is not used.)
+
+    Why not timm's ``RandomErasing(mode='pixel')``: it draws the same boxes (same draws in the same order; equal
+    under one RNG state, ``tests/test_data_random_erasing.py``), but from the global ``random`` module and fills
+    from the global torch RNG, on CHW tensors after ``ToTensorV2``. This transform draws from the albumentations
+    pipeline's own seeded generators (``build_transforms(seed=...)``, reseeded per worker), so the augmentation
+    stream stays reproducible and per-worker; the fill values therefore differ (same N(0, 1) distribution).
 
     Args:
         p: probability.
@@ -404,7 +414,7 @@ class ReIDDataModule(pl.LightningDataModule):
     Args:
         root: folder holding the dataset folder (``data`` for ``data/market1501``) or the dataset folder itself.
         layout: market1501 | dukemtmc | msmt17 | occluded_duke.
-        image_size: (height, width) after resizing.
+        image_size: (height, width) after resizing (None: the model's input size, else (256, 128)).
         batch_size: per-device training batch (P x K); 128 = 8 identities x 16 as in the paper.
         num_instances: K, images per identity in a training batch (16 in the paper).
         test_batch_size: per-device evaluation batch.
@@ -413,18 +423,21 @@ class ReIDDataModule(pl.LightningDataModule):
         flip_prob: horizontal flip probability.
         pad: zero padding before the random crop.
         erasing_prob: random erasing probability.
-        mean: normalisation mean.
-        std: normalisation std.
+        mean: normalisation mean (None: the model's, else (0.5, 0.5, 0.5)).
+        std: normalisation std (None: the model's, else (0.5, 0.5, 0.5)).
         seed: sampler / augmentation seed.
         synthetic_if_missing: write a small synthetic dataset in this layout under ``root`` when none is found
-            (demo and tests; never for real experiments).
+            (demo and tests; never for real experiments); only into an absent, empty or synthetic-labelled root.
+        model: a zoo model name (``arch[.tag]``) whose preprocessing (``zoo.resolve_data_config``: input size,
+            mean/std, resize interpolation) fills ``image_size``, ``mean``, ``std`` and ``interpolation`` left None.
+        interpolation: PIL resize filter for both splits (None: the model's, else bicubic train / bilinear test).
     """
 
     def __init__(
         self,
         root: str = "data",
         layout: str = "market1501",
-        image_size: tuple[int, int] = (256, 128),
+        image_size: tuple[int, int] | None = None,
         batch_size: int = 128,
         num_instances: int = 16,
         test_batch_size: int = 256,
@@ -433,17 +446,26 @@ class ReIDDataModule(pl.LightningDataModule):
         flip_prob: float = 0.5,
         pad: int = 10,
         erasing_prob: float = 0.5,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
         seed: int = 1111,
         synthetic_if_missing: bool = False,
+        model: str | None = None,
+        interpolation: str | None = None,
     ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown ReID layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.save_hyperparameters()
         self.root, self.layout = root, layout
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        from zoo import resolve_data_config
+
+        cfg = resolve_data_config(model, image_size=image_size, mean=mean, std=std, interpolation=interpolation)
+        size = cfg.get("image_size", (256, 128))
+        self.image_size = (int(size[0]), int(size[1]))
+        self.mean = tuple(float(m) for m in cfg.get("mean", (0.5, 0.5, 0.5)))
+        self.std = tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5)))
+        self.interpolation: str | None = cfg.get("interpolation")
         self._splits: dict[str, list[Item]] | None = None
         self.train_set: ReIDImageDataset | None = None
         self.eval_set: ReIDImageDataset | None = None
@@ -476,11 +498,11 @@ class ReIDDataModule(pl.LightningDataModule):
         except FileNotFoundError:
             if not self.hparams.synthetic_if_missing:
                 raise
-            from .synthetic import DEMO_REID, write_reid_dataset
+            from .synthetic import ensure_demo_reid
 
-            _logger.warning("no %s dataset under %s: writing a synthetic one (synthetic_if_missing=True)",
+            _logger.warning("no %s dataset under %s: writing a SYNTHETIC one (synthetic_if_missing=True)",
                             self.layout, self.root)
-            write_reid_dataset(self.root, self.layout, **DEMO_REID)
+            ensure_demo_reid(self.root, self.layout)
 
     def prepare_data(self) -> None:
         self._ensure_present()
@@ -489,7 +511,7 @@ class ReIDDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         s = self.splits
-        tr = dict(image_size=self.image_size, mean=tuple(hp.mean), std=tuple(hp.std))
+        tr = dict(image_size=self.image_size, mean=self.mean, std=self.std, interpolation=self.interpolation)
         self.train_set = ReIDImageDataset(
             s["train"], build_transforms(True, flip_prob=hp.flip_prob, pad=hp.pad, erasing_prob=hp.erasing_prob,
                                          seed=hp.seed, **tr))

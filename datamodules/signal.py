@@ -70,6 +70,7 @@ from scipy import signal as sps
 from torch.utils.data import DataLoader, Dataset
 
 from ._base import SplitDataModule
+from ._layout import layout_error, require_dataset
 
 _logger = logging.getLogger(__name__)
 
@@ -165,10 +166,10 @@ def pick_channel(names: list[str], wanted: list[str] | tuple[str, ...]) -> int |
     return None
 
 
-def expected_tree(layout: str, root: str | os.PathLike) -> str:
+def layout_kwargs(layout: str) -> dict[str, str]:
+    """``name``/``tree``/``source``/``notes`` of a layout for :func:`datamodules._layout.require_dataset`."""
     spec = LAYOUTS[layout]
-    return (f"expected layout '{layout}' under {root}:\n{spec.tree}\nget it from: {spec.source}"
-            + (f"\nnotes: {spec.notes}" if spec.notes else ""))
+    return {"name": f"WFDB layout '{layout}'", "tree": spec.tree, "source": spec.source, "notes": spec.notes}
 
 
 # ------------------------------------------------------------------------------------------------ record listing
@@ -579,7 +580,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         labels_csv: CSV with a 'record' column and either one 0/1 column per label or a 'labels' column
             (';'-separated names).
         annotation_extension: annotation file extension for label_source='annotations'.
-        cache_dir: window cache folder (default ``$SHAREZOO_CACHE/signal_windows`` or ~/.cache/sharezoo/...).
+        cache_dir: window cache folder (default ``zoo.cache_dir('derived/signal')``: ``$SHAREZOO_CACHE/derived/signal``
+            or ``~/.cache/sharezoo/derived/signal``).
         batch_size: windows per batch.
         num_workers: DataLoader workers.
         max_windows_per_record: cap per record (None: all).
@@ -672,8 +674,12 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.unmapped_subjects = 0
         self.label_source, self.label_names, self.labels_csv = label_source, list(label_names or []), labels_csv
         self.annotation_extension = annotation_extension
-        self.cache_root = Path(cache_dir) if cache_dir else Path(
-            os.environ.get("SHAREZOO_CACHE") or Path.home() / ".cache" / "sharezoo") / "signal_windows"
+        if cache_dir:
+            self.cache_root = Path(cache_dir)
+        else:
+            from zoo import cache_dir as zoo_cache_dir
+
+            self.cache_root = zoo_cache_dir("derived/signal")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.max_windows_per_record = max_windows_per_record
         self.pair_separate_records = pair_separate_records
@@ -708,13 +714,11 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self._check_root()
 
     def _check_root(self) -> list[str]:
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"dataset root {self.root} does not exist.\n"
-                                    + expected_tree(self.layout, self.root))
+        require_dataset(self.root, **layout_kwargs(self.layout))
         recs = list_records(self.root, self.records, self.layout)
         if not recs:
-            raise FileNotFoundError(f"no WFDB records found under {self.root} (records={self.records!r}).\n"
-                                    + expected_tree(self.layout, self.root))
+            raise layout_error(f"no WFDB records found under {self.root} (records={self.records!r}).", root=self.root,
+                               **layout_kwargs(self.layout))
         return recs
 
     def setup(self, stage: str | None = None) -> None:

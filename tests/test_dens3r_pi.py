@@ -71,7 +71,7 @@ def test_scheme_positions_trained_without_interpolation(bench, net):
 def test_schemes_agree_at_1x_and_differ_at_2x(bench, net):
     """Same weights: interpolation and extrapolation are the same network at the training size, not at 2x; the
     literal switch (integer positions) and dropping positions change the 1x output too."""
-    from datamodules.geometry_synthetic import pair_sample, render_views
+    from datamodules.synthetic.geometry import pair_sample, render_views
 
     sch = bench.schemes(trained_pi=True, ref_len=32.0, train_tokens=4)
 

@@ -14,7 +14,7 @@ from datamodules.geometry import (
     ScanNetPairDataModule,
     SyntheticGeometryDataModule,
 )
-from datamodules.geometry_synthetic import (
+from datamodules.synthetic.geometry import (
     nyu_mask_holes,
     nyu_raw_holes,
     render_views,

@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 import zoo
-from datamodules.geometry_synthetic import intrinsics, look_at, random_scene, render, render_views
+from datamodules.synthetic.geometry import intrinsics, look_at, random_scene, render, render_views
 from tasks.geometry import gt_correspondences
 from tasks.geometry_inference import (
     estimate_focal,

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from sklearn.metrics import mean_squared_error
 
-from datamodules.geometry_synthetic import pair_sample, render_views
+from datamodules.synthetic.geometry import pair_sample, render_views
 from tasks.geometry import (
     STAGE_WEIGHTS,
     depth_metrics,

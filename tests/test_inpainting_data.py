@@ -16,8 +16,8 @@ from datamodules.inpainting import (
     load_mask_image,
     read_square_list,
     square_mask,
-    write_skimage_photos,
 )
+from datamodules.synthetic import write_skimage_photos
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import zoo
-from datamodules.inpainting import CelebAHQInpaintingDataModule, write_skimage_photos
+from datamodules.inpainting import CelebAHQInpaintingDataModule
+from datamodules.synthetic import write_skimage_photos
 from tasks.inpainting import (
     InpaintingTask,
     coarse_weight_at,

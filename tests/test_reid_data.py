@@ -110,9 +110,10 @@ def test_synthetic_if_missing_and_demo(tmp_path):
     assert dm.num_classes == 24 and dm.num_cameras == 6
     assert (dm.hparams.batch_size, dm.hparams.num_instances) == (128, 16)  # the paper's 8 ids x 16 by default
     d = ensure_demo_reid(tmp_path / "demo")
-    mtime = (d / ".sharezoo_demo").stat().st_mtime
+    assert (d / "SYNTHETIC.md").is_file() and (tmp_path / "demo" / "SYNTHETIC.md").is_file()  # labelled synthetic
+    mtime = (d / "SYNTHETIC.md").stat().st_mtime_ns
     ensure_demo_reid(tmp_path / "demo")  # written once
-    assert (d / ".sharezoo_demo").stat().st_mtime == mtime
+    assert (d / "SYNTHETIC.md").stat().st_mtime_ns == mtime
 
 
 # ------------------------------------------------------------------------------------------------------ sampler

@@ -8,6 +8,8 @@ import torch
 
 from datamodules import signal as ds
 from datamodules.signal import BUNDLED_ROOT, SignalDataError, WFDBPairedSignalDataModule
+from datamodules.synthetic import paired_signal as _synthetic
+from datamodules.synthetic import write_wfdb_record as _write
 
 
 def _copy(dst: Path, rec: str, new: str | None = None) -> None:
@@ -21,26 +23,9 @@ def _copy(dst: Path, rec: str, new: str | None = None) -> None:
             shutil.copy(BUNDLED_ROOT / f"{rec}{ext}", dst / f"{new}{ext}")
 
 
-def _write(dst: Path, name: str, sig: np.ndarray, names=("II", "PLETH"), fs=125, units=("mV", "NU")) -> None:
-    """Write a format-16 WFDB record; NaN samples are stored as the WFDB invalid value (-32768)."""
-    import wfdb
-
-    dst.mkdir(parents=True, exist_ok=True)
-    d = np.where(np.isnan(sig), -32768, np.round(np.nan_to_num(sig) * 1000)).astype(np.int64)
-    wfdb.wrsamp(name, fs=fs, units=list(units), sig_name=list(names), d_signal=d, fmt=["16"] * sig.shape[1],
-                adc_gain=[1000.0] * sig.shape[1], baseline=[0] * sig.shape[1], write_dir=str(dst))
-
-
 # the synthetic sin^15 "ECG" below spikes both ways (no polarity) and is no ECG to NeuroKit's SQI: tests that use it
 # (or that read many records and are not about these stages) turn the polarity check and the SQI gate off
 NO_QC = {"ecg_polarity": None, "ecg_sqi": None}
-
-
-def _synthetic(n: int, fs: float = 125) -> np.ndarray:
-    """Paired ECG-like (spiky beats + 20 µV noise, so the baseline is not a flat line) and PPG-like channels."""
-    t = np.arange(n) / fs
-    ecg = np.sin(2 * np.pi * 1.2 * t) ** 15 + 0.02 * np.random.default_rng(0).standard_normal(n)
-    return np.stack([ecg, np.sin(2 * np.pi * 1.2 * t + 1) + 1], 1)
 
 
 def test_a103l_real_windows(tmp_path):
@@ -167,7 +152,7 @@ def test_missing_root_prints_tree(tmp_path):
     msg = str(e.value)
     assert "waveforms/<XXX>/<CSN>" in msg and "physionet.org/content/mc-med" in msg and "credentialed" in msg
     for layout in ("bidmc", "cinc2015", "mimic3", "wfdb"):
-        with pytest.raises(FileNotFoundError, match="get it from"):
+        with pytest.raises(FileNotFoundError, match="Where to get it: "):
             WFDBPairedSignalDataModule(str(tmp_path / "nope"), layout=layout).prepare_data()
 
 
@@ -206,12 +191,14 @@ def test_all_nan_windows(tmp_path):
         WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), **NO_QC).setup()
     sig = _synthetic(125 * 20)
     sig[: 125 * 10, 0] = np.nan  # first 10 s of ECG missing: one window rejected, one kept
+    root = tmp_path / "r2"  # the synthetic writer never overwrites a record
     _write(root, "nanrec", sig)
     dm = WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10, **NO_QC)
     dm.setup()
     assert dm.screening.windows["rejected_nan"] == 1 and dm.screening.windows["kept"] == 1
     flat = _synthetic(125 * 20)
     flat[:, 1] = 0.5  # flat PPG: every window rejected → clear error naming the record, or skipped and counted
+    root = tmp_path / "r3"
     _write(root, "nanrec", flat)
     with pytest.raises(SignalDataError, match=r"record nanrec: all 2 windows were rejected .*rejected_flat_ppg"):
         WFDBPairedSignalDataModule(str(root), cache_dir=str(tmp_path), window_s=10, **NO_QC).setup()

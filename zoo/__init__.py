@@ -1,5 +1,7 @@
 """sharezoo models: plain ``nn.Module``s behind a timm-style registry. Never imports Lightning."""
 from ._builder import build_model, load_checkpoint
+from ._cache import cache_dir
+from ._data_config import register_data_config, resolve_data_config
 from ._card import count_params, model_card, model_card_dict
 from ._factory import create_model, save_pretrained
 from ._pretrained import PretrainedCfg, PretrainedWeightsError, is_offline, resolve_pretrained_file
@@ -14,9 +16,11 @@ from ._registry import (
 
 # model families: importing a module registers its entrypoints
 from . import dens3r, fusionreid, pepsi, ppgflowecg  # noqa: E402,F401
+from . import uni_encoder  # noqa: E402,F401  (LLM side; primitives in zoo.llm)
 
 __all__ = [
     "PretrainedCfg", "PretrainedWeightsError", "build_model", "count_params", "create_model", "get_pretrained_cfg",
     "is_model", "is_offline", "list_models", "list_pretrained", "load_checkpoint", "model_card", "model_card_dict",
     "register_model", "register_pretrained_cfgs", "resolve_pretrained_file", "save_pretrained",
+    "cache_dir", "register_data_config", "resolve_data_config",
 ]

@@ -1,8 +1,8 @@
 """Weight manifest entries, offline-first resolution, sha256 verification and safetensors loading.
 
 Resolution order for a weight (DESIGN.md "Weights"): explicit path -> cache dir (``cache_dir=`` ->
-``$SHAREZOO_CACHE`` -> the Hugging Face hub cache) -> download, never when ``HF_HUB_OFFLINE`` or
-``SHAREZOO_OFFLINE`` is set (read at call time).
+``$SHAREZOO_CACHE`` -> ``~/.cache/sharezoo``, the one policy of :func:`zoo.cache_dir`; then the Hugging Face hub
+cache) -> download, never when ``HF_HUB_OFFLINE`` or ``SHAREZOO_OFFLINE`` is set (read at call time).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._cache import cache_dir as _cache_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -78,18 +80,9 @@ def is_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "SHAREZOO_OFFLINE"))
 
 
-def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("SHAREZOO_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sharezoo"
-
-
 def cache_path(name: str, cfg: PretrainedCfg, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where ``name`` (``arch.tag``) lives in the sharezoo cache: ``<cache>/<arch.tag>/<file>``."""
-    return default_cache_dir(cache_dir) / name / cfg.file
+    """Where ``name`` (``arch.tag``) lives in the sharezoo cache: ``<cache>/<arch.tag>/<file>`` (``zoo.cache_dir``)."""
+    return _cache_dir(name, cache_dir) / cfg.file
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

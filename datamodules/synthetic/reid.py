@@ -1,9 +1,10 @@
-"""Writers that lay out tiny datasets in the same on-disk formats as the real ones (tests, demo).
+"""Synthetic person-ReID datasets in the official on-disk layouts (tests, demo), labelled synthetic.
 
 Person ReID (:func:`write_reid_dataset`): every identity is a fixed "outfit" (hair, shirt, trousers, shoes colours,
 an optional stripe and bag side) drawn as a pedestrian silhouette; each image adds a camera-specific brightness and
 tint, a small random shift/scale and pixel noise, and is saved as JPEG under the official file names of the layout,
-including junk (-1) and distractor (0000) gallery images for Market-1501.
+including junk (-1) and distractor (0000) gallery images for Market-1501. The folders written carry the
+``SYNTHETIC.md`` marker; the writers refuse folders holding anything they did not write and never overwrite a file.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._owned import claim, fresh, is_synthetic
 
 __all__ = ["write_reid_dataset", "ensure_demo_reid", "DEMO_REID", "person_image"]
 
@@ -69,8 +72,7 @@ def person_image(outfit: dict[str, Any], camera: int, rng: np.random.Generator, 
 def _save(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, quality=92)
+    Image.fromarray(arr).save(fresh(path, "write_reid_dataset"), quality=92)
 
 
 def _name(layout: str, pid: int, cam: int, k: int) -> str:
@@ -104,13 +106,17 @@ def write_reid_dataset(
     least one is from another camera, and one is from the query's camera (to exercise the same-camera filter).
     Market-1501 / Duke layouts also get junk (pid -1) and distractor (pid 0) gallery images; MSMT17 gets list files
     (train split into list_train + list_val by identity).
+
+    ``root`` and the dataset folder must be absent, empty or labelled synthetic (``SYNTHETIC.md``); both get the
+    label. Raises ``SyntheticDataError`` (nothing written) otherwise, or when a file would be overwritten.
     """
-    from .reid import LAYOUTS
+    from ..reid import LAYOUTS
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown ReID layout {layout!r}")
+    claim(root, "write_reid_dataset")
+    d = claim(Path(root) / LAYOUTS[layout]["dirs"][0], "write_reid_dataset")
     rng = np.random.default_rng(seed)
-    d = Path(root) / LAYOUTS[layout]["dirs"][0]
     outfits = {pid: _outfit(rng) for pid in range(1, num_train_ids + num_test_ids + 1)}
     train_pids = list(range(1, num_train_ids + 1))
     test_pids = list(range(num_train_ids + 1, num_train_ids + num_test_ids + 1))
@@ -160,16 +166,20 @@ def write_reid_dataset(
             "list_gallery.txt": records["gallery"],
         }
         for fname, recs in lists.items():
-            (d / fname).write_text("".join(f"{name} {pid}\n" for name, pid in recs))
+            fresh(d / fname, "write_reid_dataset").write_text("".join(f"{name} {pid}\n" for name, pid in recs))
     return d
 
 
-def ensure_demo_reid(root: str | Path) -> Path:
-    """Write the demo ReID dataset (Market-1501 layout, :data:`DEMO_REID` sizes) under ``root`` once; returns its
-    dataset folder."""
-    d = Path(root) / "market1501"
-    marker = d / ".sharezoo_demo"
-    if not marker.is_file():
-        write_reid_dataset(root, "market1501", **DEMO_REID)
-        marker.write_text("synthetic demo data written by datamodules.synthetic.ensure_demo_reid\n")
-    return d
+def ensure_demo_reid(root: str | Path, layout: str = "market1501") -> Path:
+    """The demo ReID dataset (``layout``, :data:`DEMO_REID` sizes) under ``root``, written on first use; returns its
+    dataset folder. Writes only into an absent, empty or synthetic-labelled ``root`` (see :func:`write_reid_dataset`).
+    """
+    from ..reid import LAYOUTS, find_dataset_dir
+
+    d = Path(root) / LAYOUTS[layout]["dirs"][0]
+    if is_synthetic(d):
+        try:
+            return find_dataset_dir(d, layout)
+        except FileNotFoundError:
+            pass  # an interrupted write: write_reid_dataset refuses to overwrite its files and says so
+    return write_reid_dataset(root, layout, **DEMO_REID)

@@ -8,7 +8,8 @@ correspondences and pointmaps in each other's frame.
 
 The writers lay tiny datasets out in the on-disk formats ``datamodules.geometry`` reads: the NYUv2 labelled
 ``.mat`` (HDF5 / MATLAB v7.3) + ``splits.mat``, ScanNet scene folders, DSINE normal folders, and image-pair
-lists with poses (ScanNet-1500 text format).
+lists with poses (ScanNet-1500 text format). Every folder they write carries the ``SYNTHETIC.md`` marker; they
+refuse folders holding anything they did not write and never overwrite a file.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ._owned import claim, fresh
 
 # ------------------------------------------------------------------------------------------- textures
 _TEXTURES = ("astronaut", "brick", "chelsea", "coffee", "grass", "gravel", "rocket", "camera", "moon")
@@ -273,25 +276,25 @@ def write_nyuv2_labeled(root: str | os.PathLike, n: int = 6, h: int = 48, w: int
     import h5py
     import scipy.io
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    w_ = "write_nyuv2_labeled"
+    root = claim(root, w_)
     imgs, depths, raws = [], [], []
     for i in range(n):
         v = render_views(seed + i, 1, h, w)[0]
         imgs.append((v["image"] * 255).round().astype(np.uint8))
         depths.append(v["depth"])
         raws.append(np.where(nyu_raw_holes(i, h, w), 0, v["depth"]) if raw_holes else v["depth"])
-    with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:
+    with h5py.File(fresh(root / "nyu_depth_v2_labeled.mat", w_), "w") as f:
         # MATLAB stores column-major: a 480x640x3xN array reads in h5py as (N, 3, 640, 480)
         f.create_dataset("images", data=np.stack(imgs).transpose(0, 3, 2, 1))
         f.create_dataset("depths", data=np.stack(depths).transpose(0, 2, 1).astype(np.float32))
         f.create_dataset("rawDepths", data=np.stack(raws).transpose(0, 2, 1).astype(np.float32))
     if masks:
         m = np.broadcast_to(~nyu_mask_holes(h, w), (n, h, w)).astype(np.uint8)
-        with h5py.File(root / "masks.mat", "w") as f:
+        with h5py.File(fresh(root / "masks.mat", w_), "w") as f:
             f.create_dataset("masks", data=m.transpose(0, 2, 1))
     idx = np.arange(1, n + 1)
-    scipy.io.savemat(root / "splits.mat", {"testNdxs": idx[:n_test, None].astype(np.float64),
+    scipy.io.savemat(fresh(root / "splits.mat", w_), {"testNdxs": idx[:n_test, None].astype(np.float64),
                                            "trainNdxs": idx[n_test:, None].astype(np.float64)})
     return root
 
@@ -303,18 +306,19 @@ def write_scannet_scene(root: str | os.PathLike, scene: str = "scene0000_00", n_
     JPEG at the depth resolution."""
     from PIL import Image
 
-    d = Path(root) / scene
-    for sub in ("color", "depth", "pose", "intrinsic"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
+    w_ = "write_scannet_scene"
+    claim(root, w_)
+    d = claim(Path(root) / scene, w_)
     views = render_views(seed, n_frames, h, w)
     for i, v in enumerate(views):
-        Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(d / "color" / f"{i}.jpg", quality=98)
-        Image.fromarray(np.round(v["depth"] * 1000).astype(np.uint16)).save(d / "depth" / f"{i}.png")
-        np.savetxt(d / "pose" / f"{i}.txt", v["c2w"])
+        Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(fresh(d / "color" / f"{i}.jpg", w_),
+                                                                          quality=98)
+        Image.fromarray(np.round(v["depth"] * 1000).astype(np.uint16)).save(fresh(d / "depth" / f"{i}.png", w_))
+        np.savetxt(fresh(d / "pose" / f"{i}.txt", w_), v["c2w"])
     K4 = np.eye(4)
     K4[:3, :3] = views[0]["K"]
-    np.savetxt(d / "intrinsic" / "intrinsic_color.txt", K4)
-    np.savetxt(d / "intrinsic" / "intrinsic_depth.txt", K4)
+    np.savetxt(fresh(d / "intrinsic" / "intrinsic_color.txt", w_), K4)
+    np.savetxt(fresh(d / "intrinsic" / "intrinsic_depth.txt", w_), K4)
     return d
 
 
@@ -324,15 +328,16 @@ def write_dsine(root: str | os.PathLike, dataset: str = "nyuv2", n: int = 3, h: 
     zero where invalid), ``<name>_intrins.npy``."""
     from PIL import Image
 
-    d = Path(root) / dataset
-    d.mkdir(parents=True, exist_ok=True)
+    w_ = "write_dsine"
+    claim(root, w_)
+    d = claim(Path(root) / dataset, w_)
     for i in range(n):
         v = render_views(seed + i, 1, h, w)[0]
         name = f"{i:06d}"
-        Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(d / f"{name}_img.png")
+        Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(fresh(d / f"{name}_img.png", w_))
         nm = np.where(v["valid"][..., None], np.round((v["normal"] + 1) / 2 * 255), 0).astype(np.uint8)
-        Image.fromarray(nm).save(d / f"{name}_normal.png")
-        np.save(d / f"{name}_intrins.npy", v["K"])
+        Image.fromarray(nm).save(fresh(d / f"{name}_normal.png", w_))
+        np.save(fresh(d / f"{name}_intrins.npy", w_), v["K"])
     return d
 
 
@@ -341,18 +346,18 @@ def write_pair_list(root: str | os.PathLike, n_pairs: int = 3, h: int = 48, w: i
     (T_0to1 maps camera-0 coordinates to camera-1 coordinates)."""
     from PIL import Image
 
-    root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
+    w_ = "write_pair_list"
+    root = claim(root, w_)
     lines = []
     for i in range(n_pairs):
         v0, v1 = render_views(seed + i, 2, h, w)
         names = []
         for j, v in enumerate((v0, v1)):
             names.append(f"images/{i:03d}_{j}.png")
-            Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(root / names[-1])
+            Image.fromarray((v["image"] * 255).round().astype(np.uint8)).save(fresh(root / names[-1], w_))
         T = np.linalg.inv(v1["c2w"]) @ v0["c2w"]
         vals = [*names, "0", "0", *(f"{x:.9g}" for x in v0["K"].ravel()), *(f"{x:.9g}" for x in v1["K"].ravel()),
                 *(f"{x:.12g}" for x in T.ravel())]
         lines.append(" ".join(vals))
-    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    fresh(root / "pairs.txt", w_).write_text("\n".join(lines) + "\n")
     return root

@@ -1,0 +1,37 @@
+"""Synthetic stand-in datasets written in the real on-disk formats (tests, demos), one module per layout.
+
+Every writer labels the folders it writes with ``SYNTHETIC.md`` (:data:`MARKER`), writes only into a folder that is
+absent, empty or already so labelled, and never overwrites a file (:class:`SyntheticDataError` otherwise, nothing
+written). The datamodules read these folders like the real data and log that they are synthetic.
+
+- :mod:`.reid`: Market-1501 / DukeMTMC-reID / MSMT17 / Occluded-Duke (:func:`write_reid_dataset`, the demo set)
+- :mod:`.inpainting`: CelebA-HQ / Places2 layouts from scikit-image's photographs (:func:`write_skimage_photos`)
+- :mod:`.geometry`: ray-cast scenes with exact ground truth; NYUv2 .mat, ScanNet, DSINE, pair-list writers
+- :mod:`.signal`: WFDB records (:func:`write_wfdb_record`, :func:`paired_signal`)
+"""
+from ._owned import MARKER, SyntheticDataError, claim, fresh, is_synthetic, owned_or_empty
+from .geometry import (
+    intrinsics,
+    look_at,
+    nyu_mask_holes,
+    nyu_raw_holes,
+    pair_sample,
+    random_cameras,
+    random_scene,
+    render,
+    render_views,
+    write_dsine,
+    write_nyuv2_labeled,
+    write_pair_list,
+    write_scannet_scene,
+)
+from .inpainting import write_skimage_photos
+from .reid import DEMO_REID, ensure_demo_reid, person_image, write_reid_dataset
+from .signal import paired_signal, write_wfdb_record
+
+__all__ = [
+    "DEMO_REID", "MARKER", "SyntheticDataError", "claim", "ensure_demo_reid", "fresh", "intrinsics", "is_synthetic",
+    "look_at", "nyu_mask_holes", "nyu_raw_holes", "owned_or_empty", "pair_sample", "paired_signal", "person_image",
+    "random_cameras", "random_scene", "render", "render_views", "write_dsine", "write_nyuv2_labeled",
+    "write_pair_list", "write_reid_dataset", "write_scannet_scene", "write_skimage_photos", "write_wfdb_record",
+]

@@ -42,9 +42,9 @@ def timed(fn, device, iters):
 
 
 def main(argv=None) -> int:
-    from tasks.llm.ape import APE
-    from tasks.llm.prefix import decoder_and_head, enable_prefix_attention, lm_logits
-    from tasks.llm.hf_models import build_causal_lm, causal_lm_config
+    from tasks.llm.methods.ape import APE
+    from zoo.llm.prefix import decoder_and_head, enable_prefix_attention, lm_logits
+    from zoo.llm import build_causal_lm
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     shape = TINY if tiny else QWEN_05B
-    model = build_causal_lm(causal_lm_config("qwen2", **shape)).to(device=device, dtype=dtype).eval()
+    model = build_causal_lm("qwen2", **shape).to(device=device, dtype=dtype).eval()
     enable_prefix_attention(model)
     common = {"bench": "ape", **environment(device), "dtype": str(dtype).replace("torch.", ""), "shape": shape,
               "prefix_len": lp, "query_len": lq}

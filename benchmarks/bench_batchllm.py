@@ -26,9 +26,9 @@ from bench_prefix_grouper import QWEN_05B, TINY, environment, is_oom  # noqa: E4
 
 
 def main(argv=None) -> int:
-    from tasks.llm.batchllm import BatchLLMEngine
-    from tasks.llm.generation import sample_completions
-    from tasks.llm.hf_models import build_causal_lm, causal_lm_config
+    from tasks.llm.engines.batchllm import BatchLLMEngine
+    from tasks.llm.engines.generation import sample_completions
+    from zoo.llm import build_causal_lm
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     shape = TINY if tiny else QWEN_05B
-    model = build_causal_lm(causal_lm_config("qwen2", **shape)).to(device=device, dtype=dtype).eval()
+    model = build_causal_lm("qwen2", **shape).to(device=device, dtype=dtype).eval()
     common = {"bench": "batchllm", **environment(device), "dtype": str(dtype).replace("torch.", ""), "shape": shape,
               "docs": n_docs, "question_len": q_len, "new_tokens": n_new}
     t0 = time.perf_counter()

@@ -56,11 +56,11 @@ def environment(device: torch.device) -> dict:
 
 
 def build_model(family: str, shape: dict, dtype: torch.dtype, device: torch.device, grad_ckpt: bool):
-    from tasks.llm.prefix import enable_prefix_attention
-    from tasks.llm.hf_models import build_causal_lm, causal_lm_config, enable_activation_checkpointing
+    from zoo.llm.prefix import enable_prefix_attention
+    from zoo.llm import build_causal_lm, enable_activation_checkpointing
 
     torch.manual_seed(0)
-    model = build_causal_lm(causal_lm_config(family, **shape)).to(device=device, dtype=dtype)
+    model = build_causal_lm(family, **shape).to(device=device, dtype=dtype)
     enable_prefix_attention(model)  # plain forwards stay SDPA; packed forwards use the shared-prefix attention
     if grad_ckpt:
         enable_activation_checkpointing(model)
@@ -96,7 +96,7 @@ def analytic_flops(cfg, p: int, s: int, g: int) -> dict:
 
 def make_step(model, method: str, p: int, s: int, g: int, device: torch.device):
     """A GRPO fwd+bwd step on one prompt of length P with G completions of length S (on-policy surrogate)."""
-    from tasks.llm.grpo import completion_logps, grpo_loss
+    from tasks.llm.methods.grpo import completion_logps, grpo_loss
 
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(p * 31 + s * 7 + g)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tasks/llm benchmarks on one GPU (issue 7): Prefix Grouper at S = 1k, APE prefill, BatchLLM generation.
+# The LLM-side benchmarks on one GPU (issue 7): Prefix Grouper at S = 1k, APE prefill, BatchLLM generation.
 # Each script keeps to its --time-budget (later points are skipped and say so); results append to $OUT_DIR.
 #   benchmarks/llm_h200.sh [OUT_DIR]      (default benchmarks/results)
 set -uo pipefail

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tasks.llm.tokenizer import CharTokenizer
+from zoo.llm import CharTokenizer
 
 
 def arithmetic_examples(max_operand: int = 9, ops: str = "+", seed: int = 0) -> list[dict]:

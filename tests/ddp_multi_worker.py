@@ -41,8 +41,8 @@ from tasks.llm.uni_encoder import UniEncoderTask
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = timedelta(seconds=90)  # a collective mismatch fails fast instead of the 30 min default
-LLAMA = {"family": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2}
+LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2}
 BERT = {"family": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
 
@@ -164,7 +164,8 @@ def trainer(kind: str, out: Path, run: str, losses: Losses, **kw) -> pl.Trainer:
 def run_grpo(kind: str, out: Path, prefix_grouper: bool = False) -> tuple[pl.Trainer, pl.LightningModule, Losses]:
     pl.seed_everything(0)
     dm = PromptDataModule(batch_size=4, val_batch_size=8, steps_per_epoch=40)
-    task = GRPOTask(model=LLAMA, vocab_size=dm.vocab_size, group_size=3, max_new_tokens=4, sft_warmup_steps=2,
+    task = GRPOTask(model="llama", model_kwargs=dict(LLAMA, vocab_size=dm.vocab_size), group_size=3, max_new_tokens=4,
+                    sft_warmup_steps=2,
                     lr=3e-3, sft_lr=3e-3, max_grad_norm=0.05, prefix_grouper=prefix_grouper,  # clipping active
                     reward="digit_match")  # partial credit: the group rewards vary, GRPO gradients are not zero
     eos_bias_on_rank0(task, dm.tokenizer.eos_id)
@@ -178,7 +179,7 @@ def run_grpo(kind: str, out: Path, prefix_grouper: bool = False) -> tuple[pl.Tra
 def run_uni(kind: str, out: Path, data: str) -> tuple[pl.Trainer, pl.LightningModule, Losses]:
     pl.seed_everything(0)
     dm = ResponseSelectionDataModule(data, batch_size=4, max_context_len=32, max_response_len=8)
-    task = UniEncoderTask(backbone=BERT, lr=2e-3)
+    task = UniEncoderTask(model_kwargs={"backbone": BERT}, lr=2e-3)
     losses = Losses()
     tr = trainer(kind, out, f"uni-{kind}", losses, max_steps=3, val_check_interval=3, limit_val_batches=1)
     tr.fit(task, datamodule=dm)

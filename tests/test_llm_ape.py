@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from tasks.llm.ape import APE, ContextKV, sequential_logits
-from tasks.llm.prefix import attention_with_lse, merge_partials
-from tasks.llm.hf_models import tiny_causal_lm
+from tasks.llm.methods.ape import APE, ContextKV, sequential_logits
+from zoo.llm.prefix import attention_with_lse, merge_partials
+from zoo.llm import tiny_causal_lm
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])

@@ -4,9 +4,10 @@ import random
 import pytest
 import torch
 
-from tasks.llm.batchllm import BatchLLMEngine, build_prefix_tree, plan_prefix_groups, plan_saving, schedule
-from tasks.llm.generation import sample_completions
-from tasks.llm.hf_models import tiny_causal_lm
+from tasks.llm.engines.batchllm import BatchLLMEngine
+from tasks.llm.methods.batchllm import build_prefix_tree, plan_prefix_groups, plan_saving, schedule
+from tasks.llm.engines.generation import sample_completions
+from zoo.llm import tiny_causal_lm
 
 
 def _partitions(items):
@@ -126,7 +127,7 @@ def test_engine_with_eos_stops():
 def _instrument(monkeypatch):
     """Record, at every attention call, the K/V the attention really holds: segment K/V as stored + own K/V cache +
     per-row prefix copies (the joint path's concat); also the segment entries stored (freed groups disappear)."""
-    from tasks.llm.prefix import segments
+    from zoo.llm.prefix import segments
 
     held, entries = [], []
     orig_call, orig_joint = segments.SegmentAttention.__call__, segments.SegmentAttention._joint
@@ -163,7 +164,7 @@ def test_kv_actually_stored_stays_under_budget(lse_merge, monkeypatch):
     """Audit case: prefix 20, suffixes 1/1/1/12, max_new_tokens 1/1/1/30, budget 100 (an early plan said 68 and the
     engine stored 184). Finished rows now leave the batch, so the three 1-token requests no longer pin K/V for 29
     decode steps: measured peak <= planned <= budget, and the plan is below the old formula."""
-    from tasks.llm.batchllm import batch_kv_tokens
+    from tasks.llm.methods.batchllm import batch_kv_tokens
 
     held, _ = _instrument(monkeypatch)
     model = tiny_causal_lm("llama", vocab_size=60)
@@ -194,7 +195,7 @@ def test_finished_rows_and_groups_leave_the_batch(lse_merge, monkeypatch):
     """Two prefix groups + a lone request in one batch with very unequal max_new_tokens: rows leave as they finish,
     a group's prefix entry is freed after its last member, the measured peak equals the plan (below the old
     formula), and greedy outputs still equal generating each prompt alone."""
-    from tasks.llm.batchllm import batch_kv_tokens
+    from tasks.llm.methods.batchllm import batch_kv_tokens
 
     held, entries = _instrument(monkeypatch)
     model = tiny_causal_lm("llama", vocab_size=60)

@@ -6,9 +6,10 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.llm_prompts import PromptDataModule, arithmetic_examples, read_prompt_jsonl, write_prompt_jsonl
-from tasks.llm.grpo import GRPOTask, Rollout, completion_logps, group_advantages, grpo_loss
+from tasks.llm.grpo import GRPOTask
+from tasks.llm.methods.grpo import Rollout, completion_logps, group_advantages, grpo_loss
 from tasks.llm.rewards import digit_match, exact_match
-from tasks.llm.tokenizer import CharTokenizer
+from zoo.llm import CharTokenizer
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
@@ -36,7 +37,7 @@ def _rollout(task, g, seed=0, kl=True, off_policy=True):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 @pytest.mark.parametrize("g", [1, 3, 4])
 def test_prefix_grouper_equals_repeated_prefix(family, g):
-    task = GRPOTask(model=dict(family=family, **TINY), vocab_size=40, kl_coef=0.1, clip_eps=0.2)
+    task = GRPOTask(model=family, model_kwargs=dict(TINY, vocab_size=40), kl_coef=0.1, clip_eps=0.2)
     ro = _rollout(task, g)
     results = {}
     for switch in (False, True):
@@ -62,7 +63,7 @@ def test_prefix_grouper_equals_repeated_prefix(family, g):
 
 def test_merge_path_equals_split_path_in_grpo():
     """The LSE-merge path at model level: loss and every parameter gradient equal the split path and no grouping."""
-    task = GRPOTask(model=dict(family="llama", **TINY), vocab_size=40, kl_coef=0.0, prefix_grouper=True)
+    task = GRPOTask(model="llama", model_kwargs=dict(TINY, vocab_size=40), kl_coef=0.0, prefix_grouper=True)
     ro = _rollout(task, 4, kl=False)
     results = {}
     for grouper, mode in ((False, "split"), (True, "split"), (True, "merge")):
@@ -122,7 +123,7 @@ def test_prompt_datamodule_reads_jsonl(tmp_path):
 def test_grpo_fit_runs_a_few_steps(tmp_path):
     """KL reference, two passes per rollout (clipping active), validation; the switch-off path runs in the configs."""
     dm = PromptDataModule(batch_size=4, steps_per_epoch=3, max_operand=4, num_val=4, val_batch_size=4)
-    task = GRPOTask(model=dict(family="qwen2", **TINY), group_size=3, max_new_tokens=3, sft_warmup_steps=1,
+    task = GRPOTask(model="qwen2", model_kwargs=TINY, group_size=3, max_new_tokens=3, sft_warmup_steps=1,
                     kl_coef=0.05, num_iterations=2, prefix_grouper=True)
     trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -137,7 +138,7 @@ def test_grpo_fit_runs_a_few_steps(tmp_path):
 
 
 def test_chunked_logps_equal_unchunked_with_grads():
-    task = GRPOTask(model=dict(family="llama", **TINY), vocab_size=40)
+    task = GRPOTask(model="llama", model_kwargs=dict(TINY, vocab_size=40))
     ro = _rollout(task, 3, kl=False, off_policy=False)
     out = []
     for chunk in (1 << 28, 40 * 3):  # one chunk vs. one completion row per chunk (checkpointed)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.llm.prefix import (
+from zoo.llm.prefix import (
     PrefixLayout,
     attention_with_lse,
     merge_partials,
@@ -14,7 +14,7 @@ from tasks.llm.prefix import (
     repeated_suffix_logits,
     shared_prefix_logits,
 )
-from tasks.llm.hf_models import enable_activation_checkpointing, tiny_causal_lm
+from zoo.llm import enable_activation_checkpointing, tiny_causal_lm
 
 
 def test_layout_positions_restart_and_masks():
@@ -129,8 +129,8 @@ def test_shared_prefix_logits_equal_sequential(family, mode):
 
 def test_softcap_is_applied_in_every_spec():
     """Soft-capping reaches the kernels: attention_with_lse, the MaskedAttention spec and the segment spec."""
-    from tasks.llm.prefix import MaskedAttention
-    from tasks.llm.prefix.segments import KVSegment, SegmentAttention
+    from zoo.llm.prefix import MaskedAttention
+    from zoo.llm.prefix.segments import KVSegment, SegmentAttention
 
     q, k, v = torch.randn(2, 4, 5, 8) * 3, torch.randn(2, 2, 5, 8) * 3, torch.randn(2, 2, 5, 8)
     cap, scale = 0.7, 8**-0.5
@@ -153,8 +153,8 @@ def test_softcap_is_applied_in_every_spec():
 
 @pytest.mark.parametrize("kwarg", ["s_aux", "sinks", "position_bias"])
 def test_unsupported_attention_kwargs_raise(kwarg):
-    from tasks.llm.prefix import GroupedAttention
-    from tasks.llm.prefix.hf import prefix_attention_forward
+    from zoo.llm.prefix import GroupedAttention
+    from zoo.llm.prefix.hf import prefix_attention_forward
 
     lay = PrefixLayout.build([2], [[1, 1]])
     module = torch.nn.Linear(1, 1).eval()
@@ -165,7 +165,7 @@ def test_unsupported_attention_kwargs_raise(kwarg):
 
 def test_wrong_position_restart_is_detected():
     """Sanity check of the test itself: suffixes continuing at P + sum(previous) differ from the baseline."""
-    from tasks.llm.prefix import GroupedAttention, lm_logits, run_with_spec
+    from zoo.llm.prefix import GroupedAttention, lm_logits, run_with_spec
 
     model = tiny_causal_lm("llama", vocab_size=64)
     prefix, suffixes = torch.randint(0, 64, (5,)), [torch.randint(0, 64, (3,)) for _ in range(2)]

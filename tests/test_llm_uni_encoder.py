@@ -9,7 +9,6 @@ from datamodules.llm_response_selection import (
     write_synthetic_response_selection,
 )
 from tasks.llm.uni_encoder import (
-    UniEncoder,
     UniEncoderTask,
     mean_average_precision,
     mean_reciprocal_rank,
@@ -17,6 +16,7 @@ from tasks.llm.uni_encoder import (
     precision_at_1,
     recall_at_k,
 )
+from zoo.uni_encoder import UniEncoder
 
 BERT = dict(family="bert", initializer_range=0.3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64)
@@ -96,7 +96,7 @@ def test_reader_and_fit_test(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.txt"):
         ResponseSelectionDataModule(str(tmp_path / "none")).prepare_data()
     dm = ResponseSelectionDataModule(str(root), batch_size=8)
-    task = UniEncoderTask(backbone=BERT, lr=2e-3)
+    task = UniEncoderTask(model_kwargs=dict(backbone=BERT), lr=2e-3)
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=3, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path)
@@ -153,7 +153,8 @@ def test_noam_scheduler_option(tmp_path):
     """The released schedule: linear warmup to the peak lr at ``warmup`` optimizer steps, then ``sqrt(W / step)``."""
     from tasks.llm.uni_encoder import noam_factor
 
-    task = UniEncoderTask(backbone=BERT, vocab_size=40, lr=2e-4, scheduler="noam", warmup_steps=4, betas=(0.9, 0.98))
+    task = UniEncoderTask(model_kwargs=dict(backbone=BERT, vocab_size=40), lr=2e-4, scheduler="noam", warmup_steps=4,
+                          betas=(0.9, 0.98))
     cfg = task.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert cfg["lr_scheduler"]["interval"] == "step" and opt.param_groups[0]["betas"] == (0.9, 0.98)
@@ -165,12 +166,13 @@ def test_noam_scheduler_option(tmp_path):
     expect = [2e-4 * f for f in (0.25, 0.5, 0.75, 1.0)] + [2e-4 * (4 / s) ** 0.5 for s in range(5, 17)]
     assert lrs == pytest.approx(expect, rel=1e-6)
     assert noam_factor(16, 4) == pytest.approx(0.5)
-    assert isinstance(UniEncoderTask(backbone=BERT, vocab_size=40).configure_optimizers(), torch.optim.AdamW)
+    plain = UniEncoderTask(model_kwargs=dict(backbone=BERT, vocab_size=40)).configure_optimizers()
+    assert isinstance(plain, torch.optim.AdamW)
     with pytest.raises(ValueError, match="scheduler"):
-        UniEncoderTask(backbone=BERT, vocab_size=40, scheduler="cosine")
+        UniEncoderTask(model_kwargs=dict(backbone=BERT, vocab_size=40), scheduler="cosine")
     # under a trainer the warmup is capped at one epoch + 1 optimizer steps (released rule)
     root = write_synthetic_response_selection(tmp_path / "rs", num_train=24, num_val=4, num_test=4)
-    task = UniEncoderTask(backbone=BERT, lr=2e-3, scheduler="noam", warmup_steps=3500)
+    task = UniEncoderTask(model_kwargs=dict(backbone=BERT), lr=2e-3, scheduler="noam", warmup_steps=3500)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          default_root_dir=tmp_path)
@@ -252,7 +254,7 @@ def test_task_candidate_format_follows_datamodule_and_configs(tmp_path):
 
     root = write_synthetic_response_selection(tmp_path / "rs", num_train=16, num_val=4, num_test=4)
     for fmt, own, expect in (("official", None, True), ("plain", None, False), ("plain", "plain", False)):
-        task = UniEncoderTask(backbone=BERT, candidate_format=own)
+        task = UniEncoderTask(model_kwargs=dict(backbone=BERT), candidate_format=own)
         trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                              default_root_dir=tmp_path)
@@ -261,10 +263,10 @@ def test_task_candidate_format_follows_datamodule_and_configs(tmp_path):
     with pytest.raises(ValueError, match="candidate_format"):
         trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-        trainer.fit(UniEncoderTask(backbone=BERT, candidate_format="official"),
+        trainer.fit(UniEncoderTask(model_kwargs=dict(backbone=BERT), candidate_format="official"),
                     ResponseSelectionDataModule(str(root), batch_size=8, candidate_format="plain"))
     with pytest.raises(ValueError, match="candidate_format"):
-        UniEncoderTask(backbone=BERT, candidate_format="wrapped")
+        UniEncoderTask(model_kwargs=dict(backbone=BERT), candidate_format="wrapped")
     cfg_dir = Path(__file__).resolve().parents[1] / "configs" / "uni_encoder"
     for path in sorted(cfg_dir.glob("*.yaml")):
         text = path.read_text()

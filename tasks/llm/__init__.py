@@ -1,11 +1,10 @@
-"""Companion module for the LLM-side papers (shared prefixes, KV caches, shared weights).
+"""The LLM-side papers: methods, engines and Lightning tasks (``tasks/llm/README.md`` is the guide).
 
-Submodules (imported on demand, they need ``transformers``):
-
-* :mod:`tasks.llm.prefix` — the shared-prefix attention primitive (packed layout, LSE merge, HF registration);
-  ``shared_prefix_logits``;
-* :mod:`tasks.llm.grpo` — ``GRPOTask`` with the Prefix Grouper switch;
-* :mod:`tasks.llm.ape` — APE adaptive parallel encoding;
-* :mod:`tasks.llm.uni_encoder` — Uni-Encoder response selection (``UniEncoderTask``);
-* :mod:`tasks.llm.batchllm` — BatchLLM-style prefix-shared offline generation.
+* primitives (attention, caches) and the causal-LM builder: :mod:`zoo.llm`; models (rankers, encoders):
+  ``zoo/<paper>.py``;
+* :mod:`tasks.llm.methods` — one module per paper (plain torch);
+* :mod:`tasks.llm.engines` — generation and serving loops;
+* tasks (LightningModules on :class:`tasks.llm._base.LLMTask`): :mod:`tasks.llm.grpo` (``GRPOTask``, Prefix Grouper
+  switch), :mod:`tasks.llm.uni_encoder` (``UniEncoderTask``);
+* :mod:`tasks.llm.rewards` (verifiable rewards), :mod:`tasks.llm.sharding` (FSDP units of the LLM tasks).
 """

@@ -128,7 +128,7 @@ def is_prefix_attention_enabled(model: nn.Module) -> bool:
     return getattr(model.config, "_attn_implementation", None) == ATTN_NAME
 
 
-def _placeholder_mask(device: torch.device) -> torch.Tensor:
+def placeholder_mask(device: torch.device) -> torch.Tensor:
     """A 4-D mask HF passes through untouched (so it builds no ``[L, L]`` mask of its own for packed rows)."""
     return torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
 
@@ -199,7 +199,7 @@ def run_with_spec(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         position_ids=position_ids,
-        attention_mask=_placeholder_mask(device),
+        attention_mask=placeholder_mask(device),
         use_cache=False,
         prefix_attention=spec,
     )

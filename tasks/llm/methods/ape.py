@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tasks.llm.prefix.hf import enable_prefix_attention, lm_logits
-from tasks.llm.prefix.segments import KVSegment, SegmentAttention, run_segment_forward
+from zoo.llm.prefix.hf import enable_prefix_attention, lm_logits
+from zoo.llm.prefix.segments import KVSegment, SegmentAttention, run_segment_forward
 
 
 @dataclass

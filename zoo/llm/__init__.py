@@ -1,0 +1,36 @@
+"""LLM primitives the models and methods share (no Lightning): where each kind lives.
+
+* :mod:`zoo.llm.causal_lm` — :func:`build_causal_lm`, THE one way to build a Hugging Face causal LM (family name +
+  config fields, a transformers config, or a local folder, offline), :func:`causal_lm_config`, activation
+  checkpointing;
+* :mod:`zoo.llm.prefix` — the shared-prefix attention primitive (packed layout, LSE merge, HF attention registration,
+  cached read-only KV segments);
+* :mod:`zoo.llm.tokenizer` — the character tokenizer of the toy tasks;
+* ``zoo/llm/cache/`` (to come) — KV-cache methods: transformers ``Cache`` subclasses holding their compressed form.
+
+Models built on these (rankers, encoders, adapters) are registered zoo families (``zoo/<paper>.py``); the methods,
+engines and Lightning tasks live in :mod:`tasks.llm` (see ``tasks/llm/README.md``).
+"""
+from .causal_lm import (
+    FAMILIES,
+    build_causal_lm,
+    causal_lm_config,
+    decoder_layers,
+    enable_activation_checkpointing,
+    tiny_causal_lm,
+)
+from .prefix import (
+    GroupedAttention,
+    MaskedAttention,
+    PrefixLayout,
+    enable_prefix_attention,
+    lm_logits,
+    shared_prefix_logits,
+)
+from .tokenizer import CharTokenizer
+
+__all__ = [
+    "FAMILIES", "CharTokenizer", "GroupedAttention", "MaskedAttention", "PrefixLayout", "build_causal_lm",
+    "causal_lm_config", "decoder_layers", "enable_activation_checkpointing", "enable_prefix_attention", "lm_logits",
+    "shared_prefix_logits", "tiny_causal_lm",
+]

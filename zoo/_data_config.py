@@ -58,8 +58,9 @@ def resolve_data_config(model_or_name: str | nn.Module | None = None, **override
     else:
         pc = getattr(model_or_name, "pretrained_cfg", None) or {}
         cfg = dict(pc.get("preprocessing") or {}) if isinstance(pc, dict) else dict(pc.preprocessing)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg.update(given)
     size = cfg.get("input_size")
-    if size is not None and "image_size" not in overrides:
+    if size is not None and "image_size" not in given:
         cfg["image_size"] = tuple(int(s) for s in (size[-2:] if len(size) >= 2 else (size[0], size[0])))
     return cfg

@@ -72,13 +72,14 @@ MODEL_CARD: dict[str, Any] = {
     "code": "https://github.com/jingyanghuo/neuropictor",
     "license": "architecture: paper; SD 2.1 / OpenCLIP configs: their licences (CreativeML Open RAIL++-M, MIT); "
                "this implementation: Apache-2.0 (no code copied from the official repository)",
-    # The paper reports no parameter count. Official code (same configs, counted by module): SD 2.1 UNet 865.9M,
-    # ControlNet copy 361.3M + its unused image hint block 0.36M, VAE 83.7M, OpenCLIP-H text 354.0M (frozen).
+    # The paper reports no parameter count; the official code builds the same SD 2.1 modules from the same configs.
     "reported_params_m": {},
     "component_params_m": {
-        "neuropictor_sd21": "measured on the meta device: unet 865.91, controlnet (incl. fMRI->control mapper) "
-                            "362.46 (361.28 + mapper), vae 83.65, text_encoder 354.03, fmri_encoder 303.53 "
-                            "(depth 24 assumed), semantic 2.26",
+        "neuropictor_sd21": "measured on the meta device: fmri_encoder 302.84 (depth 24 assumed), semantic 2.21, "
+                            "unet 865.91 (frozen), controlnet 367.95 = 363.14 UNet-encoder copy + zero convs + 4.80 "
+                            "fMRI->control mapper (the official ControlNet also holds an unused 1.09M image hint "
+                            "block), vae 83.65 (frozen), text_encoder 354.03 (frozen); trainable 673.0; adapters: "
+                            "67.17 shared stem + ~V x 1024 per voxel subject (none at paper size with NSD surfaces)",
     },
     "deviations": [
         "fMRI encoder depth and heads are not in the official repository (they sit in the Hugging Face "
@@ -315,7 +316,8 @@ class SubjectAdapters(nn.Module):
         self.adapter_dim, self.surface_size, self.grid, self.in_chans = adapter_dim, surface_size, adapter_grid, in_chans
         self.adapters = nn.ModuleDict({str(s): self._adapter(int(v)) for s, v in subjects.items()})
         self.dropout = nn.Dropout(dropout)
-        self.stem = nn.Linear(adapter_dim, in_chans * adapter_grid ** 2)
+        # the shared stem exists once there is a voxel subject (a surface-only model has no adapter parameters)
+        self.stem = nn.Linear(adapter_dim, in_chans * adapter_grid ** 2) if subjects else None
 
     def _adapter(self, num_voxels: int) -> nn.Module:
         if num_voxels < 1:
@@ -326,6 +328,8 @@ class SubjectAdapters(nn.Module):
         """Add (and return) a new subject's adapter: the "new subject = train only its adapter" workflow."""
         if name in self.adapters:
             raise ValueError(f"subject {name!r} already has an adapter")
+        if self.stem is None:
+            self.stem = nn.Linear(self.adapter_dim, self.in_chans * self.grid ** 2)
         ref = self.stem.weight
         self.adapters[name] = self._adapter(num_voxels).to(device=ref.device, dtype=ref.dtype)
         return self.adapters[name]

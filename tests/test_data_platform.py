@@ -262,3 +262,17 @@ def test_random_erasing_draws_the_same_boxes_as_timm():
     fill = np.concatenate([ours(image=np.zeros((H, W, 3), np.float32))["image"].ravel() for _ in range(50)])
     fill = fill[fill != 0]
     assert abs(fill.mean()) < 0.05 and abs(fill.std() - 1) < 0.05 and not math.isnan(fill.std())
+
+
+def test_no_datamodule_imports_tasks():
+    """Layering: zoo <- datamodules <- tasks; a datamodule never imports tasks (not even lazily)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "datamodules"
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names if n.split(".")[0] == "tasks"]
+    assert not bad, bad

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -235,7 +236,7 @@ def category_proxy_images(names: Sequence[str], size: int = 32) -> dict[str, np.
         else:
             img = _drawing(key, size)
             if img is None:
-                rng = np.random.default_rng(abs(hash(key)) % (2 ** 32))
+                rng = np.random.default_rng(zlib.crc32(key.encode()))
                 img = np.broadcast_to(rng.uniform(0.1, 0.9, 3).astype(np.float32), (size, size, 3)).copy()
         out[name] = img
     return out

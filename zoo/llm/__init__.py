@@ -6,7 +6,8 @@
 * :mod:`zoo.llm.prefix` — the shared-prefix attention primitive (packed layout, LSE merge, HF attention registration,
   cached read-only KV segments);
 * :mod:`zoo.llm.tokenizer` — the character tokenizer of the toy tasks;
-* ``zoo/llm/cache/`` (to come) — KV-cache methods: transformers ``Cache`` subclasses holding their compressed form.
+* :mod:`zoo.llm.cache` — KV-cache methods: transformers ``Cache`` subclasses holding their compressed form;
+* :mod:`zoo.llm.reference_lm` — the reference LM trained here on real text (built by :func:`build_causal_lm`).
 
 Models built on these (rankers, encoders, adapters) are registered zoo families (``zoo/<paper>.py``); the methods,
 engines and Lightning tasks live in :mod:`tasks.llm` (see ``tasks/llm/README.md``).

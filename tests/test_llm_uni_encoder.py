@@ -224,7 +224,8 @@ def test_official_candidate_format_layout_and_token_types(tmp_path):
         assert model.pack(batch["context_ids"], batch["candidate_ids"])[2] is None
         s_none, _ = model(batch["context_ids"], batch["candidate_ids"])
     assert (s_types - s_none).abs().max() > 1e-4
-    assert UniEncoder(LLAMA, vocab_size=12, token_types=True).pack(batch["context_ids"], batch["candidate_ids"])[2] is None
+    decoder = UniEncoder(LLAMA, vocab_size=12, token_types=True)
+    assert decoder.pack(batch["context_ids"], batch["candidate_ids"])[2] is None
 
 
 @pytest.mark.parametrize("attn_map", ["arrow_context_masked", "arrow"])

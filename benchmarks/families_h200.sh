@@ -16,7 +16,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1
 D=${2:-benchmarks/results}
 export SHAREZOO_BENCH_RESULTS=$D
-DENS3R=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r_vitl16/stage1.yaml --name dens3r
+DENS3R=(python3 -m tasks.cli bench --model dens3r_vitl16 --config configs/dens3r/stage1.yaml --name dens3r
         --task train --batch 4 --precision bf16-mixed --steps 10)
 ECG=(python3 -m tasks.cli bench --model ecg_resnet1d18 --config configs/ppgflowecg/mitbih_classifier_demo.yaml
      --name ppgflowecg --batch 256 --precision bf16-mixed --steps 30)
@@ -28,7 +28,7 @@ infer)
   ;;
 train)
   for m in pepsi diet_pepsi; do  # paper batch 8 at 256 px
-    B=(python3 -m tasks.cli bench --model $m --config configs/$m/celebahq.yaml --name pepsi --task train --batch 8
+    B=(python3 -m tasks.cli bench --model $m --config configs/pepsi/celebahq.yaml --name pepsi --task train --batch 8
        --precision bf16-mixed --steps 20)
     timeout 60 "${B[@]}" --compile off --warmup 3 || echo "$m train eager: rc $?"
     timeout 110 "${B[@]}" --compile default --warmup 4 || echo "$m train compile: rc $?"

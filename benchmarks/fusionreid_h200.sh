@@ -6,7 +6,7 @@
 set -euo pipefail
 export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export SHAREZOO_BENCH_RESULTS=${SHAREZOO_BENCH_RESULTS:-benchmarks/results}
-CFG=configs/fusionreid_vitb16_r50/market1501.yaml
+CFG=configs/fusionreid/market1501.yaml
 REF=benchmarks/reference/fusionreid_official.py
 # synthetic batches need no dataset: give the data-linked sizes (Market-1501: 751 ids, 6 cameras) explicitly
 MK='model_kwargs={num_classes: 751, num_cameras: 6, pretrained_backbone: false}'

@@ -1,6 +1,6 @@
 """Profile one training step (or the inference forward) of a model's task on synthetic batches (where does the step time go?).
 
-    python3 benchmarks/profile_step.py --config configs/fusionreid_vitb16_r50/market1501.yaml --batch 128 \
+    python3 benchmarks/profile_step.py --config configs/fusionreid/market1501.yaml --batch 128 \
         --task-arg 'model_kwargs={num_classes: 751, num_cameras: 6}' --task-arg channels_last=true [--compile default]
 
 Prints the top CUDA kernels by self time and writes the table (and a Chrome trace with --trace) next to --out.

@@ -34,7 +34,7 @@ fi
 case "$MODE" in
 reid)
   # paper config, random init (offline), synthetic Market-1501-layout JPEGs at full size (751 ids x 17 images)
-  CFG=configs/fusionreid_vitb16_r50/market1501.yaml
+  CFG=configs/fusionreid/market1501.yaml
   [ -d /tmp/reid/market1501 ] || python3 -c "from datamodules.synthetic import write_reid_dataset as w; \
 w('/tmp/reid', 'market1501', num_train_ids=751, num_test_ids=20, train_images_per_id=17)"
   B=(python3 -m tasks.cli bench --model fusionreid_vitb16_r50 --config "$CFG" --name "$NAME" --task fit

@@ -122,10 +122,23 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int, device: torch.d
 
 # ---------------------------------------------------------------------------------------------- task plumbing
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A LightningCLI YAML as a dict; a file that includes another (``config: recipe.yaml``, then dotted overrides)
+    is resolved by the CLI's own parser, as ``sharezoo fit --config PATH --print_config`` prints it."""
+    import contextlib
+    import io
+
     import yaml
 
     with open(path) as f:
-        return yaml.safe_load(f)
+        cfg = yaml.safe_load(f)
+    if "config" not in cfg:
+        return cfg
+    from tasks._lightning_cli import lightning_cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        lightning_cli(["fit", "--config", str(path), "--print_config"])
+    return yaml.safe_load(out.getvalue())
 
 
 def _import(class_path: str) -> type:

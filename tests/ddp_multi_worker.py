@@ -190,7 +190,7 @@ _SHORT = ["--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_ste
           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
           "--trainer.enable_checkpointing=false"]
 CLI_RUNS = {
-    "dens3r-ddp": ["--config", str(ROOT / "configs/dens3r_tiny/demo.yaml"), "--trainer.strategy=ddp",
+    "dens3r-ddp": ["--config", str(ROOT / "configs/dens3r/demo.yaml"), "--trainer.strategy=ddp",
                    "--trainer.val_check_interval=4", *_SHORT],
     # two optimisers stepping on parts of the module (GAN): the task turns on DDP's search for unused parameters
     # itself, so plain `ddp` (the configs/_base/ddp.yaml fragment) works

@@ -177,7 +177,7 @@ def test_manual_task_with_its_own_bench_step(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     root = Path(__file__).resolve().parents[1]
-    assert bench.main(["--model", "fusionreid_tiny", "--config", str(root / "configs/fusionreid_tiny/demo.yaml"),
+    assert bench.main(["--model", "fusionreid_tiny", "--config", str(root / "configs/fusionreid/demo.yaml"),
                        "--task", "train", "--batch", "4", "--steps", "1", "--warmup", "1", "--device", "cpu",
                        "--precision", "32-true", "--task-arg", "cuda_graphs=true", "--no-save"]) == 0
     out = capsys.readouterr().out
@@ -193,10 +193,10 @@ class ManualToyTask(ToyTask):
 
 
 @pytest.mark.parametrize("model,config,task", [
-    ("fusionreid_tiny", "configs/fusionreid_tiny/demo.yaml", "train"),
+    ("fusionreid_tiny", "configs/fusionreid/demo.yaml", "train"),
     ("ppgflowecg_tiny", "configs/ppgflowecg/demo.yaml", "train"),
     ("ppgflowecg_tiny", "configs/ppgflowecg/demo_stage2.yaml", "train"),
-    ("dens3r_tiny", "configs/dens3r_tiny/demo.yaml", "train"),
+    ("dens3r_tiny", "configs/dens3r/demo.yaml", "train"),
     ("pepsi_tiny", "configs/pepsi/demo.yaml", "infer"),
 ])
 def test_every_family_runs_through_the_harness(model, config, task, tmp_path, monkeypatch):

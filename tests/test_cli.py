@@ -29,7 +29,7 @@ def test_list_models_info_and_errors(tmp_path):
 
 
 def test_fit_test_export_fusionreid_tiny(tmp_path):
-    cfg = ROOT / "configs" / "fusionreid_tiny" / "demo.yaml"
+    cfg = ROOT / "configs" / "fusionreid" / "demo.yaml"
     common = ["--config", str(cfg), "--data.init_args.root", str(tmp_path / "data"),
               "--trainer.default_root_dir", str(tmp_path / "run")]
     r = sharezoo("fit", *common, "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "1",
@@ -58,6 +58,6 @@ def test_fit_test_export_fusionreid_tiny(tmp_path):
 
 @pytest.mark.parametrize("bad", ["--model.init_args.model=fusionreid_nope"])
 def test_fit_with_bad_model_name_fails_clearly(tmp_path, bad):
-    r = sharezoo("fit", "--config", str(ROOT / "configs" / "fusionreid_tiny" / "demo.yaml"), bad,
+    r = sharezoo("fit", "--config", str(ROOT / "configs" / "fusionreid" / "demo.yaml"), bad,
                  "--data.init_args.root", str(tmp_path / "data"), "--trainer.fast_dev_run", "true", cwd=tmp_path)
     assert r.returncode != 0 and "Unknown model 'fusionreid_nope'" in r.stderr

@@ -76,11 +76,11 @@ def _last_ckpt(cfg: dict) -> str | None:
 
 
 def test_stage2_init_from_is_where_stage1_writes_last_ckpt():
-    s1, s2 = _load("dens3r_vitl16/stage1.yaml"), _load("dens3r_vitl16/stage2.yaml")
+    s1, s2 = _load("dens3r/stage1.yaml"), _load("dens3r/stage2.yaml")
     last = _last_ckpt(s1)
     assert last is not None, "stage1.yaml needs a ModelCheckpoint with a dirpath"
     assert os.path.realpath(s2["model"]["init_args"]["init_from"]) == last
-    comments = [ln for ln in (ROOT / "configs/dens3r_vitl16/stage2.yaml").read_text().splitlines()
+    comments = [ln for ln in (ROOT / "configs/dens3r/stage2.yaml").read_text().splitlines()
                 if ln.lstrip().startswith("#")]
     assert any(s2["model"]["init_args"]["init_from"] in ln for ln in comments)  # the header names the same file
     assert _last_ckpt(s2) is not None and _last_ckpt(s2) != last  # stage 2 does not overwrite stage 1
@@ -88,7 +88,7 @@ def test_stage2_init_from_is_where_stage1_writes_last_ckpt():
 
 def test_confidence_term_is_flagged_as_a_deviation():
     """The paper's objectives have no confidence term: any config that turns it on says so on that line."""
-    for p in sorted((ROOT / "configs").glob("dens3r_*/*.yaml")):
+    for p in sorted((ROOT / "configs").glob("dens3r/*.yaml")):
         for line in p.read_text().splitlines():
             m = re.match(r"\s*conf_alpha:\s*([^#\s]+)", line)
             if m and m[1] != "null":

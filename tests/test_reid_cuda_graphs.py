@@ -53,7 +53,7 @@ def test_option_plumbing():
     with pytest.raises(ValueError, match="inductor's CUDA graphs"):
         ReIDTask("fusionreid_tiny", model_kwargs=KW, cuda_graphs=True, compile="reduce-overhead")
     # the paper config takes it as a task arg (sharezoo bench --task-arg cuda_graphs=true)
-    cfg = bench.load_config(ROOT / "configs/fusionreid_vitb16_r50/market1501.yaml")
+    cfg = bench.load_config(ROOT / "configs/fusionreid/market1501.yaml")
     task = bench.build_task(cfg, "fusionreid_tiny", "off", ["cuda_graphs=true", f"model_kwargs={KW}"])
     assert task.cuda_graphs and not task.automatic_optimization
 
@@ -268,7 +268,7 @@ def test_bench_times_the_graphed_steps(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     for task, extra in (("train", []), ("infer", ["--task-arg", "channels_last=true"])):
-        assert bench.main(["--model", "fusionreid_tiny", "--config", str(ROOT / "configs/fusionreid_tiny/demo.yaml"),
+        assert bench.main(["--model", "fusionreid_tiny", "--config", str(ROOT / "configs/fusionreid/demo.yaml"),
                            "--task", task, "--batch", "16", "--steps", "3", "--warmup", "4", "--device", "cuda",
                            "--precision", "bf16-mixed", "--task-arg", "cuda_graphs=true", *extra, "--no-save"]) == 0
         out = capsys.readouterr().out

@@ -4,12 +4,15 @@ It owns the network built through :func:`zoo.create_model`, the ``compile`` swit
 kept outside the module tree so checkpoints keep clean keys; ``compile="regional"`` compiles the model's repeated
 blocks in place instead, a fraction of the cold-compile time), and the data links: model kwargs such as
 ``num_classes`` that, when the config leaves them out, are read from the datamodule in ``setup`` and written
-back into the hyperparameters so ``load_from_checkpoint`` needs no config.
+back into the hyperparameters so ``load_from_checkpoint`` needs no config; and ``init_from``, the earlier stage's
+checkpoint a training stage starts from.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -17,6 +20,9 @@ import torch
 from torch import nn
 
 import zoo
+
+# set while ``load_from_checkpoint`` rebuilds a task: the checkpoint holds every weight, so ``init_from`` is not read
+_RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("sharezoo_task_restoring", default=False)
 
 
 class ZooTask(pl.LightningModule):
@@ -30,10 +36,17 @@ class ZooTask(pl.LightningModule):
             'regional' — compile each block the model lists in ``compile_regions()`` (its transformer blocks) in
             place, leaving the rest eager; blocks of one class share one compiled graph, so the cold compile costs
             about one block's instead of the whole forward + backward's (PyTorch's regional-compilation recipe).
+        init_from: an earlier stage's checkpoint loaded into the network when it is built (after ``pretrained``): a
+            sharezoo Lightning ``.ckpt``, a safetensors file or folder, or an upstream checkpoint (through the
+            family's converter); keys under ``init_exclude`` are kept. Not read by ``load_from_checkpoint``.
     """
 
     #: model kwargs that are taken from the datamodule (same attribute name) when not given
     data_links: ClassVar[tuple[str, ...]] = ()
+    #: model key prefixes that ``init_from`` neither loads nor requires (what this stage trains from scratch)
+    init_exclude: ClassVar[tuple[str, ...]] = ()
+    #: the task's config key for ``init_from`` (named in its errors)
+    init_key: ClassVar[str] = "init_from"
 
     def __init__(
         self,
@@ -41,10 +54,12 @@ class ZooTask(pl.LightningModule):
         pretrained: bool | str = False,
         model_kwargs: dict[str, Any] | None = None,
         compile: bool | str = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.model_name = model
         self.pretrained = pretrained
+        self.init_from = init_from
         self.model_kwargs = dict(model_kwargs or {})
         self.compile_mode = compile
         self.net: nn.Module | None = None
@@ -57,6 +72,8 @@ class ZooTask(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------- build
     def _build(self) -> None:
         self.net = zoo.create_model(self.model_name, pretrained=self.pretrained, **self.model_kwargs)
+        if self.init_from and not _RESTORING.get():
+            self.load_init()
         if self.compile_mode == "regional":
             regions = getattr(self.net, "compile_regions", None)
             if regions is None:
@@ -69,6 +86,27 @@ class ZooTask(pl.LightningModule):
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_compiled", torch.compile(self.net, mode=mode))
         self.on_net_built()
+
+    def load_init(self) -> None:
+        """Load ``init_from`` into the network (all keys but ``init_exclude``'s, strictly)."""
+        path = Path(self.init_from)  # type: ignore[arg-type]
+        if not (path.is_file() or (path / "model.safetensors").is_file()):
+            raise FileNotFoundError(
+                f"{type(self).__name__}: {self.init_key}={self.init_from!s} does not exist (the earlier stage's "
+                f"checkpoint this stage starts from, e.g. <stage-1 run>/checkpoints/last.ckpt): set "
+                f"--model.init_args.{self.init_key} to that file, or null to start from `pretrained`"
+            )
+        zoo.load_checkpoint(self.net, path, exclude=self.init_exclude)  # type: ignore[arg-type]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; the network is built without reading ``init_from`` (the checkpoint
+        holds every weight, and that earlier file may be gone)."""
+        token = _RESTORING.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _RESTORING.reset(token)
 
     def on_net_built(self) -> None:
         """Hook for subclasses: build what depends on the network (metrics sized by num_classes, EMA, ...)."""

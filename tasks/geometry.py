@@ -170,26 +170,6 @@ def stage_loss(out: Any, batch: dict[str, torch.Tensor], weights: dict[str, floa
     return total, parts  # type: ignore[return-value]
 
 
-def _load_init(net: torch.nn.Module, path: str) -> None:
-    """Load a stage-1 Lightning checkpoint, our safetensors, or an upstream Dens3R ``.pth`` into ``net``."""
-    from pathlib import Path
-
-    import zoo
-    from zoo.dens3r import convert_official_checkpoint
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"init_from={path!s} does not exist (stage 2 starts from a stage-1 checkpoint: "
-                                "pass --model.init_args.init_from <run>/checkpoints/last.ckpt)")
-    try:
-        zoo.load_checkpoint(net, p)
-    except zoo.PretrainedWeightsError as e:
-        if "Namespace" not in str(e):
-            raise
-        # an upstream training checkpoint ({'model': ..., 'args': argparse.Namespace}): allow-listed loader
-        net.load_state_dict(convert_official_checkpoint(p, shared_decoder=getattr(net, "dec_blocks2", None) is None))
-
-
 # ------------------------------------------------------------------------------------------- callback
 class ResolutionSchedule(pl.Callback):
     """Coarse-to-fine training resolution (paper: 512 px, then 1024 px on high-resolution data): sets the
@@ -230,9 +210,8 @@ class GeometryTask(ZooTask):
         model_kwargs: constructor overrides of the model.
         compile: compile the network with ``torch.compile``.
         stage: 1 (scale-invariant pointmaps + matching) or 2 (intrinsic-invariant pointmaps + normals).
-        init_from: checkpoint to start from (a stage-1 Lightning ``.ckpt``, safetensors or upstream ``.pth``); it is
-            read when the network is built, so reload a finished stage-2 run with
-            ``GeometryTask.load_from_checkpoint(path, init_from=None)`` if that file has moved.
+        init_from: checkpoint to start from (a stage-1 Lightning ``.ckpt``, safetensors or upstream ``.pth``), read
+            when the network is built (``ZooTask``; ``load_from_checkpoint`` does not read it).
         loss_weights: overrides of the stage's weights (keys pts_loc, pts_glb, pts_normal, match, normal, depth).
         conf_alpha: confidence-loss alpha; None = no confidence weighting; negative (default) = the stage's
             default (0.2 in stage 1 as the issue asks, None in stage 2 as in the paper).
@@ -274,9 +253,8 @@ class GeometryTask(ZooTask):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.stage = stage
-        self.init_from = init_from
         self.freeze_parts = list(freeze or [])
-        super().__init__(model, pretrained, model_kwargs, compile)
+        super().__init__(model, pretrained, model_kwargs, compile, init_from)
         self.save_hyperparameters()
         self.weights = {**STAGE_WEIGHTS[stage], **(loss_weights or {})}
         self.conf_alpha = (0.2 if stage == 1 else None) if conf_alpha is not None and conf_alpha < 0 else conf_alpha
@@ -284,8 +262,6 @@ class GeometryTask(ZooTask):
 
     def on_net_built(self) -> None:
         net = self.net
-        if self.init_from:
-            _load_init(net, self.init_from)
         parts = list(self.freeze_parts)
         parts += ["normal_head"] if self.stage == 1 else ["desc"]
         if self.stage == 1 and getattr(net, "normal_head", None) is None:

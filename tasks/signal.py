@@ -419,7 +419,8 @@ class ECGFlowTask(ZooTask):
         compile: compile the flow transformer and the frozen encoder with torch.compile.
         conv1d_as_conv2d: with ``compile``, run the frozen encoder's 1-D convolutions as 2-D ones
             (``zoo.ppgflowecg.conv1d_as_conv2d``; channels-last under inductor). No effect without ``compile``.
-        stage1_checkpoint: stage-1 weights, loaded when fitting starts: a CardioAlignTask ``.ckpt``, our
+        stage1_checkpoint: stage-1 weights (every key but the flow's), loaded when the network is built (``ZooTask``'s
+            ``init_from``; ``load_from_checkpoint`` does not read it): a CardioAlignTask ``.ckpt``, our
             safetensors/folder, or the reference ``VAE-iter-*.pth``; None keeps the weights given by ``pretrained``
             (the zoo).
         lr: Adam learning rate (reference 1e-4).
@@ -451,6 +452,9 @@ class ECGFlowTask(ZooTask):
     flow: MAE, RMSE, Pearson r, FD, heart-rate MAE. FID on ECGFounder features is not computed (module docstring).
     """
 
+    init_exclude: ClassVar[tuple[str, ...]] = ("flow.",)  # stage 2 trains the flow from scratch
+    init_key: ClassVar[str] = "stage1_checkpoint"
+
     def __init__(
         self, model: str = "ppgflowecg_tiny", pretrained: bool | str = False,
         model_kwargs: dict[str, Any] | None = None,
@@ -463,11 +467,11 @@ class ECGFlowTask(ZooTask):
         fd_small_sample_below: int = 3000, fd_pca_dim: int = 32, fd_trials: int = 5,
     ) -> None:
         # what on_net_built needs, set before ZooTask may build the network inside its __init__
-        object.__setattr__(self, "_cfg", {"stage1_checkpoint": stage1_checkpoint, "ema_decay": ema_decay,
+        object.__setattr__(self, "_cfg", {"ema_decay": ema_decay,
                                           "ema_every": ema_every, "ema_start": ema_start,
                                           "ema_inv_gamma": ema_inv_gamma, "ema_power": ema_power,
                                           "ema_warmup": ema_warmup, "conv1d_as_conv2d": conv1d_as_conv2d})
-        super().__init__(model, pretrained, model_kwargs, compile)
+        super().__init__(model, pretrained, model_kwargs, compile, init_from=stage1_checkpoint)
         self.save_hyperparameters()
         self._sched: WarmupReduceLROnPlateau | None = None
         self._sched_losses: list[torch.Tensor] = []  # step losses not yet given to the schedule (see _step_schedule)
@@ -492,13 +496,6 @@ class ECGFlowTask(ZooTask):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         _check_window(self)
-        if stage == "fit":  # validate/test/predict and load_from_checkpoint take every weight from the checkpoint
-            self.load_stage1_weights()
-
-    def load_stage1_weights(self) -> None:
-        """Load the frozen encoder/decoders from ``stage1_checkpoint`` (when given)."""
-        if self._cfg["stage1_checkpoint"]:
-            load_stage1(self.net, self._cfg["stage1_checkpoint"])
 
     def train(self, mode: bool = True) -> ECGFlowTask:
         super().train(mode)
@@ -640,30 +637,6 @@ class ECGFlowTask(ZooTask):
         if use_ema:
             net.flow.load_state_dict(self.flow_ema.module.state_dict())
         return net
-
-
-def load_stage1(net: nn.Module, path: str) -> None:
-    """Load encoder + decoders from a stage-1 checkpoint (Lightning .ckpt, safetensors/folder, reference .pth)."""
-    from pathlib import Path
-
-    from zoo._pretrained import load_state_dict_file
-    from zoo.ppgflowecg import checkpoint_filter_fn
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    sd = load_state_dict_file(p)
-    if any(k.startswith("net.") for k in sd):
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
-    sd = checkpoint_filter_fn(sd, net)
-    sd = {k: v for k, v in sd.items() if not k.startswith("flow.")}
-    own = net.state_dict()
-    bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
-    missing = [k for k in own if not k.startswith("flow.") and k not in sd]
-    if bad or missing:
-        raise ValueError(f"stage-1 checkpoint {path} does not fit {type(net).__name__}: unexpected/mismatched "
-                         f"{bad[:5]}, missing {missing[:5]}")
-    net.load_state_dict(sd, strict=False)
 
 
 # ------------------------------------------------------------------------------------------------ classification

@@ -228,6 +228,27 @@ def test_convert_shared_checkpoint(tmp_path, tiny):
         assert torch.allclose(two(x1, x2).view2.pts3d_other, a.view2.pts3d_other, atol=1e-5)
 
 
+def test_load_checkpoint_and_task_init_from_read_an_upstream_checkpoint_with_its_args(tmp_path, tiny):
+    """zoo.load_checkpoint (and so ZooTask(init_from=...)) reads an upstream training checkpoint ({'model', 'args'})
+    through the family's reader, converted with its args; a descriptor-confidence checkpoint is refused (args)."""
+    from tasks.geometry import GeometryTask
+
+    _write_upstream(tmp_path / "ckpt.pth", _to_upstream(tiny.state_dict()), two_stacks=False)
+    m = zoo.create_model("dens3r_tiny")
+    zoo.load_checkpoint(m, tmp_path / "ckpt.pth")
+    torch.testing.assert_close(m.state_dict(), tiny.state_dict())
+    task = GeometryTask("dens3r_tiny", stage=2, init_from=str(tmp_path / "ckpt.pth"))
+    torch.testing.assert_close(task.net.state_dict(), tiny.state_dict())
+    up = _to_upstream(tiny.state_dict())
+    for h in ("ptsmatch_local_head", "ptsmatch_global_head"):
+        for t in ("weight", "bias"):
+            k = f"{h}.head_local_features.fc2.{t}"
+            up[k] = torch.cat([up[k], torch.randn(16 * 16, *up[k].shape[1:])])
+    _upstream_ckpt(tmp_path / "dc.pth", up, ", desc_conf=True")
+    with pytest.raises(ValueError, match="descriptor confidence"):
+        zoo.load_checkpoint(zoo.create_model("dens3r_tiny"), tmp_path / "dc.pth")
+
+
 def test_convert_two_stack_checkpoint(tmp_path):
     torch.manual_seed(3)
     two = zoo.create_model("dens3r_tiny", shared_decoder=False).eval()

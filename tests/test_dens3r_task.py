@@ -88,7 +88,7 @@ def test_fit_lowers_loss_then_test_and_stage2_from_checkpoint(tmp_path):
                      default_root_dir=tmp_path)
     tr2.fit(s2, dm)
     assert "val/normal_mean" in tr2.callback_metrics
-    with pytest.raises(FileNotFoundError, match="stage-1 checkpoint"):
+    with pytest.raises(FileNotFoundError, match="init_from=.*nope.ckpt does not exist"):
         GeometryTask("dens3r_tiny", stage=2, init_from=str(tmp_path / "nope.ckpt"))
 
 

@@ -8,7 +8,7 @@ import yaml
 
 import zoo
 from datamodules.signal import WFDBPairedSignalDataModule
-from tasks.signal import CardioAlignTask, ECGClassificationTask, ECGFlowTask, load_stage1, rectified_flow_loss
+from tasks.signal import CardioAlignTask, ECGClassificationTask, ECGFlowTask, rectified_flow_loss
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ppgflowecg"
 
@@ -46,8 +46,7 @@ def test_flow_task_loads_stage1_from_zoo_folder_and_reference(tmp_path):
 
     src = zoo.create_model("ppgflowecg_tiny")
     zoo.save_pretrained(src, tmp_path / "stage1")
-    task = ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "stage1"))
-    task.load_stage1_weights()  # what setup("fit") does
+    task = ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "stage1"))  # read when the net is built
     assert torch.equal(task.net.encoder.blocks[0].weight, src.encoder.blocks[0].weight)
     assert not any(p.requires_grad for p in task.net.encoder.parameters())
     assert all(p.requires_grad for p in task.net.flow.parameters())
@@ -55,11 +54,16 @@ def test_flow_task_loads_stage1_from_zoo_folder_and_reference(tmp_path):
     assert not task.net.encoder.training and task.net.flow.training
     ref = _official_vae_state_dict(src)
     torch.save(ref, tmp_path / "VAE-iter-1.pth")
-    net = zoo.create_model("ppgflowecg_tiny")
-    load_stage1(net, str(tmp_path / "VAE-iter-1.pth"))
-    assert torch.equal(net.ppg_decoder.to_latent.weight, ref["decoder_ppg"]["to_latent.weight"])
-    with pytest.raises(ValueError, match="does not fit"):
-        load_stage1(zoo.create_model("ppgflowecg_tiny", decomp_dim=4), str(tmp_path / "VAE-iter-1.pth"))
+    torch.manual_seed(1)
+    other = ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "VAE-iter-1.pth"))
+    assert torch.equal(other.net.ppg_decoder.to_latent.weight, ref["decoder_ppg"]["to_latent.weight"])
+    torch.manual_seed(1)  # the flow is not taken from a stage-1 file: it keeps its initialisation
+    torch.testing.assert_close(other.net.flow.state_dict(), zoo.create_model("ppgflowecg_tiny").flow.state_dict())
+    with pytest.raises(zoo.PretrainedWeightsError, match="VAE-iter-1.pth"):
+        ECGFlowTask("ppgflowecg_tiny", model_kwargs={"decomp_dim": 4},
+                    stage1_checkpoint=str(tmp_path / "VAE-iter-1.pth"))
+    with pytest.raises(FileNotFoundError, match="stage1_checkpoint=.*nope.ckpt does not exist"):
+        ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "nope.ckpt"))
     exported = task.export_model()
     assert torch.equal(exported.flow.pos_embed, task.flow_ema.module.pos_embed)
 

@@ -93,3 +93,43 @@ def test_regional_compile_needs_a_model_with_regions():
     with pytest.raises(ValueError, match="compile_regions"):
         ReIDTask("fusionreid_tiny", compile="regional",
                  model_kwargs={"num_classes": 4, "num_cameras": 2, "pretrained_backbone": False})
+
+
+def test_init_from_loads_an_earlier_stage_and_is_not_read_on_restore(tmp_path):
+    """ZooTask(init_from=...): a task checkpoint's ``net.*`` weights load when the network is built, ``init_exclude``
+    keys keep their own values, a missing file names the file and the config key, and ``load_from_checkpoint`` does
+    not read the (possibly gone) earlier file."""
+    import zoo
+    from tasks.signal import CardioAlignTask, ECGFlowTask
+
+    torch.manual_seed(0)
+    s1 = CardioAlignTask("ppgflowecg_tiny")
+    ckpt = {"state_dict": s1.state_dict(), "hyper_parameters": dict(s1.hparams),
+            "pytorch-lightning_version": pl.__version__}
+    torch.save(ckpt, tmp_path / "s1.ckpt")
+    torch.manual_seed(1)
+    s2 = ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "s1.ckpt"))
+    torch.manual_seed(1)
+    fresh = zoo.create_model("ppgflowecg_tiny")
+    for k, v in s2.net.state_dict().items():
+        assert torch.equal(v, (fresh if k.startswith("flow.") else s1.net).state_dict()[k]), k
+    torch.save({"state_dict": s2.state_dict(), "hyper_parameters": dict(s2.hparams),
+                "pytorch-lightning_version": pl.__version__}, tmp_path / "s2.ckpt")
+    (tmp_path / "s1.ckpt").unlink()
+    back = ECGFlowTask.load_from_checkpoint(tmp_path / "s2.ckpt", map_location="cpu", weights_only=False)
+    assert back.hparams.stage1_checkpoint == str(tmp_path / "s1.ckpt")
+    torch.testing.assert_close(back.net.state_dict(), s2.net.state_dict())
+    with pytest.raises(FileNotFoundError, match=r"stage1_checkpoint=.*s1.ckpt does not exist"):
+        ECGFlowTask("ppgflowecg_tiny", stage1_checkpoint=str(tmp_path / "s1.ckpt"))
+
+
+def test_strip_task_prefix():
+    import zoo
+
+    sd = {"net.a": 1, "net.b.c": 2, "flow_ema.module.x": 3}
+    assert zoo.strip_task_prefix(sd) == {"a": 1, "b.c": 2}
+    assert zoo.strip_task_prefix({"a": 1}) == {"a": 1}
+    own = torch.nn.Module()
+    own.net = torch.nn.Linear(1, 1)  # a model whose own keys start with net.: the prefix is its own
+    assert zoo.strip_task_prefix({"net.weight": 1}, own) == {"net.weight": 1}
+

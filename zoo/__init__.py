@@ -1,5 +1,5 @@
 """sharezoo models: plain ``nn.Module``s behind a timm-style registry. Never imports Lightning."""
-from ._builder import build_model, load_checkpoint
+from ._builder import TASK_PREFIX, build_model, load_checkpoint, strip_task_prefix
 from ._cache import cache_dir
 from ._data_config import register_data_config, resolve_data_config
 from ._card import count_params, model_card, model_card_dict
@@ -23,5 +23,5 @@ __all__ = [
     "PretrainedCfg", "PretrainedWeightsError", "build_model", "count_params", "create_model", "get_pretrained_cfg",
     "is_model", "is_offline", "list_models", "list_pretrained", "load_checkpoint", "model_card", "model_card_dict",
     "register_model", "register_pretrained_cfgs", "resolve_pretrained_file", "save_pretrained",
-    "cache_dir", "register_data_config", "resolve_data_config",
+    "cache_dir", "register_data_config", "resolve_data_config", "TASK_PREFIX", "strip_task_prefix",
 ]

@@ -60,24 +60,57 @@ def build_model(
     return model
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Load a local checkpoint into ``model``: our safetensors, a Lightning ``.ckpt`` or an upstream ``.pth``.
+#: where a sharezoo task (``tasks.ZooTask``) keeps its network: ``net.<model key>`` in a Lightning checkpoint
+TASK_PREFIX = "net."
+
+
+def strip_task_prefix(state_dict: dict[str, Any], model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The model's weights in a sharezoo task state dict: its ``net.*`` keys without the prefix.
+
+    A state dict without ``net.*`` keys is returned unchanged, and so is any state dict when ``model`` (given) has
+    ``net.*`` keys of its own (then the prefix belongs to the model).
+    """
+    if not any(k.startswith(TASK_PREFIX) for k in state_dict):
+        return state_dict
+    if model is not None and any(k.startswith(TASK_PREFIX) for k in model.state_dict()):
+        return state_dict
+    return {k[len(TASK_PREFIX):]: v for k, v in state_dict.items() if k.startswith(TASK_PREFIX)}
+
+
+def load_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, strict: bool = True, exclude: tuple[str, ...] = (),
+) -> None:
+    """Load a local checkpoint into ``model``: our safetensors (file or folder), a Lightning ``.ckpt`` or an upstream
+    ``.pth``.
 
     A family module may read the file itself with ``read_checkpoint(path, model)`` (PPGFlowECG: a stage-2 task
-    checkpoint's EMA flow, which the generic ``net.`` selection below would drop). Upstream keys go through the
-    family module's ``checkpoint_filter_fn(state_dict, model)`` when it has one.
+    checkpoint's EMA flow, which the generic ``net.`` selection below would drop; Dens3R: an upstream training
+    checkpoint converted with its ``args``). Upstream keys go through the family module's
+    ``checkpoint_filter_fn(state_dict, model)`` when it has one.
+
+    Args:
+        model: the module to load into.
+        path: the weight file, or a folder holding ``model.safetensors``.
+        strict: every model key must be in the file (other than ``exclude``'s) and no file key unknown to the model.
+        exclude: key prefixes (model keys) that are neither taken from the file nor required in it: e.g. a
+            stage-2 module that is trained from scratch on top of stage-1 weights.
     """
     import importlib
 
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
     name = getattr(model, "model_name", None)
     mod = importlib.import_module(model_module(name)) if name else None
     reader = getattr(mod, "read_checkpoint", None)
     sd = reader(path, model) if reader is not None else load_state_dict_file(path)
-    if any(k.startswith("net.") for k in sd) and not any(k.startswith("net.") for k in model.state_dict()):
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}  # a sharezoo Lightning task checkpoint
+    sd = strip_task_prefix(sd, model)  # a sharezoo Lightning task checkpoint
     if mod is not None:
         fn = getattr(mod, "checkpoint_filter_fn", None)
         if fn is not None:
             sd = fn(sd, model)
     cls = tuple((getattr(model, "pretrained_cfg", None) or {}).get("classifier", ()))
+    if exclude:  # the model's own tensors stand in for the excluded keys: loading them changes nothing
+        own = {k: v for k, v in model.state_dict().items() if k.startswith(exclude)}
+        sd = {k: v for k, v in sd.items() if not k.startswith(exclude)} | own
     load_into(model, sd, str(path), cls, strict=strict)

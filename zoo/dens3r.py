@@ -743,6 +743,20 @@ def upstream_model_kwargs(checkpoint: str | os.PathLike | dict[str, Any]) -> dic
     return kw
 
 
+def read_checkpoint(path: str | os.PathLike, model: Dens3R | None = None) -> dict[str, torch.Tensor]:
+    """The family's reader for ``zoo.load_checkpoint``: an upstream training checkpoint (``{'model', 'args'}``) is
+    converted here, with its ``args`` (they say whether the descriptor MLP has a confidence channel); any other file
+    is returned as stored (unwrapped), for :func:`checkpoint_filter_fn`."""
+    from ._pretrained import read_weight_file, unwrap_state_dict
+
+    raw = read_weight_file(path)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "args" in raw \
+            and is_upstream_state_dict(raw["model"]):
+        shared = None if model is None else getattr(model, "dec_blocks2", None) is None
+        return convert_official_checkpoint(raw, shared_decoder=shared)
+    return unwrap_state_dict(raw, path)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Dens3R) -> dict[str, torch.Tensor]:
     """Remap an upstream state dict for ``model`` (used by ``create_model(..., checkpoint_path=...)``)."""
     if not is_upstream_state_dict(state_dict):

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._builder import build_model
+from ._builder import TASK_PREFIX, build_model, strip_task_prefix
 from ._registry import register_model
 from .layers.signal_blocks import BasicBlock1d, Downsample1d, SignalResBlock, SignalSelfAttentionBlock
 
@@ -686,10 +686,7 @@ def task_state_dict_to_model(state_dict: dict[str, Any], use_ema: bool = True) -
     the ``net.`` prefix; other task keys (``flow_ema.num_steps``) are dropped.
     """
     ema = {k[len(_EMA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX)}
-    if any(k.startswith("net.") for k in state_dict):
-        sd = {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}
-    else:
-        sd = {k: v for k, v in state_dict.items() if not k.startswith("flow_ema.")}
+    sd = {k: v for k, v in strip_task_prefix(state_dict).items() if not k.startswith("flow_ema.")}
     if use_ema and ema:
         sd = {k: v for k, v in sd.items() if not k.startswith("flow.")} | {f"flow.{k}": v for k, v in ema.items()}
     return sd
@@ -738,7 +735,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module, use_ema: 
     """
     if not isinstance(model, PPGFlowECG):
         return state_dict
-    if any(k.startswith(("flow_ema.", "net.")) for k in state_dict):
+    if any(k.startswith(("flow_ema.", TASK_PREFIX)) for k in state_dict):
         state_dict = task_state_dict_to_model(state_dict, use_ema)
     if "encoder_ecg" in state_dict:
         return convert_stage1_state_dict(state_dict, model)

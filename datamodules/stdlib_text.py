@@ -223,8 +223,9 @@ class TokenWindows(Dataset):
         if len(ids) < seq_len + 1:
             raise ValueError(f"{len(ids)} tokens are fewer than one window of {seq_len + 1}")
         self.ids, self.seq_len, self.num_samples = torch.as_tensor(ids.astype(np.int64)), seq_len, num_samples
-        self.starts = (torch.randint(0, len(ids) - seq_len, (num_samples,), generator=torch.Generator().manual_seed(seed))
-                       if num_samples else torch.arange(0, len(ids) - seq_len, seq_len))
+        gen = torch.Generator().manual_seed(seed)
+        self.starts = (torch.randint(0, len(ids) - seq_len, (num_samples,), generator=gen) if num_samples
+                       else torch.arange(0, len(ids) - seq_len, seq_len))
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -258,7 +259,8 @@ class StdlibTextDataModule(pl.LightningDataModule):
         seed: seed of the random training windows.
     """
 
-    def __init__(self, seq_len: int = 512, batch_size: int = 16, train_samples: int = 10_000, val_fraction: float = 0.03,
+    def __init__(self, seq_len: int = 512, batch_size: int = 16, train_samples: int = 10_000,
+                 val_fraction: float = 0.03,
                  vocab_limit: int | None = None, max_train_tokens: int | None = None,
                  stdlib_root: str | None = None, include_tests: bool = True, num_workers: int = 0,
                  seed: int = 0) -> None:

@@ -78,7 +78,8 @@ def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str |
     torch.manual_seed(rec["seed"])
     dm = StdlibTextDataModule(seq_len=rec["seq_len"], batch_size=rec["batch_size"],
                               train_samples=rec["steps"] * rec["batch_size"], val_fraction=rec["val_fraction"],
-                              vocab_limit=rec["vocab_limit"], max_train_tokens=rec["max_train_tokens"], seed=rec["seed"])
+                              vocab_limit=rec["vocab_limit"], max_train_tokens=rec["max_train_tokens"],
+                              seed=rec["seed"])
     dm.prepare_data()
     model = build_reference_lm(size, vocab_size=dm.vocab_size, max_position_embeddings=max(
         reference_lm_config(size)["max_position_embeddings"], rec["seq_len"])).to(dev)

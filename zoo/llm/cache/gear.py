@@ -44,7 +44,8 @@ class GEARConfig:
         group_size: quantisation group (tokens for keys, channels for values — capped at the head dim).
         rank_prefill: low-rank residual rank of the prefill chunk (0: none).
         rank_decode: rank of each streamed chunk (0: none).
-        outlier_fraction: GEAR's s: share of entries kept exactly (half largest, half smallest per group; 0: GEAR-L).
+        outlier_fraction: GEAR's s: share of entries kept exactly (half largest, half smallest per group;
+            0: GEAR-L).
         power_iters: power iterations of the low-rank step (the official ``loop``).
         buffer_size: tokens of the streaming fp buffer (a multiple of ``group_size``).
         compress_prefill: compress the prefill at once (False: prefill tokens enter the buffer too).
@@ -209,9 +210,9 @@ class GEARCache(CompressedCache):
     """GEAR KV cache (module docstring); ``GEARCache(bits=4)`` etc. take :class:`GEARConfig` fields.
 
     Args:
-        config: a :class:`GEARConfig` (or its fields as keyword arguments).
+        settings: a :class:`GEARConfig` (or its fields as keyword arguments).
     """
 
-    def __init__(self, config: GEARConfig | None = None, **kwargs) -> None:
-        self.config = config or GEARConfig(**kwargs)
-        super().__init__(lambda i: GEARLayer(self.config))
+    def __init__(self, settings: GEARConfig | None = None, **kwargs) -> None:
+        self.settings = settings or GEARConfig(**kwargs)
+        super().__init__(lambda i: GEARLayer(self.settings))

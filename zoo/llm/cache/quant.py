@@ -1,7 +1,7 @@
 """Real low-bit storage: asymmetric min/max group quantisation with codes packed into bytes, and its inverse.
 
-``bits`` in {1, 2, 4, 8}: ``8 // bits`` codes share a byte (the packed tensor is what is stored). Groups run along the
-last axis (callers transpose to pick the axis: KIVI quantises keys per channel — groups of tokens — and values per
+``bits`` in {1, 2, 4, 8}: ``8 // bits`` codes share a byte (the packed tensor is what is stored). Groups run along
+the last axis (callers transpose to pick the axis: KIVI quantises keys per channel — groups of tokens — and values per
 token — groups of channels). Scale and minimum are stored in fp16 per group:
 ``scale = (max − min) / (2^b − 1)``, ``q = round((x − min) / scale)`` (GEAR's formula with 2^b − 1 levels, not the
 official code's ``b**2 − 1``).

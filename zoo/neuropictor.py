@@ -636,7 +636,7 @@ def sample_images(model: NeuroPictor, fmri: torch.Tensor, subject: str | None = 
     """
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler(**model.scheduler_config)
+    sched = DDIMScheduler.from_config(model.scheduler_config)
     sched.set_timesteps(steps)
     tokens = model.encode_fmri(fmri, subject)
     context, _ = model.condition(tokens)

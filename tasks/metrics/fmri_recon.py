@@ -1,0 +1,149 @@
+"""Image-reconstruction metrics of the MindEye protocol (NeuroPictor's ``eval_metrics.py``).
+
+Low level: PixCorr (Pearson correlation of the flattened pixels, per image pair, averaged), SSIM (grey images,
+Gaussian window sigma 1.5, population covariance, as scikit-image's ``structural_similarity(gaussian_weights=True,
+use_sample_covariance=False)``), AlexNet(2)/(5) 2-way identification (features.4 / features.11). High level:
+InceptionV3 (avgpool) and CLIP ViT-L/14 (image embedding) 2-way identification, EffNet-B1 and SwAV-ResNet50 mean
+correlation distance. Architectures come from torchvision / open_clip; their ImageNet/CLIP/SwAV weights are loaded
+only when ``pretrained=True`` and available (offline here: random init, which exercises the code, not the numbers).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["pixcorr", "ssim_gray", "two_way_identification", "correlation_distance", "feature_extractor",
+           "reconstruction_metrics", "FEATURE_NETS"]
+
+#: metric name -> (architecture, layer, input side, kind): kind '2way' or 'distance'
+FEATURE_NETS: dict[str, tuple[str, str, int, str]] = {
+    "alexnet2": ("alexnet", "features.4", 256, "2way"),
+    "alexnet5": ("alexnet", "features.11", 256, "2way"),
+    "inception": ("inception_v3", "avgpool", 342, "2way"),
+    "clip": ("clip_vit_l14", "image_embeds", 224, "2way"),
+    "effnet": ("efficientnet_b1", "avgpool", 255, "distance"),
+    "swav": ("resnet50_swav", "avgpool", 224, "distance"),
+}
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def pixcorr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs of the Pearson correlation of all pixels (B, C, H, W) of a prediction and its target."""
+    p = pred.flatten(1).double()
+    t = target.flatten(1).double()
+    p, t = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    r = (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+    return r.mean().float()
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """scikit-image's rgb2gray weights (ITU-R 709)."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.2125, 0.7154, 0.0721], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def ssim_gray(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM of grey images in [0, 1]: 11-tap Gaussian window (sigma 1.5), population statistics, the border
+    of half a window excluded — scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``, the MindEye protocol."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    return ssim(_gray(pred).double(), _gray(target).double(), gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                data_range=data_range, reduction="elementwise_mean").float()
+
+
+def two_way_identification(pred_feats: torch.Tensor, target_feats: torch.Tensor) -> torch.Tensor:
+    """2-way identification: for each reconstruction j, the fraction of other targets i whose feature correlation
+    with it is lower than that of its own target j (chance 0.5), averaged."""
+    p = pred_feats.flatten(1).double()
+    t = target_feats.flatten(1).double()
+    n = p.shape[0]
+    if n < 2:
+        raise ValueError("2-way identification needs at least two image pairs")
+    p = (p - p.mean(1, keepdim=True)) / p.std(1, keepdim=True).clamp_min(1e-12)
+    t = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True).clamp_min(1e-12)
+    r = t @ p.T / (p.shape[1] - 1)  # r[i, j] = corr(target i, prediction j)
+    congruent = r.diagonal()
+    return ((r < congruent[None]).sum(0).double() / (n - 1)).mean().float()
+
+
+def correlation_distance(pred_feats: torch.Tensor, target_feats: torch.Tensor) -> torch.Tensor:
+    """Mean over pairs of 1 - Pearson correlation of the features (scipy's ``correlation`` distance)."""
+    p = pred_feats.flatten(1).double()
+    t = target_feats.flatten(1).double()
+    p, t = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    return (1 - (p * t).sum(1) / (p.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)).mean().float()
+
+
+def feature_extractor(name: str, pretrained: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A frozen feature function for :data:`FEATURE_NETS` ``name``: images in [0, 1] (B, 3, H, W) -> features."""
+    arch, layer, size, _ = FEATURE_NETS[name]
+    if arch == "clip_vit_l14":
+        import open_clip
+
+        model = open_clip.create_model("ViT-L-14", pretrained="openai" if pretrained else None)
+        mean, std = _CLIP
+
+        def net(x: torch.Tensor) -> torch.Tensor:
+            return model.encode_image(x)
+    else:
+        import torchvision
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        if arch == "resnet50_swav":
+            base = torchvision.models.resnet50(weights=None)
+            if pretrained:  # SwAV weights through torch.hub (facebookresearch/swav)
+                base = torch.hub.load("facebookresearch/swav:main", "resnet50")
+        elif arch == "inception_v3":
+            base = torchvision.models.inception_v3(weights="DEFAULT" if pretrained else None, aux_logits=True,
+                                                   init_weights=not pretrained)
+        else:
+            base = getattr(torchvision.models, arch)(weights="DEFAULT" if pretrained else None)
+        model = create_feature_extractor(base, return_nodes={layer: "f"})
+        mean, std = _IMAGENET
+
+        def net(x: torch.Tensor) -> torch.Tensor:
+            return model(x)["f"]
+    model.eval().requires_grad_(False)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        dev = next(model.parameters()).device
+        x = ((x.to(dev) - m.to(dev)) / s.to(dev))
+        return net(x).float().flatten(1).cpu()
+
+    extract.model = model  # type: ignore[attr-defined]
+    return extract
+
+
+def reconstruction_metrics(pred: torch.Tensor, target: torch.Tensor, feature_nets: Sequence[str] = (),
+                           pretrained: bool = False, extractors: dict[str, Callable] | None = None
+                           ) -> dict[str, float]:
+    """All metrics of the protocol for reconstructions ``pred`` and stimuli ``target`` (B, 3, H, W) in [0, 1].
+
+    Args:
+        pred: reconstructions.
+        target: the stimuli (same size).
+        feature_nets: which of :data:`FEATURE_NETS` to run (none by default: they are heavy).
+        pretrained: load the feature networks' published weights.
+        extractors: prebuilt extractors by name (reused across calls).
+    """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    out = {"pixcorr": float(pixcorr(pred, target)), "ssim": float(ssim_gray(pred, target)),
+           "psnr": float(peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0))}
+    for name in feature_nets:
+        ex = (extractors or {}).get(name) or feature_extractor(name, pretrained)
+        fp, ft = ex(pred), ex(target)
+        kind = FEATURE_NETS[name][3]
+        out[name] = float(two_way_identification(fp, ft) if kind == "2way" else correlation_distance(fp, ft))
+    return out
+

@@ -10,20 +10,16 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.core.optimizer import LightningOptimizer
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ._base import ZooTask
+from ._cuda_graphs import CudaGraphSteps, inductor_cudagraphs
 
 _logger = logging.getLogger(__name__)
 
@@ -208,52 +204,8 @@ def timm_cosine_lr(t: int, base_lr: float, ref_lr: float, epochs: int, warmup_ep
     return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * t / epochs))
 
 
-# ------------------------------------------------------------------------------------------------------ CUDA graphs
-def _inductor_cudagraphs(compile_mode: bool | str) -> bool:
-    """True for the ``torch.compile`` modes whose inductor output runs under inductor's own CUDA graphs."""
-    return isinstance(compile_mode, str) and ("reduce-overhead" in compile_mode or compile_mode == "max-autotune")
-
-
-def _graph_autocast() -> torch.autocast:
-    """The current CUDA autocast state with autocast's cast cache off, around every call on the CUDA-graph path.
-
-    A cast cached before a capture (same autocast region) would be read by the graph instead of recomputed: stale
-    weights, or memory freed when the region ends. With the cache off every replay casts the live fp32 weights. All
-    calls on the graph path (warm-up, capture, eager fallbacks) use this same state, so ``torch.compile``'s guards
-    (which include the cache flag) see one global state and nothing recompiles during a capture.
-    """
-    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
-                          cache_enabled=False)
-
-
-class _CudaGraphs:
-    """A task's captured CUDA graphs and their static buffers; a copy or an unpickled task starts empty."""
-
-    def __init__(self) -> None:
-        self.warned = False  # the off-CUDA warning was shown
-        self.captures = self.train_replays = self.infer_replays = 0  # totals, kept across reset()
-        self.reset()
-
-    def reset(self) -> None:
-        """Drop the graphs (the module moved: Lightning's teardown moves it to the CPU after fit, for one)."""
-        self.stream: torch.cuda.Stream | None = None  # warm-up side stream
-        self.train: dict[str, Any] | None = None  # the training-step graph: key, graph, static inputs/stats, lrs
-        self.train_warmup: dict[tuple, int] = {}  # eager warm-up steps done per batch signature
-        self.infer: dict[tuple, dict[str, Any]] = {}  # eval-forward graphs per input signature
-        self.infer_seen: dict[tuple, int] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
-
-    def __deepcopy__(self, memo: dict) -> _CudaGraphs:
-        return _CudaGraphs()
-
-
 # -------------------------------------------------------------------------------------------------------------- task
-class ReIDTask(ZooTask):
+class ReIDTask(CudaGraphSteps, ZooTask):
     """Person re-identification with a multi-head ReID model (FusionReID).
 
     Args:
@@ -290,9 +242,9 @@ class ReIDTask(ZooTask):
             it warns once and every step is eager. ``'auto'``: on where the run allows it (one CUDA device,
             32-true or bf16-mixed, no gradient clipping or accumulation, no inductor CUDA-graph compile mode), else
             the plain automatic-optimisation path, said once at fit start — the multi-GPU, 16-mixed and CPU runs of
-            a config that sets it work unchanged. See "CUDA graphs" below.
+            a config that sets it work unchanged. See "CUDA graphs" below and ``tasks._cuda_graphs``.
 
-    CUDA graphs (``cuda_graphs=True``):
+    CUDA graphs (``cuda_graphs=True``, :class:`tasks._cuda_graphs.CudaGraphSteps`):
         - Learning rate: at capture each param group's lr becomes a 0-d fp32 tensor on the GPU that the captured
           fused-SGD kernel reads on every replay. The LambdaLR schedule (stepped per epoch by this task in
           ``on_train_epoch_end``, as Lightning does in automatic optimisation) fills that tensor in place, so a new
@@ -313,10 +265,6 @@ class ReIDTask(ZooTask):
     """
 
     data_links = ("num_classes", "num_cameras")
-    #: eager steps (on a side stream) of a batch shape before its training step is captured
-    graph_warmup_steps: ClassVar[int] = 3
-    #: eval-forward graphs kept (one per input shape); further shapes run eagerly
-    max_infer_graphs: ClassVar[int] = 4
 
     def __init__(
         self,
@@ -346,56 +294,18 @@ class ReIDTask(ZooTask):
         channels_last: bool = False,
         cuda_graphs: bool | str = False,
     ) -> None:
-        if cuda_graphs not in (True, False, "auto"):
-            raise ValueError(f"cuda_graphs must be true, false or 'auto', not {cuda_graphs!r}")
-        if cuda_graphs is True and _inductor_cudagraphs(compile):
-            raise ValueError(f"cuda_graphs=True captures whole steps itself and cannot contain inductor's CUDA graphs "
-                             f"(compile={compile!r}): use compile=True or 'max-autotune-no-cudagraphs'")
+        self.init_cuda_graphs(cuda_graphs, compile)
         self.channels_last = channels_last
-        self.cuda_graphs: bool | str = cuda_graphs
-        self._graphs = _CudaGraphs()
         self._bench_opt: torch.optim.Optimizer | None = None
         super().__init__(model, pretrained, model_kwargs, compile)
         self.save_hyperparameters()
         self._eval_outputs: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------------------------------------ training
-    @property
-    def automatic_optimization(self) -> bool:  # type: ignore[override]
-        """False while CUDA graphs may be used: the task then runs the optimiser itself (inside the captured graph)."""
-        return not self._graphs_enabled()
-
-    def _graphs_enabled(self) -> bool:
-        if self.cuda_graphs == "auto":
-            return self._auto_graphs_off_reason() is None
-        return bool(self.cuda_graphs)
-
-    def _auto_graphs_off_reason(self) -> str | None:
-        """Why ``cuda_graphs='auto'`` stays off for this run (the attached Trainer's settings; without a Trainer,
-        the network's device), or None when it is on."""
-        if _inductor_cudagraphs(self.compile_mode):
-            return f"compile={self.compile_mode!r} uses inductor's own CUDA graphs"
-        t = self._trainer
-        if t is None:
-            return None if self.device.type == "cuda" else f"the network is on {self.device}"
-        from pytorch_lightning.accelerators import CUDAAccelerator
-
-        if not isinstance(t.accelerator, CUDAAccelerator):
-            return f"the accelerator is {type(t.accelerator).__name__}, not CUDA"
-        if t.world_size > 1:
-            return f"{t.world_size} devices (CUDA graphs run on one GPU)"
-        if t.precision not in ("32-true", "bf16-mixed"):
-            return f"precision {t.precision} (32-true or bf16-mixed only)"
-        if t.gradient_clip_val:
-            return "gradient clipping (not available in manual optimisation)"
-        if t.accumulate_grad_batches > 1:
-            return "gradient accumulation (not available in manual optimisation)"
-        return None
-
     def on_net_built(self) -> None:
         # with compile on, the twelve loss terms are fused too (the eager loss is launch-bound beside the model)
         self._loss_fn = torch.compile(reid_losses) if self.compile_mode else reid_losses
-        self._cudagraphs = _inductor_cudagraphs(self.compile_mode)
+        self._cudagraphs = inductor_cudagraphs(self.compile_mode)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
@@ -427,7 +337,7 @@ class ReIDTask(ZooTask):
                 torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA-graph outputs of the last may be reused
             loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
         else:
-            stats = self._manual_step(batch, self.optimizers())
+            stats = self.graphed_training_step(batch)
             loss = stats[0]
         bs = batch["image"].shape[0]
         self.log("train/loss", stats[0], prog_bar=True, batch_size=bs)
@@ -435,27 +345,6 @@ class ReIDTask(ZooTask):
         self.log("train/triplet", stats[2], batch_size=bs)
         self.log("train/acc", stats[3], prog_bar=True, batch_size=bs)
         return loss
-
-    def on_fit_start(self) -> None:
-        if self.cuda_graphs == "auto":
-            reason = self._auto_graphs_off_reason()
-            rank_zero_info("ReIDTask(cuda_graphs='auto'): " + ("whole-step CUDA graphs on" if reason is None else
-                                                               f"off, automatic optimisation ({reason})"))
-            return
-        if not (self.cuda_graphs and self.device.type == "cuda"):
-            return
-        if self.trainer.world_size > 1:
-            raise ValueError("ReIDTask(cuda_graphs=True) runs on one GPU; for multi-device training drop cuda_graphs "
-                             "or set it to 'auto' (off where it cannot run)")
-        if self.trainer.precision == "16-mixed":
-            raise ValueError("ReIDTask(cuda_graphs=True) supports precision 32-true or bf16-mixed, not "
-                             f"{self.trainer.precision} (GradScaler's skip-step check cannot be captured)")
-
-    def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:  # Lightning steps the schedulers itself only in automatic optimisation
-            sched = self.lr_schedulers()
-            if sched is not None:
-                sched.step()
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -482,191 +371,32 @@ class ReIDTask(ZooTask):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ------------------------------------------------------------------------------------------- CUDA graphs
-    def _graph_path(self) -> bool:
-        """Whether this call may use CUDA graphs: the option is on, the network is on a GPU, no ``eager_network()``."""
-        if not self._graphs_enabled() or self._eager:
-            return False
-        if self.device.type == "cuda":
-            return True
-        if not self._graphs.warned:
-            self._graphs.warned = True
-            rank_zero_warn(f"ReIDTask(cuda_graphs=True): the network is on {self.device}, not a CUDA device; every "
-                           "step runs eagerly (this warning is shown once)")
-        return False
-
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # .to()/.cuda()/.float() may give parameters new storage that a captured graph would not see
-        graphs = self.__dict__.get("_graphs")
-        if graphs is not None and (graphs.train is not None or graphs.infer):
-            self._drop_train_graph()
-            graphs.reset()
-        return super()._apply(fn, *args, **kwargs)
-
-    @contextlib.contextmanager
-    def _side_stream(self) -> Iterator[None]:
-        """Run the block on a side stream that waits for the current stream's work and is waited for after it."""
-        g = self._graphs
-        if g.stream is None:
-            g.stream = torch.cuda.Stream(self.device)
-        main = torch.cuda.current_stream(self.device)
-        g.stream.wait_stream(main)
-        try:
-            with torch.cuda.stream(g.stream):
-                yield
-        finally:
-            main.wait_stream(g.stream)
-
-    def _train_key(self, batch: dict[str, torch.Tensor]) -> tuple:
+    def graph_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {"image": batch["image"], "pid": batch["pid"]}
         cam = self._camids(batch)
-        return (tuple(batch["image"].shape), batch["image"].dtype, tuple(batch["pid"].shape),
-                None if cam is None else (tuple(cam.shape), cam.dtype), self.net.training,  # type: ignore[union-attr]
-                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-
-    @staticmethod
-    def _hyper(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
-        """The param groups' hyper-parameters a captured optimiser step has baked in (all but params and lr)."""
-        return [{k: v for k, v in g.items() if k not in ("params", "lr") and not isinstance(v, torch.Tensor)}
-                for g in opt.param_groups]
-
-    def _manual_step(self, batch: dict[str, torch.Tensor], opt: Any) -> torch.Tensor:
-        """One optimiser step in manual optimisation: a replay of the captured training graph when the batch matches
-        it, else an eager step (before the capture: the warm-up steps, on a side stream). ``opt`` is the
-        ``LightningOptimizer`` inside ``Trainer.fit`` or a torch optimiser (benchmark). Returns the step's
-        statistics (see ``_forward_loss``), owned by the caller."""
-        lightning = isinstance(opt, LightningOptimizer)
-        raw = opt.optimizer if lightning else opt
-        if not self._graph_path():
-            return self._eager_step(batch, opt, raw, lightning)
-        g = self._graphs
-        key = self._train_key(batch)
-        if g.train is None:
-            done = g.train_warmup.get(key, 0)
-            if done < self.graph_warmup_steps:  # momentum buffers, cuDNN autotuning, compilation before the capture
-                g.train_warmup[key] = done + 1
-                with self._side_stream(), _graph_autocast():
-                    return self._eager_step(batch, opt, raw, lightning)
-            self._capture_train(batch, raw, key)
-        elif g.train["key"] != key:  # another batch shape: eager, the graph is kept
-            with _graph_autocast():
-                return self._eager_step(batch, opt, raw, lightning)
-        return self._replay_train(batch, raw, lightning)
-
-    def _eager_step(self, batch: dict[str, torch.Tensor], opt: Any, raw: torch.optim.Optimizer, lightning: bool
-                    ) -> torch.Tensor:
-        raw.zero_grad(set_to_none=self._graphs.train is None)  # a captured graph keeps its gradient buffers
-        loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
-        if lightning:
-            self.manual_backward(loss)
-            opt.step()  # LightningOptimizer: Lightning's hooks, and it counts the step
-        else:
-            loss.backward()
-            raw.step()
-        return stats
-
-    def _capture_train(self, batch: dict[str, torch.Tensor], raw: torch.optim.Optimizer, key: tuple) -> None:
-        """Capture forward + loss + backward + optimiser step on static inputs of the batch's signature."""
-        if not all(grp.get("fused") for grp in raw.param_groups):
-            raise RuntimeError("ReIDTask(cuda_graphs=True) captures the optimiser step and needs a fused optimiser "
-                               "(configure_optimizers() builds a fused SGD on CUDA)")
-        lrs = []
-        for grp in raw.param_groups:  # the schedule fills these in place; the captured kernel reads them
-            lr = grp["lr"]
-            if not (isinstance(lr, torch.Tensor) and lr.is_cuda and lr.dtype == torch.float32 and lr.dim() == 0):
-                lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
-            grp["lr"] = lr
-            lrs.append(lr)
-        x, cam = batch["image"], self._camids(batch)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        static = {"image": torch.empty_like(x, memory_format=fmt), "pid": torch.empty_like(batch["pid"])}
         if cam is not None:
-            static["camid"] = torch.empty_like(cam)
-        raw.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph's memory pool
-        graph = torch.cuda.CUDAGraph()
-        t0 = time.perf_counter()
-        # thread_local: DataLoader pin-memory threads may call CUDA while this thread captures
-        with _graph_autocast(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            loss, stats = self._forward_loss(static["image"], static["pid"], static.get("camid"))
-            loss.backward()
-            raw.step()
-        self._graphs.train = {"key": key, "graph": graph, "static": static, "stats": stats, "lrs": lrs,
-                              "hyper": self._hyper(raw)}
-        self._graphs.captures += 1
-        rank_zero_info(f"ReIDTask(cuda_graphs): captured the training step (batch {tuple(x.shape)}, "
-                       f"{self._graphs.train_warmup.get(key, 0)} eager warm-up steps, {time.perf_counter() - t0:.2f} s)")
+            inputs["camid"] = cam
+        return inputs
 
-    def _replay_train(self, batch: dict[str, torch.Tensor], raw: torch.optim.Optimizer, lightning: bool
-                      ) -> torch.Tensor:
-        t = self._graphs.train
-        assert t is not None
-        for grp, lr in zip(raw.param_groups, t["lrs"]):
-            if grp["lr"] is not lr:  # a float (or another tensor) was assigned: the graph reads `lr`
-                lr.fill_(grp["lr"])
-                grp["lr"] = lr
-        if self._hyper(raw) != t["hyper"]:
-            rank_zero_info("ReIDTask(cuda_graphs): optimiser hyper-parameters changed; recapturing the training step")
-            self._drop_train_graph()
-            self._capture_train(batch, raw, t["key"])
-            t = self._graphs.train
-        s = t["static"]
-        s["image"].copy_(batch["image"], non_blocking=True)
-        s["pid"].copy_(batch["pid"], non_blocking=True)
-        if "camid" in s:
-            s["camid"].copy_(batch["camid"], non_blocking=True)
-        t["graph"].replay()
-        self._graphs.train_replays += 1
-        if lightning:
-            # The raw optimiser stepped inside the graph, not LightningOptimizer.step(), which is what counts
-            # Lightning's manual-optimisation steps: count this one so that trainer.global_step (max_steps,
-            # log_every_n_steps, checkpoint names) advances as with opt.step().
-            progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-            progress.increment_ready()
-            progress.increment_completed()
-        return t["stats"].clone()  # the next replay overwrites the static outputs
+    def graph_loss(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward_loss(self._cl(inputs["image"]), inputs["pid"], inputs.get("camid"))
 
-    def _drop_train_graph(self) -> None:
-        if self._graphs.train is not None:
-            self._graphs.train = None
-            self.net.zero_grad(set_to_none=True)  # type: ignore[union-attr]  # the gradients live in its pool
+    def graph_forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(self._cl(inputs["image"]), inputs.get("camid"))
+
+    def graph_static_like(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last and name == "image" else torch.contiguous_format
+        return torch.empty_like(x, memory_format=fmt)
 
     def _embed(self, images: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
         """The eval-mode embedding of a batch (a copy of a CUDA-graph output when graphs are on)."""
         if not self.net.training and not torch.is_grad_enabled() and self._graph_path():
-            return self._infer_graphed(images, camids)
+            inputs = {"image": images} if camids is None else {"image": images, "camid": camids}
+            return self.graphed_forward(inputs)
         if self._cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
             return self.network(self._cl(images), camids).clone()  # inductor reuses its graph outputs next step
         return self.network(self._cl(images), camids)
-
-    def _infer_graphed(self, images: torch.Tensor, camids: torch.Tensor | None) -> torch.Tensor:
-        g = self._graphs
-        key = (tuple(images.shape), images.dtype, None if camids is None else (tuple(camids.shape), camids.dtype),
-               torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        entry = g.infer.get(key)
-        if entry is None:
-            seen = g.infer_seen.get(key, 0)
-            g.infer_seen[key] = seen + 1
-            if seen == 0 or len(g.infer) >= self.max_infer_graphs:  # first sight (the warm-up): eager
-                with self._side_stream(), _graph_autocast():
-                    return self.network(self._cl(images), camids)
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            entry = {"image": torch.empty_like(images, memory_format=fmt),
-                     "camid": None if camids is None else torch.empty_like(camids), "graph": torch.cuda.CUDAGraph()}
-            with _graph_autocast(), torch.cuda.graph(entry["graph"], capture_error_mode="thread_local"):
-                entry["out"] = self.network(entry["image"], entry["camid"])
-            g.infer[key] = entry
-            g.captures += 1
-            rank_zero_info(f"ReIDTask(cuda_graphs): captured the eval forward for batch {tuple(images.shape)}")
-        entry["image"].copy_(images, non_blocking=True)
-        if camids is not None:
-            entry["camid"].copy_(camids, non_blocking=True)
-        entry["graph"].replay()
-        g.infer_replays += 1
-        return entry["out"].clone()
-
-    def cuda_graph_counts(self) -> dict[str, int]:
-        """Graphs captured and replayed so far (``sharezoo bench`` records them; tests check the path taken)."""
-        g = self._graphs
-        return {"captures": g.captures, "train_replays": g.train_replays, "infer_replays": g.infer_replays}
 
     # ----------------------------------------------------------------------------------------------- benchmark
     def example_batch(self, batch_size: int, num_instances: int = 16) -> dict[str, torch.Tensor]:
@@ -690,7 +420,7 @@ class ReIDTask(ZooTask):
         the same path as ``training_step`` (warm-up, capture, replays) with the task's own optimiser. ``step=False``:
         the eager forward, and backward when grad is enabled, without the optimiser (the FLOP probe)."""
         if not step:
-            loss, stats = self._forward_loss(self._images(batch), batch["pid"], self._camids(batch))
+            loss, stats = self.graph_loss(self.graph_inputs(batch))
             if torch.is_grad_enabled():
                 loss.backward()
                 self.net.zero_grad(set_to_none=self._graphs.train is None)  # type: ignore[union-attr]

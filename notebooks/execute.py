@@ -21,8 +21,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-#: run in the kernel before the first cell (not stored): PNG figures at a modest resolution keep the files small
-SETUP = "%config InlineBackend.figure_format = 'png'\n%config InlineBackend.rc = {'figure.dpi': 60, 'savefig.dpi': 60}"
+#: run in the kernel before the first cell (not stored): PNG figures at a modest resolution keep the files small;
+#: tqdm's notebook-widget warning (it names this machine's site-packages) is noise in a stored notebook
+SETUP = """%config InlineBackend.figure_format = 'png'
+%config InlineBackend.rc = {'figure.dpi': 60, 'savefig.dpi': 60}
+import warnings as _w
+_w.filterwarnings('ignore', message='IProgress not found')
+del _w"""
 
 
 def kernel_env(env: dict[str, str] | None = None, gpu: bool = False) -> dict[str, str]:

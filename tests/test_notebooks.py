@@ -33,6 +33,7 @@ SHORT: dict[str, dict] = {
     "ppgflowecg.ipynb": dict(env={"PPGFLOWECG_NB_STEPS": "15"}, images=2, slow=True,  # ~70 s on 2 shared cores
                              expect=("stage 2 loss", "mean paired latent distance", "generated, seed 2")),
     "dens3r.ipynb": dict(expect=("weights:",), images=3),
+    "uni_encoder.ipynb": dict(expect=("packed scores", "max difference")),
 }
 
 

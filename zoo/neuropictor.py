@@ -709,17 +709,28 @@ def convert_official_checkpoint(state_dict: dict[str, torch.Tensor], model: Neur
         taken.update(part)
         return part
 
+    lpb = model.unet.config.layers_per_block
+    up_attn = ["CrossAttn" in t for t in model.unet.config.up_block_types]
+
+    # diffusers' converters skip keys they do not know: a UNet / ControlNet key counts as taken only when a
+    # converted key maps back to it (so an unknown one is reported below)
     unet_part = take(_LDM_UNET)
     if unet_part:
-        out |= {f"unet.{k}": v for k, v in
-                convert_ldm_unet_checkpoint(unet_part, _unet_ldm_config(model.unet.config)).items()}
+        conv = convert_ldm_unet_checkpoint(unet_part, _unet_ldm_config(model.unet.config))
+        taken.difference_update(unet_part)
+        taken.update(_LDM_UNET + _ldm_unet_key(k, lpb, up_attn) for k in conv)
+        out |= {f"unet.{k}": v for k, v in conv.items()}
     ctrl = take(_LDM_CONTROL)
     mapper = {k[len(_LDM_CONTROL + "fmri_mapper."):]: v for k, v in ctrl.items()
               if k.startswith(_LDM_CONTROL + "fmri_mapper.")}
     rest = {k[len(_LDM_CONTROL):]: v for k, v in ctrl.items() if not k.startswith(_LDM_CONTROL + "fmri_mapper.")}
     if rest:
-        conv = convert_controlnet_checkpoint(rest, _unet_ldm_config(model.controlnet.config))
-        out |= {f"controlnet.{k}": v for k, v in conv.items() if v is not None}
+        conv = {k: v for k, v in convert_controlnet_checkpoint(rest, _unet_ldm_config(model.controlnet.config)).items()
+                if v is not None and not k.startswith("controlnet_cond_embedding.")}
+        taken.difference_update(_LDM_CONTROL + k for k in rest)
+        taken.update(_LDM_CONTROL + _ldm_unet_key(k, lpb, up_attn) for k in conv)
+        taken.update(_LDM_CONTROL + "fmri_mapper." + k for k in mapper)
+        out |= {f"controlnet.{k}": v for k, v in conv.items()}
     out |= {f"controlnet.controlnet_cond_embedding.{k}": v for k, v in mapper.items()}
     vae_part = take(_LDM_VAE)
     if vae_part and model.vae is not None:

@@ -191,7 +191,7 @@ class CudaGraphSteps:
     def _step_schedulers(self, interval: str) -> None:
         for cfg in self.trainer.lr_scheduler_configs:
             if cfg.interval == interval:
-                cfg.scheduler.step()
+                self.lr_scheduler_step(cfg.scheduler, None)  # the task's hook (timm schedulers take an epoch)
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         # .to()/.cuda()/.float() may give parameters new storage that a captured graph would not see
@@ -306,8 +306,9 @@ class CudaGraphSteps:
                               "hyper": self._hyper(raw)}
         self._graphs.captures += 1
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-        rank_zero_info(f"{name}(cuda_graphs): captured the training step ({shapes}, "
-                       f"{self._graphs.train_warmup.get(key, 0)} eager warm-up steps, {time.perf_counter() - t0:.2f} s)")
+        warm = self._graphs.train_warmup.get(key, 0)
+        rank_zero_info(f"{name}(cuda_graphs): captured the training step ({shapes}, {warm} eager warm-up steps, "
+                       f"{time.perf_counter() - t0:.2f} s)")
 
     def _replay_train(self, inputs: dict[str, torch.Tensor], raw: torch.optim.Optimizer, lightning: bool
                       ) -> torch.Tensor:

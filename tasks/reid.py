@@ -3,8 +3,8 @@
 - Losses (FusionReID spec "Losses"): for each of the six heads, label-smoothed cross-entropy (eps 0.1) on the
   BNNeck logits + batch-hard soft-margin triplet on the pre-BN feature, summed with equal weights.
 - Optimiser: SGD momentum 0.9, lr 0.005, weight decay 1e-4, biases at 2x lr, in two parameter groups.
-- Schedule: timm ``CosineLRScheduler`` semantics per epoch (linear warmup from 0.01*lr over 10 epochs, cosine to
-  0.002*lr), stepped with the official code's 1-based epoch index.
+- Schedule: timm ``CosineLRScheduler`` per epoch (linear warmup from 0.01*lr over 10 epochs, cosine to 0.002*lr),
+  stepped with the official code's 1-based epoch index.
 - Evaluation: query and gallery embeddings gathered across ranks, cosine distance (optionally k-reciprocal
   re-ranking), :func:`evaluate_rank` -> mAP and CMC rank-1/5/10.
 """
@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
 
 from ._base import ZooTask
 from ._cuda_graphs import CudaGraphSteps, inductor_cudagraphs
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ReIDTask", "evaluate_rank", "re_ranking", "batch_hard_triplet_loss", "reid_losses", "cosine_distance",
-           "timm_cosine_lr"]
+__all__ = ["ReIDTask", "evaluate_rank", "re_ranking", "batch_hard_triplet_loss", "reid_losses", "cosine_distance"]
 
 
 # ------------------------------------------------------------------------------------------------------------ losses
@@ -188,22 +188,6 @@ def re_ranking(qf: Any, gf: Any, k1: int = 20, k2: int = 6, lambda_value: float 
     return (1 - lambda_value) * jaccard + lambda_value * d[:num_q, num_q:]
 
 
-# --------------------------------------------------------------------------------------------------------- schedule
-def timm_cosine_lr(t: int, base_lr: float, ref_lr: float, epochs: int, warmup_epochs: int = 10,
-                   warmup_factor: float = 0.01, min_lr_factor: float = 0.002) -> float:
-    """timm ``CosineLRScheduler`` (t_in_epochs, one cycle, no warmup prefix) at epoch index ``t``.
-
-    ``base_lr`` is the group's lr; warmup start and floor are absolute (``warmup_factor``/``min_lr_factor`` of the
-    reference lr ``ref_lr``) for every group, as in timm.
-    """
-    warm, lr_min = warmup_factor * ref_lr, min_lr_factor * ref_lr
-    if t < warmup_epochs:
-        return warm + t * (base_lr - warm) / warmup_epochs
-    if t >= epochs:
-        return lr_min
-    return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * t / epochs))
-
-
 # -------------------------------------------------------------------------------------------------------------- task
 class ReIDTask(CudaGraphSteps, ZooTask):
     """Person re-identification with a multi-head ReID model (FusionReID).
@@ -246,9 +230,9 @@ class ReIDTask(CudaGraphSteps, ZooTask):
 
     CUDA graphs (``cuda_graphs=True``, :class:`tasks._cuda_graphs.CudaGraphSteps`):
         - Learning rate: at capture each param group's lr becomes a 0-d fp32 tensor on the GPU that the captured
-          fused-SGD kernel reads on every replay. The LambdaLR schedule (stepped per epoch by this task in
-          ``on_train_epoch_end``, as Lightning does in automatic optimisation) fills that tensor in place, so a new
-          lr needs no recapture; a float assigned to a group's lr is copied into the tensor before the next replay;
+          fused-SGD kernel reads on every replay. The timm cosine schedule (stepped per epoch by the task in
+          ``on_train_epoch_end``, as Lightning does in automatic optimisation) assigns a float lr to each group, which
+          is copied into that tensor before the next replay, so a new lr needs no recapture;
           a change of any other hyper-parameter (momentum, weight decay, ...) recaptures.
         - ``trainer.global_step``: the raw optimiser runs inside the graph, not ``LightningOptimizer.step()``, so the
           task advances Lightning's manual-optimisation step counter after each replay (``max_steps``, logging and
@@ -362,13 +346,17 @@ class ReIDTask(CudaGraphSteps, ZooTask):
         epochs = hp.epochs or (self.trainer.max_epochs if self._trainer is not None else None) or 180
         if epochs < 0:
             epochs = 180
-        lambdas = [
-            (lambda e, b=g["lr"]: timm_cosine_lr(e + 1, b, hp.lr, epochs, hp.warmup_epochs, hp.warmup_factor,
-                                                 hp.min_lr_factor) / b)
-            for g in groups
-        ]
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
+        # warm-up start and floor are absolute (fractions of the reference lr) for both groups, as in the official code
+        sched = CosineLRScheduler(opt, t_initial=epochs, lr_min=hp.min_lr_factor * hp.lr, warmup_t=hp.warmup_epochs,
+                                  warmup_lr_init=hp.warmup_factor * hp.lr, cycle_limit=1, t_in_epochs=True)
+        sched.step(1)  # the official loop steps with the 1-based epoch index: epoch 0 trains at t = 1
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if isinstance(scheduler, CosineLRScheduler):  # timm's schedulers take the epoch index
+            scheduler.step(self.current_epoch + 2)  # at the end of epoch e (0-based): the next epoch's t = e + 2
+        else:
+            super().lr_scheduler_step(scheduler, metric)
 
     # ------------------------------------------------------------------------------------------- CUDA graphs
     def graph_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ from tasks.reid import (
     evaluate_rank,
     re_ranking,
     reid_losses,
-    timm_cosine_lr,
 )
 
 
@@ -129,6 +128,18 @@ def test_six_losses_sum():
 
 
 # ---------------------------------------------------------------------------------------- schedule, optimiser
+def timm_cosine_lr(t: int, base_lr: float, ref_lr: float, epochs: int, warmup_epochs: int = 10,
+                   warmup_factor: float = 0.01, min_lr_factor: float = 0.002) -> float:
+    """Reference: the official schedule written out (linear warm-up from an absolute 0.01 * ref_lr, cosine to an
+    absolute 0.002 * ref_lr) at epoch index ``t``."""
+    warm, lr_min = warmup_factor * ref_lr, min_lr_factor * ref_lr
+    if t < warmup_epochs:
+        return warm + t * (base_lr - warm) / warmup_epochs
+    if t >= epochs:
+        return lr_min
+    return lr_min + 0.5 * (base_lr - lr_min) * (1 + math.cos(math.pi * t / epochs))
+
+
 def test_schedule_matches_timm_cosine_scheduler():
     from timm.scheduler import CosineLRScheduler
 
@@ -142,7 +153,7 @@ def test_schedule_matches_timm_cosine_scheduler():
             assert timm_cosine_lr(t, base, 0.005, 180) == pytest.approx(g["lr"], rel=1e-9), t
 
 
-def test_optimizer_groups_and_lambda_schedule():
+def test_optimizer_groups_and_timm_schedule():
     task = ReIDTask("fusionreid_tiny", model_kwargs={"num_classes": 4, "num_cameras": 2}, epochs=20, warmup_epochs=2)
     cfg = task.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
@@ -153,9 +164,13 @@ def test_optimizer_groups_and_lambda_schedule():
     n_trainable = sum(1 for p in task.net.parameters() if p.requires_grad)
     assert len(w["params"]) + len(b["params"]) == n_trainable
     assert all(p is not task.net.necks[0].bias for p in b["params"])  # frozen BNNeck bias excluded
-    for e in range(1, 25):
-        opt.step(), sched.step()
-        assert w["lr"] == pytest.approx(timm_cosine_lr(e + 1, 0.005, 0.005, 20, 2))
+    from types import SimpleNamespace
+
+    for e in range(0, 24):  # the end of epoch e: the task steps timm's scheduler to the next epoch's index
+        task._trainer = SimpleNamespace(current_epoch=e)
+        opt.step(), task.lr_scheduler_step(sched, None)
+        assert w["lr"] == pytest.approx(timm_cosine_lr(e + 2, 0.005, 0.005, 20, 2))
+        assert b["lr"] == pytest.approx(timm_cosine_lr(e + 2, 0.01, 0.005, 20, 2))
     assert w["lr"] == pytest.approx(0.002 * 0.005)
     assert math.isclose(b["lr"], 0.002 * 0.005)
 
@@ -174,9 +189,11 @@ def test_trainer_fit_and_test_on_synthetic_market(tmp_path):
     class Losses(pl.Callback):
         def __init__(self):
             self.epochs: list[list[float]] = []
+            self.lrs: list[list[float]] = []
 
         def on_train_epoch_start(self, trainer, module):
             self.epochs.append([])
+            self.lrs.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.epochs[-1].append(float(outputs["loss"]))
@@ -191,6 +208,9 @@ def test_trainer_fit_and_test_on_synthetic_market(tmp_path):
     assert task.hparams.model_kwargs == {"num_classes": 8, "num_cameras": 6}  # linked from the datamodule
     first, last = np.mean(rec.epochs[0]), np.mean(rec.epochs[-1])
     assert last < 0.85 * first, (first, last)
+    for e, (w, b) in enumerate(rec.lrs):  # epoch e trains at the official 1-based index e + 1, both groups
+        ref = (timm_cosine_lr(e + 1, 0.02, 0.02, 8, 1), timm_cosine_lr(e + 1, 0.04, 0.02, 8, 1))
+        assert (w, b) == pytest.approx(ref), e
     res = trainer.test(task, dm, verbose=False)[0]
     assert set(res) >= {"test/mAP", "test/rank1", "test/rank5", "test/rank10"}
     assert res["test/valid_queries"] == 6 and res["test/mAP"] > 0.3  # chance is ~0.2

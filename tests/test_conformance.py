@@ -94,6 +94,8 @@ def test_tiny_model_round_trips_through_local_dir(name, tmp_path):
     loaded = zoo.create_model(f"local-dir:{folder}").eval()
     assert type_before_parametrizations(loaded) is type_before_parametrizations(model) and repr(loaded) == repr(model)
     _assert_same_state(model, loaded)
+    # built by the same entrypoint with the same kwargs (what repr does not show, e.g. a float used in forward)
+    assert (loaded.model_name, loaded.model_kwargs) == (model.model_name, model.model_kwargs)
     cfg = zoo.resolve_data_config(model)
     if len(cfg.get("input_size") or ()) == 3:  # an image model: the same outputs on the same input
         x = torch.randn(2, *cfg["input_size"])

@@ -201,7 +201,7 @@ CLI_RUNS = {
 
 
 def run_cli(run: str, out: Path) -> tuple[pl.Trainer, pl.LightningModule, Losses]:
-    from tasks.cli import lightning_cli
+    from tasks._lightning_cli import lightning_cli
 
     cli = lightning_cli(["fit", *CLI_RUNS[run], f"--trainer.default_root_dir={out / run}"])
     return cli.trainer, cli.model, Losses()

@@ -124,7 +124,7 @@ def test_strategy_fragment_composes_with_llm_configs(config, fragment, capsys):
     """``sharezoo fit --config <llm config> --config configs/_base/<fragment>.yaml --print_config``."""
     import yaml
 
-    from tasks.cli import lightning_cli
+    from tasks._lightning_cli import lightning_cli
 
     with pytest.raises(SystemExit) as exit_:
         lightning_cli(["fit", "--config", str(ROOT / "configs" / config),

@@ -1,6 +1,7 @@
-"""PPGFlowECG CPU demo on the bundled real record a103l: stage 1 → stage 2 → generated-vs-real figure + metrics.
+"""``sharezoo demo ppgflowecg``: PPGFlowECG on CPU on the bundled real record a103l: stage 1 → stage 2 →
+generated-vs-real figure + metrics.
 
-    python -m tasks.signal_demo [--out runs/ppgflowecg_demo] [--stage1-steps 300] [--stage2-steps 300]
+    sharezoo demo ppgflowecg [--out runs/ppgflowecg_demo] [--stage1-steps 300] [--stage2-steps 300]
 
 Trains both stages through the ``sharezoo`` CLI with ``configs/ppgflowecg/demo.yaml`` and ``demo_stage2.yaml``, then
 samples ECG for the held-out (last 10 % of the record) PPG windows with the EMA flow (10 Euler steps, several
@@ -11,19 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "ppgflowecg"
+from tasks.demos import CONFIGS as ALL_CONFIGS
+from tasks.demos import Demo
+
+CONFIGS = ALL_CONFIGS / "ppgflowecg"
 
 
 def _fit(config: Path, out: Path, stage: str, steps: int, overrides: dict | None = None) -> Path:
     """Run ``sharezoo fit`` on a copy of ``config`` whose run folder and checkpoint folder are under ``out``."""
     import yaml
 
-    from tasks.cli import main as cli
+    from tasks._lightning_cli import lightning_cli
 
     cfg = yaml.safe_load(config.read_text())
     ckpt_dir = out / stage / "checkpoints"
@@ -36,7 +41,7 @@ def _fit(config: Path, out: Path, stage: str, steps: int, overrides: dict | None
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cli(["fit", "--config", str(path)])
+    lightning_cli(["fit", "--config", str(path)])
     return ckpt_dir / "last.ckpt"
 
 
@@ -108,8 +113,10 @@ def evaluate(stage2_ckpt: str | os.PathLike, out: Path, steps: int = 10, seeds: 
     return {"rows": rows}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv: Sequence[str] = ()) -> int:
+    """Train both stages (unless ``--evaluate-only``), then sample and score the held-out windows."""
+    p = argparse.ArgumentParser(prog="sharezoo demo ppgflowecg", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--out", default="runs/ppgflowecg_demo", help="output folder")
     p.add_argument("--stage1-steps", type=int, default=300, help="stage-1 optimisation steps")
     p.add_argument("--stage2-steps", type=int, default=300, help="stage-2 optimisation steps")
@@ -118,17 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 on machines with <= 2 cores, where more threads are slower)")
     p.add_argument("--evaluate-only", default=None, help="skip training; evaluate this stage-2 checkpoint")
-    a = p.parse_args(argv)
+    a = p.parse_args(list(argv))
     threads = a.threads or (1 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() or 1))
     torch.set_num_threads(threads)
     out = Path(a.out)
     if a.evaluate_only:
         evaluate(a.evaluate_only, out, a.sample_steps, a.seeds)
-        return
+        return 0
     s1 = _fit(CONFIGS / "demo.yaml", out, "stage1", a.stage1_steps, {"cosine_steps": a.stage1_steps})
     s2 = _fit(CONFIGS / "demo_stage2.yaml", out, "stage2", a.stage2_steps, {"stage1_checkpoint": str(s1)})
     evaluate(s2, out, a.sample_steps, a.seeds)
+    return 0
 
 
-if __name__ == "__main__":
-    main()
+DEMO = Demo("ppgflowecg", "PPG→ECG on the bundled real record a103l: both stages, then generated-vs-real metrics "
+            "and figure (CPU)", run, configs=("ppgflowecg/demo.yaml", "ppgflowecg/demo_stage2.yaml"))

@@ -116,6 +116,15 @@ def test_bench_record_schema(toy_config, task, capsys):
     assert rec["mfu"] is None  # no GPU peak on a CPU
 
 
+def test_cpu_default_precision_is_fp32(toy_config):
+    """No --precision: bf16-mixed on a GPU, 32-true on a CPU (bf16 autocast measured slower there)."""
+    assert bench.default_precision(torch.device("cuda")) == "bf16-mixed"
+    assert bench.default_precision(torch.device("cpu")) == "32-true"
+    assert bench.main(["--config", str(toy_config), "--batch", "2", "--steps", "1", "--warmup", "0",
+                       "--device", "cpu", "--name", "toy"]) == 0
+    assert json.loads((bench.RESULTS / "toy.jsonl").read_text().splitlines()[-1])["precision"] == "32-true"
+
+
 def test_report_regenerates_table(toy_config, tmp_path, monkeypatch):
     bench.main(["--config", str(toy_config), "--batch", "2", "--steps", "2", "--warmup", "0", "--device", "cpu",
                 "--precision", "32-true", "--name", "toy"])
@@ -192,14 +201,15 @@ class ManualToyTask(ToyTask):
         self.automatic_optimization = False
 
 
-@pytest.mark.parametrize("model,config,task", [
-    ("fusionreid_tiny", "configs/fusionreid/demo.yaml", "train"),
-    ("ppgflowecg_tiny", "configs/ppgflowecg/demo.yaml", "train"),
-    ("ppgflowecg_tiny", "configs/ppgflowecg/demo_stage2.yaml", "train"),
-    ("dens3r_tiny", "configs/dens3r/demo.yaml", "train"),
-    ("pepsi_tiny", "configs/pepsi/demo.yaml", "infer"),
+@pytest.mark.parametrize("model,config,task,extra", [
+    ("fusionreid_tiny", "configs/fusionreid/demo.yaml", "train", ()),
+    ("ppgflowecg_tiny", "configs/ppgflowecg/demo.yaml", "train", ()),
+    # stage 2 starts from the stage-1 demo checkpoint, which this empty folder lacks: random stage-1 weights
+    ("ppgflowecg_tiny", "configs/ppgflowecg/demo_stage2.yaml", "train", ("--task-arg", "stage1_checkpoint=null")),
+    ("dens3r_tiny", "configs/dens3r/demo.yaml", "train", ()),
+    ("pepsi_tiny", "configs/pepsi/demo.yaml", "infer", ()),
 ])
-def test_every_family_runs_through_the_harness(model, config, task, tmp_path, monkeypatch):
+def test_every_family_runs_through_the_harness(model, config, task, extra, tmp_path, monkeypatch):
     """The shipped tiny configs drive `sharezoo bench` on synthetic batches of the real shapes."""
     from pathlib import Path
 
@@ -208,6 +218,6 @@ def test_every_family_runs_through_the_harness(model, config, task, tmp_path, mo
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     assert bench.main(["--model", model, "--config", str(root / config), "--task", task, "--batch", "2",
                        "--steps", "1", "--warmup", "0", "--device", "cpu", "--precision", "32-true",
-                       "--name", "fam"]) == 0
+                       "--name", "fam", *extra]) == 0
     rec = json.loads((tmp_path / "results" / "fam.jsonl").read_text().splitlines()[-1])
     assert rec["model"] == model and rec["samples_per_s"] > 0 and rec["flops_fwd_per_sample"] > 0

@@ -154,8 +154,10 @@ class NeuroPictorTask(ZooTask):
         if batch_idx < self.val_sample_batches:
             images = self.generate(batch)
             target = ((batch["image"].float() + 1) / 2).clamp(0, 1)
-            self.log_dict({f"{prefix}/pixcorr": pixcorr(images, target), f"{prefix}/ssim": ssim_gray(images, target)},
-                          batch_size=bs)
+            scores = {f"{prefix}/pixcorr": pixcorr(images, target)}
+            if min(images.shape[-2:]) >= 11:  # SSIM's Gaussian window
+                scores[f"{prefix}/ssim"] = ssim_gray(images, target)
+            self.log_dict(scores, batch_size=bs)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")

@@ -54,6 +54,8 @@ def ssim_gray(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0)
     """
     x, y = _gray(pred).double(), _gray(target).double()
     r = int(3.5 * 1.5 + 0.5)
+    if min(x.shape[-2:]) < 2 * r + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * r + 1} px (its Gaussian window), got {tuple(x.shape[-2:])}")
     g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64, device=x.device) / 1.5) ** 2)
     g = (g / g.sum())
 

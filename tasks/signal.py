@@ -18,12 +18,14 @@ its pooled features of real and generated windows. Heart-rate MAE uses our own R
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 import zoo
@@ -130,21 +132,27 @@ def flow_latents(
 
 
 # ------------------------------------------------------------------------------------------------ EMA, schedule
-class ModelEMA(nn.Module):
+_EMA_ARGS = inspect.signature(ModelEmaV3.__init__).parameters
+
+
+class ModelEMA(ModelEmaV3):
     """Exponential moving average of a module's parameters and buffers, with the schedule of ema-pytorch 0.7.7's
     ``EMA(beta=decay, update_after_step=start, update_every=every)`` that the reference uses (its defaults
-    ``inv_gamma=1``, ``power=2/3``, ``min_value=0``).
+    ``inv_gamma=1``, ``power=2/3``, ``min_value=0``): timm's ``ModelEmaV3`` (whose warm-up decay is ema-pytorch's
+    formula, and whose update lerps floating tensors and copies the others) plus the two things it lacks.
 
     Call :meth:`step` once per optimiser step. With ``s`` the number of earlier calls (ema-pytorch's ``step`` before
     its increment): the first call (s = 0) copies the online weights; afterwards only calls with ``s % every == 0``
-    act: they copy while ``s <= start`` and past that average with the warm-up decay
-    ``decay(s + 1) = clamp(1 - (1 + e / inv_gamma) ** -power, min_decay, decay)``, ``e = max(s - start, 0)``
-    (:meth:`current_decay`), which rises from 0.80 at the first average (e = 10) to the cap ``decay`` = 0.995 at
-    e ≈ 2,830 (of the reference's 10,000 steps). ``warmup=False`` averages with the constant ``decay`` instead.
-    Integer buffers are copied, floating ones averaged.
+    act (ema-pytorch's ``update_every``, not in ``ModelEmaV3``): they copy while ``s <= start`` and past that average
+    with the warm-up decay ``decay(s + 1) = clamp(1 - (1 + e / inv_gamma) ** -power, min_decay, decay)``,
+    ``e = max(s - start, 0)`` (:meth:`current_decay`, ``ModelEmaV3.get_decay``), which rises from 0.80 at the
+    first average (e = 10) to the cap ``decay`` = 0.995 at e ≈ 2,830 (of the reference's 10,000 steps). A copy is
+    ``ModelEmaV3``'s update with decay 0 (``lerp`` with weight 1 returns the online value exactly).
+    ``warmup=False`` averages with the constant ``decay`` instead.
 
-    The step count is a Python int (:attr:`steps`), so :meth:`step` never reads the device; the ``num_steps``
-    buffer is its copy in state dicts and checkpoints (written when saving, read back when loading).
+    The step count is a Python int (:attr:`steps`; ``ModelEmaV3`` keeps none), so :meth:`step` never reads the
+    device; the ``num_steps`` buffer is its copy in state dicts and checkpoints (written when saving, read back when
+    loading).
 
     Args:
         model: the online module (deep-copied).
@@ -161,10 +169,12 @@ class ModelEMA(nn.Module):
         self, model: nn.Module, decay: float = 0.995, every: int = 10, start: int = 100, inv_gamma: float = 1.0,
         power: float = 2 / 3, min_decay: float = 0.0, warmup: bool = True,
     ) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.every, self.start = decay, every, start
-        self.inv_gamma, self.power, self.min_decay, self.warmup = inv_gamma, power, min_decay, warmup
+        # stochastic rounding (newer timm) off: it only concerns a bf16 average and would draw random numbers
+        extra = {"stochastic_rounding": False} if "stochastic_rounding" in _EMA_ARGS else {}
+        super().__init__(model, decay=decay, min_decay=min_decay, update_after_step=start, use_warmup=warmup,
+                         warmup_gamma=inv_gamma, warmup_power=power, **extra)
+        self.module.requires_grad_(False)
+        self.every, self.start = every, start
         self.steps = 0
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
 
@@ -180,55 +190,27 @@ class ModelEMA(nn.Module):
 
     def current_decay(self, step: int | None = None) -> float:
         """Decay used by an average when ``step`` calls have been made, this one included (ema-pytorch
-        ``get_current_decay`` with its ``step`` after the increment); default: :attr:`steps`."""
-        step = self.steps if step is None else step
-        epoch = max(step - self.start - 1, 0)
-        if not self.warmup:
-            return self.decay
-        if epoch <= 0:
-            return 0.0
-        value = 1.0 - (1.0 + epoch / self.inv_gamma) ** -self.power
-        return float(min(max(value, self.min_decay), self.decay))
+        ``get_current_decay`` with its ``step`` after the increment; 0 = a copy); default: :attr:`steps`."""
+        return self.get_decay(self.steps if step is None else step)
 
     @torch.no_grad()
     def step(self, model: nn.Module) -> None:
         s = self.steps
         self.steps += 1
-        if s == 0:  # ema-pytorch initialises the average with the online weights on its first update
-            self.copy_from(model)
+        if s and s % self.every:  # the first call always acts (ema-pytorch initialises the average with it)
             return
-        if s % self.every:
-            return
-        if s <= self.start:
-            self.copy_from(model)
-        else:
-            self.update(model, self.current_decay(self.steps))
+        self._check(model)
+        self.update(model, step=self.steps)  # decay 0 (a copy) while s <= start
 
-    def _pairs(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        ema = [*self.module.parameters(), *self.module.buffers()]
-        src = [*model.parameters(), *model.buffers()]
-        if len(ema) != len(src) or any(e.shape != s.shape for e, s in zip(ema, src)):
+    def _check(self, model: nn.Module) -> None:
+        ema, src = self.module.state_dict(), model.state_dict()
+        if len(ema) != len(src) or any(e.shape != v.shape for e, v in zip(ema.values(), src.values())):
             raise ValueError("ModelEMA: the module does not match the averaged one")
-        return list(zip(ema, src))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, decay: float) -> None:
-        """ema ← decay·ema + (1-decay)·online for floating tensors; other buffers are copied (one foreach each)."""
-        pairs = self._pairs(model)
-        fl = [(e, s.detach().to(e.dtype)) for e, s in pairs if e.dtype.is_floating_point]
-        other = [(e, s.detach()) for e, s in pairs if not e.dtype.is_floating_point]
-        if fl:
-            torch._foreach_lerp_([e for e, _ in fl], [s for _, s in fl], 1.0 - decay)
-        if other:
-            torch._foreach_copy_([e for e, _ in other], [s for _, s in other])
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
-        pairs = self._pairs(model)
-        torch._foreach_copy_([e for e, _ in pairs], [s.detach() for _, s in pairs])
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        self._check(model)
+        self.set(model)
 
 
 class WarmupReduceLROnPlateau:

@@ -65,7 +65,7 @@ def test_linear_baseline_on_held_out_runs():
     train, test = d["run"] <= 10, d["run"] >= 11
     clf = LogisticRegression(max_iter=2000).fit(d["x"][train], d["y"][train])
     acc = (clf.predict(d["x"][test]) == d["y"][test]).mean()
-    assert 0.45 < acc < 0.7  # 0.58 measured; chance is 0.125
+    assert 0.45 < acc < 0.7  # 0.542 measured (0.556 trained on runs 1-9 only, as the demo model); chance 0.125
 
 
 def test_missing_and_bad_data_are_named(tmp_path):

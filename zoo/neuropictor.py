@@ -78,7 +78,7 @@ MODEL_CARD: dict[str, Any] = {
         "neuropictor_sd21": "measured on the meta device: fmri_encoder 302.84 (depth 24 assumed), semantic 2.21, "
                             "unet 865.91 (frozen), controlnet 367.95 = 363.14 UNet-encoder copy + zero convs + 4.80 "
                             "fMRI->control mapper (the official ControlNet also holds an unused 1.09M image hint "
-                            "block), vae 83.65 (frozen), text_encoder 354.03 (frozen); trainable 673.0; adapters: "
+                            "block), vae 83.65 (frozen), text_encoder 354.03 (frozen); trainable 672.73; adapters: "
                             "67.17 shared stem + ~V x 1024 per voxel subject (none at paper size with NSD surfaces)",
     },
     "deviations": [

@@ -99,8 +99,7 @@ def _export(argv: Sequence[str]) -> int:
     if "model" not in hp:
         raise ConfigError(f"{a.checkpoint}: no 'model' hyperparameter; not a sharezoo task checkpoint")
     model = zoo.create_model(hp["model"], **(hp.get("model_kwargs") or {}))
-    sd = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(zoo.strip_task_prefix(ckpt["state_dict"], model), strict=True)
     print(f"wrote {zoo.save_pretrained(model, a.out_dir)}; load with zoo.create_model('local-dir:{a.out_dir}')")
     return 0
 

@@ -218,6 +218,21 @@ def test_demos_and_tasks_do_not_import_the_cli():
             assert "tasks.cli" not in names, f"{path} imports tasks.cli"
 
 
+def test_export_strips_the_task_prefix(tmp_path, capsys):
+    """``sharezoo export`` of a task checkpoint (``net.*`` keys beside other task state) equals the network."""
+    import zoo
+
+    net = zoo.create_model("fusionreid_tiny").eval()
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state["criterion.center"] = torch.zeros(3)  # task state that is not the network's
+    torch.save({"hyper_parameters": {"model": "fusionreid_tiny", "model_kwargs": {}}, "state_dict": state},
+               tmp_path / "task.ckpt")
+    assert main(["export", str(tmp_path / "task.ckpt"), str(tmp_path / "out")]) == 0
+    assert "local-dir:" in capsys.readouterr().out
+    back = zoo.create_model(f"local-dir:{tmp_path / 'out'}")
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in net.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def test_list_models_info_and_errors(tmp_path):
     r = sharezoo("list-models", "fusionreid*", cwd=tmp_path)

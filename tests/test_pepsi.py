@@ -234,3 +234,20 @@ def test_convert_official_checkpoint(tmp_path):
         torch.testing.assert_close(g3(x, m).inpainted, g(x, m).inpainted)
     with pytest.raises(ValueError, match="Diet-PEPSI"):
         convert_official_checkpoint(tf, rate_adaptive=True)
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (33, 50), (7, 8)])
+@pytest.mark.parametrize("k", [3, 5])
+def test_discriminator_padding_is_tensorflow_same(hw, k):
+    """timm's pad_same (used by the RED discriminator) == TensorFlow 'SAME' padding written out: out = ceil(in / s),
+    total pad = (out - 1) * s + k - in, the extra pixel at the bottom/right."""
+    from timm.layers import pad_same
+
+    x = torch.randn(1, 2, *hw)
+    pads = []
+    for n in hw:
+        total = max((-(-n // 2) - 1) * 2 + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    ref = torch.nn.functional.pad(x, (*pads[1], *pads[0]))
+    torch.testing.assert_close(pad_same(x, (k, k), (2, 2)), ref, rtol=0, atol=0)
+    assert torch.nn.functional.conv2d(ref, torch.ones(1, 2, k, k), stride=2).shape[-2:] == tuple(-(-n // 2) for n in hw)

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from timm.layers import pad_same
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
@@ -427,14 +428,6 @@ class _RowL2Normalize(nn.Module):
         return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _tf_same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
-    """TensorFlow 'SAME' zero padding (the extra pixel goes bottom/right)."""
-    h, w = x.shape[-2:]
-    ph = max((-(-h // s) - 1) * s + k - h, 0)
-    pw = max((-(-w // s) - 1) * s + k - w, 0)
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-
-
 class RegionEnsembleDiscriminator(nn.Module):
     """RED: strided 5x5 spectral-norm convolutions, then an independent spectral-norm linear score per grid cell.
 
@@ -479,7 +472,8 @@ class RegionEnsembleDiscriminator(nn.Module):
                              f"{self.grid}x{self.grid} cells), got {tuple(image.shape[-2:])}; set input_size")
         x = image
         for conv in self.convs:
-            x = F.leaky_relu(conv(_tf_same_pad(x, self.kernel_size, 2)), self.negative_slope)
+            # TensorFlow "SAME" zero padding (the extra pixel bottom/right), as the official discriminator
+            x = F.leaky_relu(conv(pad_same(x, (self.kernel_size,) * 2, (2, 2))), self.negative_slope)
         _, c, g, _ = x.shape
         w = self.region_weight.t().reshape(1, c, g, g)
         return (x * w).sum(1, keepdim=True) + self.region_bias.view(1, 1, g, g)

@@ -20,6 +20,10 @@ from .causal_lm import (
     enable_activation_checkpointing,
     tiny_causal_lm,
 )
+from .cache.base import CompressedCache, FullCache
+from .cache.eviction import StreamingLLMCache
+from .cache.gear import GEARCache, GEARConfig
+from .cache.xkv import XKVCache
 from .prefix import (
     GroupedAttention,
     MaskedAttention,
@@ -28,9 +32,12 @@ from .prefix import (
     lm_logits,
     shared_prefix_logits,
 )
+from .reference_lm import REFERENCE_LM_SIZES, build_reference_lm, reference_lm_config
 from .tokenizer import CharTokenizer
 
 __all__ = [
+    "REFERENCE_LM_SIZES", "CompressedCache", "FullCache", "GEARCache", "GEARConfig", "StreamingLLMCache", "XKVCache",
+    "build_reference_lm", "reference_lm_config",
     "FAMILIES", "CharTokenizer", "GroupedAttention", "MaskedAttention", "PrefixLayout", "build_causal_lm",
     "causal_lm_config", "decoder_layers", "enable_activation_checkpointing", "enable_prefix_attention", "lm_logits",
     "shared_prefix_logits", "tiny_causal_lm",

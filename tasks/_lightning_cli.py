@@ -43,7 +43,8 @@ def default_root_dir(config_files: Sequence[Any], model: str | None) -> str:
 def did_you_mean(message: str, options: Sequence[str]) -> str:
     """`` Did you mean --x?`` for each ``--option`` named in a parse error that is close to a valid one."""
     hints = []
-    for token in re.findall(r"--[\w.\-]+", message):
+    named = re.findall(r"--[\w.\-]+", message) + [f"--{k}" for k in re.findall(r"option '([\w.\-]+)'", message)]
+    for token in named:
         if token not in options:
             hints += [f"{token} -> {m}" for m in difflib.get_close_matches(token, options, n=1, cutoff=0.6)]
     return f" Did you mean: {', '.join(hints)}?" if hints else ""
@@ -93,7 +94,10 @@ class ZooArgumentParser(LightningArgumentParser):
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
         message = shorten_class_error(message)
-        sys.stderr.write(f"{prog}: error: {message}{did_you_mean(message, options)}\n"
+        hint = did_you_mean(message, options)
+        if hint and not message.rstrip().endswith((".", "?", ":")):
+            message = message.rstrip() + "."
+        sys.stderr.write(f"{prog}: error: {message}{hint}\n"
                          f"(`{prog} --help` lists the options)\n")
         sys.exit(2)
 
@@ -212,5 +216,6 @@ def lightning_cli(args: Sequence[str]) -> ZooCLI:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         parser_class=ZooArgumentParser,
+        parser_kwargs={"prog": "sharezoo"},
         args=list(args),
     )

@@ -109,6 +109,13 @@ def test_bad_config_key_or_value(bad, expected, capsys):
     assert expected in err and "Traceback" not in err and len(err.splitlines()) < 10, err
 
 
+def test_bad_key_in_a_config_file(tmp_path, capsys):
+    (tmp_path / "mine.yaml").write_text("trainer:\n  max_epoch: 2\n")
+    assert exit_code(["fit", "--config", str(DEMO), "--config", str(tmp_path / "mine.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epoch" in err and "--trainer.max_epochs" in err and "Traceback" not in err
+
+
 def test_gpu_config_without_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")

@@ -24,6 +24,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
+from jsonargparse import Namespace  # noqa: E402
 from pytorch_lightning.callbacks import ProgressBar  # noqa: E402
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback  # noqa: E402
 
@@ -111,17 +112,13 @@ class ZooCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # LightningCLI warns when both args and sys.argv are given; for `sharezoo`, args *is* the command line
-        self.config = parser.parse_object(args) if isinstance(args, dict) else parser.parse_args(args)
+        self._t0 = time.perf_counter()
+        self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("trainer") is not None and cfg.trainer.get("default_root_dir") is None:
-            model = cfg.get("model")
-            name = model.get("init_args", {}).get("model") if hasattr(model, "get") else None
-            name = name if isinstance(name, str) else (str(model.get("class_path", "")).rsplit(".", 1)[-1].lower()
-                                                         if hasattr(model, "get") else None)
-            cfg.trainer.default_root_dir = default_root_dir(cfg.get("config") or [], name)
-        self._t0 = time.perf_counter()
+            cfg.trainer.default_root_dir = default_root_dir(cfg.get("config") or [], _model_name(cfg.get("model")))
 
     def instantiate_classes(self) -> None:
         with building(f"the {self.subcommand or 'run'} from the command line and config"):
@@ -138,13 +135,21 @@ class ZooCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        print_summary(self.trainer, "fit", time.perf_counter() - getattr(self, "_t0", time.perf_counter()))
+        print_summary(self.trainer, "fit", time.perf_counter() - self._t0)
 
     def after_validate(self) -> None:
-        print_summary(self.trainer, "validate", time.perf_counter() - getattr(self, "_t0", time.perf_counter()))
+        print_summary(self.trainer, "validate", time.perf_counter() - self._t0)
 
     def after_test(self) -> None:
-        print_summary(self.trainer, "test", time.perf_counter() - getattr(self, "_t0", time.perf_counter()))
+        print_summary(self.trainer, "test", time.perf_counter() - self._t0)
+
+
+def _model_name(model: Any) -> str | None:
+    """The zoo model a task config names (``init_args.model``), else the task class in lower case."""
+    if not hasattr(model, "get"):
+        return None
+    name = (model.get("init_args") or {}).get("model")
+    return name if isinstance(name, str) else str(model.get("class_path", "")).rsplit(".", 1)[-1].lower() or None
 
 
 def _rich_available() -> bool:

@@ -179,6 +179,13 @@ def test_default_root_dir_rule():
     assert default_root_dir(["configs/fusionreid/recipe.yaml", "configs/fusionreid/market1501.yaml"], "m") == \
         os.path.join("runs", "fusionreid", "market1501")
     assert default_root_dir([], "fusionreid_tiny") == os.path.join("runs", "fusionreid_tiny")
+    from jsonargparse import Namespace
+
+    from tasks._lightning_cli import _model_name
+
+    assert _model_name(Namespace(class_path="tasks.reid.ReIDTask", init_args=Namespace(model="fusionreid_tiny"))) \
+        == "fusionreid_tiny"
+    assert _model_name(Namespace(class_path="tasks.llm.grpo.GRPOTask", init_args=Namespace(lr=1.0))) == "grpotask"
 
 
 def test_progress_bar_header_shows_a_real_total():

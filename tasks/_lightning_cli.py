@@ -15,6 +15,7 @@ import difflib
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,7 +194,9 @@ def print_summary(trainer: pl.Trainer, stage: str, seconds: float) -> None:
     lines = [f"sharezoo {stage}: {state} in {seconds:.0f} s "
              f"(epoch {trainer.current_epoch}, step {trainer.global_step})"]
     if s["metrics"]:
-        lines.append("final metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in s["metrics"].items()))
+        text = "  ".join(f"{k}={v:.4g}" for k, v in s["metrics"].items())
+        lines += textwrap.wrap(text, 110, initial_indent="final metrics: ", subsequent_indent="  ",
+                               break_on_hyphens=False, break_long_words=False)
     if stage == "fit":
         if s["best_checkpoint"] and s["best_checkpoint"] != s["last_checkpoint"]:
             score = f" ({s['monitor']}={s['best_score']:.4g})" if s.get("monitor") and s.get("best_score") is not None \

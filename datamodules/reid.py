@@ -428,8 +428,9 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: sampler / augmentation seed.
         synthetic_if_missing: write a small synthetic dataset in this layout under ``root`` when none is found
             (demo and tests; never for real experiments); only into an absent, empty or synthetic-labelled root.
-        model: a zoo model name (``arch[.tag]``) whose preprocessing (``zoo.resolve_data_config``: input size,
-            mean/std, resize interpolation) fills ``image_size``, ``mean``, ``std`` and ``interpolation`` left None.
+        preprocessing_model: a zoo model name (``arch[.tag]``) whose preprocessing (``zoo.resolve_data_config``:
+            input size, mean/std, resize interpolation) fills ``image_size``, ``mean``, ``std`` and ``interpolation``
+            left None; ``sharezoo`` fills it with the task's ``model`` when the config leaves it out.
         interpolation: PIL resize filter for both splits (None: the model's, else bicubic train / bilinear test).
     """
 
@@ -450,7 +451,7 @@ class ReIDDataModule(pl.LightningDataModule):
         std: tuple[float, float, float] | None = None,
         seed: int = 1111,
         synthetic_if_missing: bool = False,
-        model: str | None = None,
+        preprocessing_model: str | None = None,
         interpolation: str | None = None,
     ) -> None:
         super().__init__()
@@ -460,7 +461,7 @@ class ReIDDataModule(pl.LightningDataModule):
         self.root, self.layout = root, layout
         from zoo import resolve_data_config
 
-        cfg = resolve_data_config(model, image_size=image_size, mean=mean, std=std, interpolation=interpolation)
+        cfg = resolve_data_config(preprocessing_model, image_size=image_size, mean=mean, std=std, interpolation=interpolation)
         size = cfg.get("image_size", (256, 128))
         self.image_size = (int(size[0]), int(size[1]))
         self.mean = tuple(float(m) for m in cfg.get("mean", (0.5, 0.5, 0.5)))

@@ -120,6 +120,7 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("trainer") is not None and cfg.trainer.get("default_root_dir") is None:
             cfg.trainer.default_root_dir = default_root_dir(cfg.get("config") or [], _model_name(cfg.get("model")))
+        _link_preprocessing(cfg)
 
     def instantiate_classes(self) -> None:
         with building(f"the {self.subcommand or 'run'} from the command line and config"):
@@ -143,6 +144,20 @@ class ZooCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_summary(self.trainer, "test", time.perf_counter() - self._t0)
+
+
+def _link_preprocessing(cfg: Any) -> None:
+    """Preprocessing bound to the weights: a datamodule that takes ``preprocessing_model`` and leaves it out gets the
+    task's zoo model, so its default transforms follow ``zoo.resolve_data_config`` of that model."""
+    import zoo
+
+    data, model = cfg.get("data"), cfg.get("model")
+    init = data.get("init_args") if hasattr(data, "get") else None
+    if init is None or "preprocessing_model" not in init or init.get("preprocessing_model") is not None:
+        return
+    name = (model.get("init_args") or {}).get("model") if hasattr(model, "get") else None
+    if isinstance(name, str) and zoo.is_model(name.split(".")[0]):
+        init["preprocessing_model"] = name
 
 
 def _model_name(model: Any) -> str | None:

@@ -284,3 +284,26 @@ def test_fit_test_export_fusionreid_tiny(tmp_path):
     x, cams = torch.randn(2, 3, 64, 32), torch.tensor([0, 1])
     with torch.no_grad():
         assert torch.equal(net(x, cams), task.net.eval()(x, cams))
+
+
+def test_datamodule_preprocessing_follows_the_task_model():
+    """A datamodule taking ``preprocessing_model`` gets the task's zoo model when the config leaves it out (its
+    transforms then follow ``zoo.resolve_data_config``); an explicit value or a non-zoo model is left alone."""
+    from jsonargparse import Namespace
+
+    from tasks._lightning_cli import _link_preprocessing
+
+    def cfg(model, pre=None):
+        return Namespace(model=Namespace(class_path="tasks.reid.ReIDTask", init_args=Namespace(model=model)),
+                         data=Namespace(class_path="datamodules.reid.ReIDDataModule",
+                                        init_args=Namespace(root="x", preprocessing_model=pre)))
+
+    c = cfg("fusionreid_tiny")
+    _link_preprocessing(c)
+    assert c.data.init_args.preprocessing_model == "fusionreid_tiny"
+    c = cfg("fusionreid_tiny", pre="fusionreid_vitb16_r50")
+    _link_preprocessing(c)
+    assert c.data.init_args.preprocessing_model == "fusionreid_vitb16_r50"
+    c = cfg("local-dir:exported/")
+    _link_preprocessing(c)
+    assert c.data.init_args.preprocessing_model is None

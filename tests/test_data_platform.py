@@ -211,7 +211,7 @@ def test_resolve_data_config_and_reid_transform(monkeypatch):
         dm.setup("test")
         return dm.eval_set.transform(image=np.full((128, 64, 3), 255, np.uint8))["image"]
 
-    dm = ReIDDataModule("unused", model="fusionreid_tiny")
+    dm = ReIDDataModule("unused", preprocessing_model="fusionreid_tiny")
     assert dm.image_size == (64, 32) and dm.mean == (0.1, 0.2, 0.3)
     dm._splits = {"train": [], "query": [], "gallery": []}
     x = first_pixel(dm)
@@ -219,10 +219,10 @@ def test_resolve_data_config_and_reid_transform(monkeypatch):
     torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.8, 1.6, 1.4]))  # (1 - mean) / std
     # the same datamodule, the cfg's preprocessing changed: the transform follows
     monkeypatch.setitem(cfg.preprocessing, "input_size", (3, 32, 16))
-    dm2 = ReIDDataModule("unused", model="fusionreid_tiny")
+    dm2 = ReIDDataModule("unused", preprocessing_model="fusionreid_tiny")
     dm2._splits = dm._splits
     assert first_pixel(dm2).shape == (3, 32, 16)
-    explicit = ReIDDataModule("unused", model="fusionreid_tiny", image_size=(16, 8), mean=(0.5, 0.5, 0.5))
+    explicit = ReIDDataModule("unused", preprocessing_model="fusionreid_tiny", image_size=(16, 8), mean=(0.5, 0.5, 0.5))
     assert explicit.image_size == (16, 8) and explicit.mean == (0.5, 0.5, 0.5)  # explicit arguments win
     plain = ReIDDataModule("unused")
     assert (plain.image_size, plain.mean, plain.std) == ((256, 128), (0.5,) * 3, (0.5,) * 3)  # as before

@@ -110,7 +110,7 @@ def write_reid_dataset(
     ``root`` and the dataset folder must be absent, empty or labelled synthetic (``SYNTHETIC.md``); both get the
     label. Raises ``SyntheticDataError`` (nothing written) otherwise, or when a file would be overwritten.
     """
-    from ..reid import LAYOUTS
+    from .._reid_layout import LAYOUTS
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown ReID layout {layout!r}")
@@ -174,7 +174,7 @@ def ensure_demo_reid(root: str | Path, layout: str = "market1501") -> Path:
     """The demo ReID dataset (``layout``, :data:`DEMO_REID` sizes) under ``root``, written on first use; returns its
     dataset folder. Writes only into an absent, empty or synthetic-labelled ``root`` (see :func:`write_reid_dataset`).
     """
-    from ..reid import LAYOUTS, find_dataset_dir
+    from .._reid_layout import LAYOUTS, find_dataset_dir
 
     d = Path(root) / LAYOUTS[layout]["dirs"][0]
     if is_synthetic(d):

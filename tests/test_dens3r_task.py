@@ -38,7 +38,7 @@ def test_shipped_config_parses(cfg, tmp_path):
 
 
 def test_cli_fit_and_test_on_demo_config(tmp_path):
-    cfg = str(ROOT / "configs" / "dens3r_tiny" / "demo.yaml")
+    cfg = str(ROOT / "configs" / "dens3r" / "demo.yaml")
     cli = _cli(["--config", cfg, "--data.init_args.size=32", "--data.init_args.num_train=2", "--data.init_args.num_val=1",
                 "--data.init_args.num_test=1", "--data.init_args.batch_size=2", "--trainer.max_steps=2",
                 "--trainer.max_epochs=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
@@ -94,7 +94,7 @@ def test_fit_lowers_loss_then_test_and_stage2_from_checkpoint(tmp_path):
 
 def test_single_image_eval_path_resizes_to_gt(tmp_path):
     from datamodules.geometry import NYUv2DataModule
-    from datamodules.geometry_synthetic import write_nyuv2_labeled
+    from datamodules.synthetic.geometry import write_nyuv2_labeled
 
     root = write_nyuv2_labeled(tmp_path / "nyu", n=2, h=48, w=64, n_test=2)
     task = GeometryTask("dens3r_tiny", depth_crop=None, max_depth=10.0)

@@ -92,7 +92,7 @@ MODEL_CARD = {
         "Coarse-to-fine (512 then 1024 px) is a ResolutionSchedule callback on the datamodule size; the "
         "paper's 28-dataset mixture is not reproduced (ScanNet-style folders + synthetic scenes only).",
         "Limitation of the shipped fine stage: the paper trains at 1024 px only on natively high-resolution data "
-        "(tier A + part of tier B); configs/dens3r_vitl16/stage{1,2}.yaml switch ScanNet (640x480 depth) to 1024 "
+        "(tier A + part of tier B); configs/dens3r/stage{1,2}.yaml switch ScanNet (640x480 depth) to 1024 "
         "px, so the GT depth is upsampled with nearest neighbour (no new detail; staircase normals derived from "
         "it). Use natively >= 1024-px data for the fine stage, or drop the 1024 milestone.",
         "Normal axis conventions: our normals (GT and prediction) are in the OpenCV camera frame (x right, y down, "

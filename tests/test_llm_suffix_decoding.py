@@ -119,3 +119,22 @@ def test_trained_reference_lm_identical(reference_lm):
         p = torch.tensor(tok.encode(code))
         assert torch.equal(eng.generate(p, 48), greedy_decode(model, p, 48, eos_id=tok.eot_id))
     assert eng.stats.accepted > 0
+
+
+def test_benchmark_smoke(tmp_path, reference_lm):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_suffix_decoding", bench / "bench_suffix_decoding.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.jsonl"
+    assert mod.main(["--device", "cpu", "--tiny", "--model", str(reference_lm), "--out", str(out),
+                     "--methods", "plain,suffix"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    points = [r for r in recs if r["kind"] == "point"]
+    assert recs[-1]["kind"] == "done" and len(points) == 4 and all(r["identical_to_plain"] for r in points)

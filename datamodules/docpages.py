@@ -35,7 +35,7 @@ import zoo
 from ._layout import layout_error, require_dataset
 
 __all__ = ["Page", "Question", "Corpus", "SkipLog", "OcrParser", "read_corpus", "parse_pages",
-           "DocTripletDataModule", "IMAGE_EXTS"]
+           "DocTripletDataModule", "IMAGE_EXTS", "split_questions", "read_questions"]
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -451,6 +451,15 @@ def read_questions(path: str | os.PathLike) -> list[Question]:
     return out
 
 
+def split_questions(questions: list[Question], val_fraction: float = 0.25, seed: int = 0
+                    ) -> tuple[list[Question], list[Question]]:
+    """(train, held-out) questions: shuffled with ``seed``, the first ``val_fraction`` held out (at least one)."""
+    qs = list(questions)
+    random.Random(seed).shuffle(qs)
+    n_val = max(1, round(len(qs) * val_fraction)) if len(qs) > 1 else 0
+    return qs[n_val:], qs[:n_val]
+
+
 # ------------------------------------------------------------------------------------------------ training data
 class TripletDataset(Dataset):
     """(query, parsed page text, page image) triplets: one per (question, evidence page)."""
@@ -510,9 +519,8 @@ class DocTripletDataModule(pl.LightningDataModule):
         if not qs:
             raise layout_error(f"no question of {self.questions or self.root} has an evidence page in the corpus",
                                name="DocTripletDataModule", tree=TREE, source=SOURCE, root=self.root)
-        random.Random(self.seed).shuffle(qs)
-        n_val = max(1, round(len(qs) * self.val_fraction)) if len(qs) > 1 else 0
-        split = {"train": qs[n_val:], "val": qs[:n_val]}
+        train, val = split_questions(qs, self.val_fraction, self.seed)
+        split = {"train": train, "val": val}
         self.splits = {s: [(q.question, corpus.pages[index[e]]) for q in v for e in q.evidence if e in index]
                        for s, v in split.items()}
         self.splits["test"] = self.splits["val"]

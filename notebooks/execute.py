@@ -73,12 +73,32 @@ def outputs(nb: Any) -> list[dict]:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
+def small_png(data: str, colors: int = 256) -> str:
+    """A base64 PNG re-encoded with an adaptive palette of ``colors`` (photographic panels compress 3-4x smaller;
+    plots look the same)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    out = io.BytesIO()
+    image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, format="PNG", optimize=True)
+    smaller = out.getvalue()
+    return base64.b64encode(smaller).decode() if len(smaller) < len(data) * 3 // 4 else data
+
+
 def store(nb: Any, path: str | os.PathLike) -> None:
-    """Write an executed notebook without the noise a rerun would change (kernel start times, cell timings)."""
+    """Write an executed notebook without the noise a rerun would change (kernel start times, cell timings), its
+    figures re-encoded small (:func:`small_png`)."""
     import nbformat
 
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        for out in cell.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                out["data"]["image/png"] = small_png(out["data"]["image/png"])
     nb.metadata.pop("widgets", None)
     nbformat.write(nb, path)
 

@@ -57,6 +57,7 @@ def layer_bins(level: int, layer: int, n_layers: int, levels=LEVELS) -> tuple[in
 def quantize_tokens(x: torch.Tensor, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """``[T, C]`` -> (int32 symbols ``[T, C]`` in ``[0, bins − 2]``, fp16 per-token ``max1`` ``[T]``)."""
     half = bins // 2 - 1
+    x = x.detach()
     max1 = x.float().abs().amax(-1).half().float().clamp_min(torch.finfo(torch.float16).tiny)
     q = torch.round(x.float() / max1[:, None] * half).clamp_(-half, half) + half
     return q.to(torch.int32).cpu().numpy(), max1.half().cpu().numpy()

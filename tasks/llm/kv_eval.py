@@ -18,6 +18,8 @@ Per method, beside the uncompressed cache (``full``):
 * ``tok_s`` — decode tokens/s of a manual greedy loop (batch ``batch``) after the prefill.
 
 A method is a ``{name, class_path, init_args}`` entry; ``class_path`` is any ``Cache`` with ``memory_bytes()``.
+The model gets :func:`zoo.llm.cache.scores.enable_query_observation`'s hooks, so methods that rank tokens by attention
+(KVMerger, EMS) see the real queries.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch
 from datamodules.stdlib_text import ReferenceTokenizer, stdlib_documents
 from tasks.llm.engines.generation import cache_kwarg, output_cache
 from zoo.llm import build_causal_lm
+from zoo.llm.cache.scores import enable_query_observation
 
 __all__ = ["EvalSettings", "evaluate_method", "greedy_decode", "held_out_ids", "run_grid", "method_factory"]
 
@@ -201,6 +204,7 @@ def run_grid(model_folder: str | Path, methods: list[dict[str, Any]], settings: 
     ``results.csv``, ``results.md``, ``results.json`` and ``quality_vs_compression.png`` under ``out``."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_causal_lm(str(model_folder)).to(dev, getattr(torch, dtype)).eval()
+    enable_query_observation(model)
     tokenizer = ReferenceTokenizer.from_folder(model_folder)
     ids = held_out_ids(model_folder, tokenizer)
     if not any(m["name"] == "full" for m in methods):

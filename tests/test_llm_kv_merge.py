@@ -224,7 +224,8 @@ def test_memory_bytes_hand_count():
 
     mc = _prefill(model, MiniCache(model.config), n)  # layers 0, 1 full; one pair (2, 3)
     pair = mc.layers[2].pair
-    per = [b * h * n * d * 4 + 2 * b * h * n * 4 + b * h * 4 + m.idx.numel() * (4 + 2 * d * 4) for m in (pair.k, pair.v)]
+    per = [b * h * n * d * 4 + 2 * b * h * n * 4 + b * h * 4 + m.idx.numel() * (4 + 2 * d * 4)
+           for m in (pair.k, pair.v)]
     assert mc.memory_bytes() == full // 2 + sum(per)
     mq = _prefill(model, MiniCache(model.config, bits=4), n)
     pair = mq.layers[2].pair

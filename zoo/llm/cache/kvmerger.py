@@ -69,11 +69,12 @@ def merge_sets(k: torch.Tensor, v: torch.Tensor, importance: torch.Tensor, budge
         var = torch.full_like(dist2, sigma ** 2)
     w = torch.where(var > 0, torch.exp(-dist2 / (2 * var.clamp_min(1e-30))), torch.ones_like(dist2))
     den = torch.zeros(b, h, m, device=k.device).scatter_add(-1, seg, w)[..., None]
-    dv = v.shape[-1]
-    mk = torch.zeros(b, h, m, d, device=k.device).scatter_add(-2, seg[..., None].expand(b, h, n, d), w[..., None] * kf)
-    mv = torch.zeros(b, h, m, dv, device=k.device).scatter_add(-2, seg[..., None].expand(b, h, n, dv), w[..., None] * vf)
-    mk, mv = mk / den, mv / den
-    return mk.to(k.dtype), mv.to(v.dtype)
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        e = x.shape[-1]
+        out = torch.zeros(b, h, m, e, device=k.device)
+        return out.scatter_add(-2, seg[..., None].expand(b, h, n, e), w[..., None] * x) / den
+
+    return pool(kf).to(k.dtype), pool(vf).to(v.dtype)
 
 
 class KVMergerLayer(ScoredLayer):

@@ -69,20 +69,19 @@ def _tables(symbols: np.ndarray, alphabet: int) -> np.ndarray:
     return np.ceil(counts * 255 / counts.max(1, keepdims=True).clip(1)).astype(np.uint8)
 
 
-def _probs(tables: np.ndarray, t: int) -> np.ndarray:
-    return np.repeat(tables.astype(np.float32), t, axis=0)  # channel-major symbol order
+def _model(table: np.ndarray):
+    return constriction.stream.model.Categorical(table.astype(np.float32), perfect=False)
 
 
 def encode_symbols(symbols: np.ndarray, tables: np.ndarray, encoder) -> None:
-    """Range-code ``[T, C]`` symbols channel by channel with each channel's frequency table."""
-    encoder.encode(np.ascontiguousarray(symbols.T).reshape(-1), constriction.stream.model.Categorical(perfect=False),
-                   _probs(tables, symbols.shape[0]))
+    """Range-code ``[T, C]`` symbols channel by channel, each channel with its frequency table as the model."""
+    for c in range(symbols.shape[1]):
+        encoder.encode(np.ascontiguousarray(symbols[:, c]), _model(tables[c]))
 
 
 def decode_symbols(decoder, tables: np.ndarray, t: int) -> np.ndarray:
     """Inverse of :func:`encode_symbols`: ``[T, C]`` int32."""
-    out = decoder.decode(constriction.stream.model.Categorical(perfect=False), _probs(tables, t))
-    return out.reshape(tables.shape[0], t).T
+    return np.stack([decoder.decode(_model(table), t) for table in tables], 1)
 
 
 def encode_kv(k: torch.Tensor, v: torch.Tensor, bins_k: int, bins_v: int) -> bytes:

@@ -173,7 +173,9 @@ class NeuroPictorTask(ZooTask):
         net = self.net
         s = net.fmri_encoder.surface_size
         return {"fmri": torch.randn(batch_size, net.fmri_encoder.in_chans, s, s, device=self.device),
-                "image": torch.rand(batch_size, 3, net.image_size, net.image_size, device=self.device) * 2 - 1,
+                # pixel-space models (no VAE) diffuse the image itself: as many channels as the UNet's input
+                "image": torch.rand(batch_size, 3 if net.vae is not None else net.latent_channels, net.image_size,
+                                    net.image_size, device=self.device) * 2 - 1,
                 "caption": ["a photo"] * batch_size, "subject": [None] * batch_size}
 
 

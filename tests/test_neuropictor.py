@@ -249,3 +249,46 @@ def test_feature_extractor_random_init_offline():
     out = reconstruction_metrics(a, a.flip(0), feature_nets=("alexnet2", "alexnet5"))
     assert set(out) == {"pixcorr", "ssim", "psnr", "alexnet2", "alexnet5"}
     assert 0.0 <= out["alexnet2"] <= 1.0
+
+
+def test_accumulating_metrics_equal_the_functions_on_all_samples():
+    """The torchmetrics classes (the DDP path: summed / concatenated states) over uneven batches equal the functions
+    on all samples at once; 2-way identification compares across batches (not a mean of per-batch scores)."""
+    from tasks.metrics.fmri_recon import (
+        CorrelationDistance,
+        PixCorr,
+        TwoWayIdentification,
+        correlation_distance,
+        pixcorr,
+        reconstruction_metric_collection,
+        ssim_gray,
+        two_way_identification,
+    )
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(7, 3, 16, 16, generator=g)
+    b = (a + 0.5 * torch.rand(7, 3, 16, 16, generator=g)).clamp(0, 1)
+    col = reconstruction_metric_collection(pixel_two_way=True)
+    for sl in (slice(0, 3), slice(3, 4), slice(4, 7)):
+        col.update(a[sl], b[sl])
+    out = col.compute()
+    torch.testing.assert_close(out["pixcorr"], pixcorr(a, b))
+    torch.testing.assert_close(out["ssim"], ssim_gray(a, b))
+    torch.testing.assert_close(out["pixel_2way"], two_way_identification(a, b))
+    fp, ft = torch.randn(9, 5, generator=g), torch.randn(9, 5, generator=g)
+    ft[:4] = fp[:4] + 0.3 * ft[:4]
+    tw, cd = TwoWayIdentification(), CorrelationDistance()
+    for sl in (slice(0, 2), slice(2, 9)):
+        tw.update(fp[sl], ft[sl])
+        cd.update(fp[sl], ft[sl])
+    torch.testing.assert_close(tw.compute(), two_way_identification(fp, ft))
+    per_batch = np.mean([float(two_way_identification(fp[s], ft[s])) for s in (slice(0, 2), slice(2, 9))])
+    assert abs(float(tw.compute()) - per_batch) > 1e-3  # all pairs, not a mean of per-batch scores
+    torch.testing.assert_close(cd.compute(), correlation_distance(fp, ft))
+    # states gather across ranks: 2-way by concatenation, the pair means by summation
+    assert tw._reductions["pred_feats"].__name__ == "dim_zero_cat"
+    assert PixCorr()._reductions["total"].__name__ == "dim_zero_sum"
+    # an extractor turns images into features inside update()
+    ex = TwoWayIdentification(extractor=lambda x: x.mean(1))
+    ex.update(a, b)
+    torch.testing.assert_close(ex.compute(), two_way_identification(a.mean(1), b.mean(1)))

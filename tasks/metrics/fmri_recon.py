@@ -6,6 +6,11 @@ use_sample_covariance=False)``), AlexNet(2)/(5) 2-way identification (features.4
 InceptionV3 (avgpool) and CLIP ViT-L/14 (image embedding) 2-way identification, EffNet-B1 and SwAV-ResNet50 mean
 correlation distance. Architectures come from torchvision / open_clip; their ImageNet/CLIP/SwAV weights are loaded
 only when ``pretrained=True`` and available (offline here: random init, which exercises the code, not the numbers).
+
+The functions score one set of pairs; the torchmetrics classes (:class:`PixCorr`, :class:`SSIMGray`,
+:class:`TwoWayIdentification`, :class:`CorrelationDistance`, :func:`reconstruction_metric_collection`) accumulate
+over batches and across DDP ranks: per-pair means as summed states, and 2-way identification — which compares
+every reconstruction with every target — on the features of ALL samples gathered (``dist_reduce_fx="cat"``).
 """
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.utilities import dim_zero_cat
 
 __all__ = ["pixcorr", "ssim_gray", "two_way_identification", "correlation_distance", "feature_extractor",
-           "reconstruction_metrics", "FEATURE_NETS"]
+           "reconstruction_metrics", "FEATURE_NETS", "PixCorr", "SSIMGray", "TwoWayIdentification",
+           "CorrelationDistance", "reconstruction_metric_collection"]
 
 #: metric name -> (architecture, layer, input side, kind): kind '2way' or 'distance'
 FEATURE_NETS: dict[str, tuple[str, str, int, str]] = {
@@ -159,3 +167,125 @@ def reconstruction_metrics(pred: torch.Tensor, target: torch.Tensor, feature_net
         out[name] = float(two_way_identification(fp, ft) if kind == "2way" else correlation_distance(fp, ft))
     return out
 
+
+
+# ------------------------------------------------------------------------------------- accumulating (DDP) metrics
+class _PairMean(Metric):
+    """Mean over all image pairs of a per-pair score (summed states: exact across batches and ranks)."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._fn = fn
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        n = pred.shape[0]
+        self.total += self._fn(pred, target).double() * n  # the functions average over the batch's pairs
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float()
+
+
+class PixCorr(_PairMean):
+    """:func:`pixcorr` accumulated over batches and ranks (images (B, C, H, W) in [0, 1])."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(pixcorr, **kwargs)
+
+
+class SSIMGray(_PairMean):
+    """:func:`ssim_gray` accumulated over batches and ranks (images in [0, 1], at least 11 px)."""
+
+    def __init__(self, data_range: float = 1.0, **kwargs) -> None:
+        super().__init__(lambda p, t: ssim_gray(p, t, data_range), **kwargs)
+
+
+class _FeatureMetric(Metric):
+    """Base of the feature metrics: ``update(pred, target)`` takes images when an ``extractor`` is given (features
+    are computed per batch), else features (B, ...) directly."""
+
+    full_state_update = False
+
+    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._extractor = extractor
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        f = self._extractor(x) if self._extractor is not None else x
+        return f.detach().flatten(1).float().to(self.device)
+
+
+class TwoWayIdentification(_FeatureMetric):
+    """:func:`two_way_identification` over ALL pairs seen on all ranks: the features of every reconstruction and
+    target are kept and gathered (``cat``) before the all-pairs comparison (it is not a mean of batch scores).
+
+    Args:
+        extractor: image -> feature function (:func:`feature_extractor`), or None to pass features to ``update``.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs) -> None:
+        super().__init__(extractor, **kwargs)
+        self.add_state("pred_feats", default=[], dist_reduce_fx="cat")
+        self.add_state("target_feats", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.pred_feats.append(self._features(pred))
+        self.target_feats.append(self._features(target))
+
+    def compute(self) -> torch.Tensor:
+        return two_way_identification(dim_zero_cat(self.pred_feats), dim_zero_cat(self.target_feats))
+
+
+class CorrelationDistance(_FeatureMetric):
+    """:func:`correlation_distance` (mean over pairs) accumulated over batches and ranks.
+
+    Args:
+        extractor: image -> feature function, or None to pass features to ``update``.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None = None, **kwargs) -> None:
+        super().__init__(extractor, **kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        n = pred.shape[0]
+        self.total += correlation_distance(self._features(pred), self._features(target)).double() * n
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1)).float()
+
+
+def reconstruction_metric_collection(feature_nets: Sequence[str] = (), pretrained: bool = False,
+                                     ssim: bool = True, pixel_two_way: bool = False,
+                                     extractors: dict[str, Callable] | None = None) -> MetricCollection:
+    """The protocol as a ``MetricCollection`` of images (B, 3, H, W) in [0, 1]: ``update(pred, target)``,
+    ``compute()`` after all batches (synchronised across ranks).
+
+    Args:
+        feature_nets: which of :data:`FEATURE_NETS` to add (2-way identification or correlation distance).
+        pretrained: load the feature networks' published weights.
+        ssim: add SSIM (off for images smaller than its 11-px window).
+        pixel_two_way: also 2-way identification on the raw pixels (a cheap check without feature networks).
+        extractors: prebuilt extractors by name.
+    """
+    metrics: dict[str, Metric] = {"pixcorr": PixCorr()}
+    if ssim:
+        metrics["ssim"] = SSIMGray()
+    if pixel_two_way:
+        metrics["pixel_2way"] = TwoWayIdentification()
+    for name in feature_nets:
+        ex = (extractors or {}).get(name) or feature_extractor(name, pretrained)
+        cls = TwoWayIdentification if FEATURE_NETS[name][3] == "2way" else CorrelationDistance
+        metrics[name] = cls(ex)
+    return MetricCollection(metrics)

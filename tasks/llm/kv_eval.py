@@ -277,14 +277,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="output folder (results.csv/.md/.json + plot)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the config's or float32)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated method names to run (the full cache always runs): split a grid over commands")
     a = p.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
+    methods = cfg["methods"]
+    if a.only:
+        names = set(a.only.split(","))
+        unknown = names - {m["name"] for m in methods}
+        if unknown:
+            p.error(f"--only names no method of {a.config}: {sorted(unknown)}")
+        methods = [m for m in methods if m["name"] in names or m["name"] == "full"]
     folder = a.model or cfg.get("lm")  # not `model:` — that key marks LightningCLI configs
     if folder is None:
         from tasks.llm.reference_lm_train import cached_reference_lm
 
         folder = cached_reference_lm("tiny")
-    run_grid(folder, cfg["methods"], EvalSettings(**{k: tuple(v) if isinstance(v, list) else v
+    run_grid(folder, methods, EvalSettings(**{k: tuple(v) if isinstance(v, list) else v
                                                      for k, v in (cfg.get("settings") or {}).items()}),
              a.out or cfg.get("out"), a.device, a.dtype or cfg.get("dtype", "float32"))
 

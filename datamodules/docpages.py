@@ -61,8 +61,9 @@ class Page:
     def key(self) -> tuple[str, int]:
         return (self.file, self.page)
 
-    def image(self) -> Any:
-        return self.load()
+    def image(self, dpi: int | None = None) -> Any:
+        """The page as an RGB PIL image; a PDF page is rendered at ``dpi`` (default: the reader's)."""
+        return self.load(dpi) if dpi is not None and isinstance(self.load, _PdfPageLoader) else self.load()
 
 
 @dataclass
@@ -136,12 +137,12 @@ class _PdfPageLoader:
     def __init__(self, path: str, index: int, dpi: int) -> None:
         self.path, self.index, self.dpi = path, index, dpi
 
-    def __call__(self) -> Any:
+    def __call__(self, dpi: int | None = None) -> Any:
         import pypdfium2 as pdfium
 
         doc = pdfium.PdfDocument(self.path)
         try:
-            return doc[self.index].render(scale=self.dpi / 72).to_pil().convert("RGB")
+            return doc[self.index].render(scale=(dpi or self.dpi) / 72).to_pil().convert("RGB")
         finally:
             doc.close()
 
@@ -315,22 +316,25 @@ def read_corpus(path: str | os.PathLike, layout: str = "auto", dpi: int = 150) -
 
 # ------------------------------------------------------------------------------------------------ parsing
 def reading_order(items: list[tuple[list[list[float]], str, float]], min_conf: float = 0.0) -> str:
-    """EasyOCR detections (box corners, text, confidence) -> text in reading order: boxes grouped into lines when
-    their vertical centres lie within half a box height of the line's, lines top to bottom, words left to right."""
+    """EasyOCR detections (box corners, text, confidence) -> text in reading order: a box joins the current line when
+    its vertical extent overlaps the line's by at least half the smaller height; lines run top to bottom (by their
+    first box), words left to right."""
     boxes = []
     for corners, text, conf in items:
         if conf < min_conf or not text.strip():
             continue
         ys = [c[1] for c in corners]
-        xs = [c[0] for c in corners]
-        boxes.append(((min(ys) + max(ys)) / 2, max(ys) - min(ys), min(xs), text.strip()))
-    boxes.sort()
+        boxes.append((min(ys), max(ys), min(c[0] for c in corners), text.strip()))
+    boxes.sort(key=lambda b: (b[0] + b[1]) / 2)
     lines: list[list[tuple[float, float, float, str]]] = []
     for b in boxes:
-        if lines and abs(b[0] - lines[-1][0][0]) <= max(lines[-1][0][1], b[1]) / 2:
-            lines[-1].append(b)
-        else:
-            lines.append([b])
+        if lines:
+            top, bottom = lines[-1][0][0], lines[-1][0][1]
+            overlap = min(bottom, b[1]) - max(top, b[0])
+            if overlap >= 0.5 * min(bottom - top, b[1] - b[0]):
+                lines[-1].append(b)
+                continue
+        lines.append([b])
     return "\n".join(" ".join(w[3] for w in sorted(line, key=lambda w: w[2])) for line in lines)
 
 
@@ -395,7 +399,8 @@ def parse_pages(corpus: Corpus, root: str | os.PathLike, parser: Callable[[Any],
         root: the path the corpus was read from (sidecars are looked up beside its files).
         parser: image -> text; default EasyOCR.
         cache: cache folder for new parses (default ``zoo.cache_dir('derived/cmrag/parsed')``).
-        dpi: recorded with each parse (a cached parse at another dpi is not reused).
+        dpi: the resolution PDF pages are parsed at, whatever they are rendered at for the image tower (recorded
+            with each parse; a cached parse at another dpi is not reused).
         progress: print one line per parsed page.
     """
     import time
@@ -425,7 +430,7 @@ def parse_pages(corpus: Corpus, root: str | os.PathLike, parser: Callable[[Any],
             parser = parser or OcrParser()
             t = time.perf_counter()
             try:
-                p.text = parser(p.image())
+                p.text = parser(p.image(dpi))
             except Exception as e:
                 corpus.skips.add(p.file, p.page, f"parsing failed ({type(e).__name__}: {e})")
                 p.text = ""
@@ -487,7 +492,8 @@ class DocTripletDataModule(pl.LightningDataModule):
         root: the documents (any layout of :func:`read_corpus`).
         questions: a questions JSONL (``{"question", "evidence": [[file, page]]}``); None = the layout's own.
         layout: 'auto', 'folder', 'vidore', 'docvqa' or 'longdoc'.
-        dpi: PDF rasterisation resolution.
+        dpi: PDF rasterisation resolution of the page images given to the image tower.
+        parse_dpi: the resolution PDF pages are OCR-parsed at.
         val_fraction: share of the questions held out for validation/test.
         seed: the split's seed.
         batch_size: triplets per batch (SigLIP's negatives are the other triplets of the batch).
@@ -496,10 +502,10 @@ class DocTripletDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, root: str, questions: str | None = None, layout: str = "auto", dpi: int = 150,
-                 val_fraction: float = 0.25, seed: int = 0, batch_size: int = 8, num_workers: int = 0,
+                 parse_dpi: int = 150, val_fraction: float = 0.25, seed: int = 0, batch_size: int = 8, num_workers: int = 0,
                  parse_cache: str | None = None) -> None:
         super().__init__()
-        self.root, self.questions, self.layout, self.dpi = root, questions, layout, dpi
+        self.root, self.questions, self.layout, self.dpi, self.parse_dpi = root, questions, layout, dpi, parse_dpi
         self.val_fraction, self.seed, self.batch_size, self.num_workers = val_fraction, seed, batch_size, num_workers
         self.parse_cache = parse_cache
         self.splits: dict[str, list[tuple[str, Page]]] = {}
@@ -513,7 +519,7 @@ class DocTripletDataModule(pl.LightningDataModule):
         corpus = read_corpus(self.root, self.layout, self.dpi)
         if self.questions:
             corpus.questions = read_questions(self.questions)
-        parse_pages(corpus, self.root, cache=self.parse_cache, dpi=self.dpi)
+        parse_pages(corpus, self.root, cache=self.parse_cache, dpi=self.parse_dpi)
         index = corpus.index_of()
         qs = [q for q in corpus.questions if any(e in index for e in q.evidence)]
         if not qs:

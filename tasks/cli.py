@@ -25,6 +25,7 @@ COMMANDS = {
     "export": "write a checkpoint's network as model.safetensors + config.json",
     "bench": "measure a model's training / inference speed (append to benchmarks/results)",
     "demo": "list the demos, or run one: sharezoo demo fusionreid",
+    "rag": "CMRAG page retrieval: sharezoo rag index PATH --out INDEX; sharezoo rag query INDEX 'question'",
 }
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = "usage: sharezoo [--debug] <command> [options]     sharezoo <command> --help"
@@ -110,6 +111,12 @@ def _bench(argv: Sequence[str]) -> int:
     return bench_main(list(argv))
 
 
+def _rag(argv: Sequence[str]) -> int:
+    from tasks.rag_cli import main as rag_main
+
+    return rag_main(list(argv))
+
+
 def _demo(argv: Sequence[str]) -> int:
     from tasks.demos import list_demos
 
@@ -140,6 +147,7 @@ EXTRA: dict[str, Callable[[Sequence[str]], int]] = {
     "export": _export,
     "bench": _bench,
     "demo": _demo,
+    "rag": _rag,
 }
 
 

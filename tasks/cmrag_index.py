@@ -122,7 +122,7 @@ def load_encoder(model: str = DEFAULT_MODEL, checkpoint: str | None = None, mode
 
 def build_index(path: str | os.PathLike, out: str | os.PathLike | None = None, model: str = DEFAULT_MODEL,
                 checkpoint: str | None = None, model_kwargs: dict | None = None, layout: str = "auto",
-                dpi: int = 150, parser: Any = None, parse_cache: str | None = None,
+                dpi: int = 150, parse_dpi: int = 150, parser: Any = None, parse_cache: str | None = None,
                 encoder: torch.nn.Module | None = None, corpus: Corpus | None = None,
                 progress: bool = False) -> PageIndex:
     """Read, parse (cached) and embed every page under ``path``; save to ``out`` when given.
@@ -134,7 +134,8 @@ def build_index(path: str | os.PathLike, out: str | os.PathLike | None = None, m
         checkpoint: trained UEM weights (``sharezoo fit`` checkpoint or safetensors).
         model_kwargs: UEM constructor overrides.
         layout: the reader layout.
-        dpi: PDF rasterisation resolution.
+        dpi: PDF rasterisation resolution of the page images embedded by the image tower.
+        parse_dpi: the resolution PDF pages are OCR-parsed at (cached parses are keyed by it).
         parser: image -> text (default EasyOCR).
         parse_cache: folder for new parses.
         encoder: an already-built UEM (then ``model``/``checkpoint`` are only recorded).
@@ -142,7 +143,7 @@ def build_index(path: str | os.PathLike, out: str | os.PathLike | None = None, m
         progress: print progress lines.
     """
     corpus = corpus or read_corpus(path, layout, dpi)
-    stats = parse_pages(corpus, path, parser, parse_cache, dpi, progress)
+    stats = parse_pages(corpus, path, parser, parse_cache, parse_dpi, progress)
     net = encoder if encoder is not None else load_encoder(model, checkpoint, model_kwargs)
     t = time.perf_counter()
     text = net.embed_texts([p.text or "" for p in corpus.pages])
@@ -156,7 +157,7 @@ def build_index(path: str | os.PathLike, out: str | os.PathLike | None = None, m
                 "source": str((base / p.file).resolve()) if (base / p.file).is_file() else p.file}
                for p in corpus.pages]
     meta = {"model": model, "model_kwargs": model_kwargs or {}, "checkpoint": checkpoint, "layout": layout,
-            "dpi": dpi, "root": str(root.resolve()), "pages": len(records), "dim": int(text.shape[1]),
+            "dpi": dpi, "parse_dpi": parse_dpi, "root": str(root.resolve()), "pages": len(records), "dim": int(text.shape[1]),
             "skipped": [list(s) for s in corpus.skips.skipped],
             "seconds": {"parse": round(stats["seconds"], 3), "parsed_pages": stats["parsed"],
                         "cached_pages": stats["cached"], "embed_text": round(t_text, 3),
@@ -260,13 +261,14 @@ def bm25_scores(index: PageIndex, queries: list[str]) -> torch.Tensor:
     lower-cased alphanumeric word tokens: the classical baseline."""
     import re
 
+    import numpy as np
     from rank_bm25 import BM25Okapi
 
     def words(s: str) -> list[str]:
         return re.findall(r"[a-z0-9_]+", s.lower())
 
     bm25 = BM25Okapi([words(r["text"]) or ["<empty>"] for r in index.records])
-    return torch.tensor([bm25.get_scores(words(q)) for q in queries], dtype=torch.float64)
+    return torch.from_numpy(np.stack([bm25.get_scores(words(q)) for q in queries]))
 
 
 def evaluate(index: PageIndex, encoder: torch.nn.Module, questions: list[Any], betas: tuple[float, ...] = (0.5,),

@@ -19,7 +19,7 @@ def _index(a: argparse.Namespace) -> int:
     from tasks.cmrag_index import build_index
 
     idx = build_index(a.path, a.out, a.model, a.checkpoint, json.loads(a.model_kwargs) if a.model_kwargs else None,
-                      a.layout, a.dpi, parse_cache=a.parse_cache, progress=not a.quiet)
+                      a.layout, a.dpi, a.parse_dpi, parse_cache=a.parse_cache, progress=not a.quiet)
     m = idx.meta
     skipped = len(m["skipped"])
     print(f"indexed {m['pages']} pages of {a.path} into {a.out} ({m['size_bytes'] / 1024:.0f} KiB; parse "
@@ -95,7 +95,8 @@ def main(argv: Sequence[str]) -> int:
     pi.add_argument("--checkpoint", default=None, help="trained UEM weights (a `sharezoo fit` .ckpt or safetensors)")
     pi.add_argument("--model-kwargs", default=None, help="UEM overrides as JSON, e.g. '{\"long_text\": \"chunk\"}'")
     pi.add_argument("--layout", default="auto", choices=["auto", "folder", "vidore", "docvqa", "longdoc"])
-    pi.add_argument("--dpi", type=int, default=150, help="PDF rasterisation resolution")
+    pi.add_argument("--dpi", type=int, default=150, help="PDF rasterisation resolution for the image tower")
+    pi.add_argument("--parse-dpi", type=int, default=150, help="PDF resolution for OCR parsing")
     pi.add_argument("--parse-cache", default=None, help="folder for OCR parses (default under the sharezoo cache)")
     pi.add_argument("--quiet", action="store_true", help="no per-page progress lines")
     pq = sub.add_parser("query", help="rank the indexed pages for a question", allow_abbrev=False)

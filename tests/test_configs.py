@@ -59,17 +59,20 @@ def test_shipped_config_resolves(path):
 @pytest.mark.parametrize("path", INCLUDING, ids=[str(p.relative_to(ROOT / "configs")) for p in INCLUDING])
 def test_an_including_file_is_its_base_plus_its_overrides(path, tmp_path, monkeypatch):
     """Alone (one --config, from any working directory) it equals its base followed by it on the command line,
-    and each of its keys is dotted (one value each) and lands in the resolved config."""
+    its include comes first, a section is set through dotted keys (one value each), and each lands in the resolved
+    config."""
     raw = yaml.safe_load(path.read_text())
     base = (path.parent / raw["config"]).resolve()
     assert base.is_file() and base.parent == path.parent, f"{path}: includes a file of its own family folder"
     monkeypatch.chdir(tmp_path)
     alone = resolve("--config", str(path))
     assert alone == resolve("--config", str(base), "--config", str(path))
+    assert next(iter(raw)) == "config", f"{path}: `config:` comes first (the include overwrites keys before it)"
     for key, value in raw.items():
-        assert key == "config" or "." in key, f"{path}: {key!r} must be dotted (a mapping replaces the whole section)"
         if key == "config":
             continue
+        assert "." in key or not isinstance(value, dict), f"{path}: {key!r}: use dotted keys (a mapping replaces the " \
+            "whole section)"
         node = alone
         for part in key.split("."):
             node = node[part]

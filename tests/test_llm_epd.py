@@ -46,3 +46,21 @@ def test_epd_equals_aggregated():
         got = srv.run(reqs)
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert all(r.first_token <= r.done and r.ttft >= 0 for r in got)
+
+
+def test_benchmark_smoke(tmp_path):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_epd", bench / "bench_epd.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.jsonl"
+    assert mod.main(["--device", "cpu", "--tiny", "--requests", "3", "--out", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    (epd,) = [r for r in recs if r.get("method") == "epd"]
+    assert epd["identical_to_aggregated"] and epd["ttft_mean_s"] > 0

@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     enc = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=tile, patch_size=16 if not tiny else 8,
                             embed_dim=width, depth=depth, num_heads=max(1, width // 64), num_classes=0)
     dec = build_causal_lm("llama", vocab_size=32000 if not tiny else 128, hidden_size=hidden,
-                          intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                          intermediate_size=4 * hidden, num_hidden_layers=layers,
+                          num_attention_heads=max(1, hidden // 64),
                           num_key_value_heads=max(1, hidden // 128), max_position_embeddings=4096)
     model = TinyVLM(enc, dec).eval()
     if cuda:

@@ -141,7 +141,8 @@ def main(argv=None) -> int:
     streams = {"edits": code_edit_requests(tok, files, n_edits, p_len),
                "open": code_edit_requests(tok, files, 0, p_len)}
     common = {"bench": "suffix_decoding", **environment(device), "dtype": str(dtype).replace("torch.", ""),
-              "model": str(folder), "params": sum(p.numel() for p in model.parameters()), "files": [f for f, _ in files],
+              "model": str(folder), "params": sum(p.numel() for p in model.parameters()),
+              "files": [f for f, _ in files],
               "edits": n_edits, "prompt_tokens": p_len, "new_tokens": n_new, "alpha": a.alpha, "max_spec": a.max_spec}
     configs = {"suffix": SuffixConfig(max_spec_factor=a.alpha, max_spec_tokens=a.max_spec),
                "suffix_chain": SuffixConfig(max_spec_factor=a.alpha, max_spec_tokens=a.max_spec, use_tree=False),
@@ -180,8 +181,9 @@ def main(argv=None) -> int:
                        "tokens_per_s": round(stats.tokens / wall, 2), "speedup": round(plain_s / wall, 3),
                        "identical_to_plain": same}
                 recs.append(rec)
-                print(f"{sname:6s} {method:13s} tok/fwd {rec['tokens_per_forward']:.2f} acc {rec['acceptance_rate']:.2f} "
-                      f"{rec['tokens_per_s']:8.1f} tok/s  speed-up {rec['speedup']:.2f}x  draft {stats.draft_seconds:.2f}s"
+                print(f"{sname:6s} {method:13s} tok/fwd {rec['tokens_per_forward']:.2f} "
+                      f"acc {rec['acceptance_rate']:.2f} {rec['tokens_per_s']:8.1f} tok/s  "
+                      f"speed-up {rec['speedup']:.2f}x  draft {stats.draft_seconds:.2f}s"
                       f"  identical {same}", flush=True)
     recs.append({**common, "kind": "done"})
     with out_path.open("a") as f:

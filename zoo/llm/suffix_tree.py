@@ -8,7 +8,7 @@ A sequence can be removed again (FIFO eviction of the global tree).
 :meth:`SuffixTree.match` finds the longest suffix of a context that is a path (binary search: every suffix of a
 matched path is itself a path); :meth:`SuffixTree.speculate` grows a draft from the matched node, a single chain or
 a best-first speculation tree, scoring each token by the product along its path of ``count(child)`` over the summed
-counts of its siblings (the occurrences of the parent that continue; spec steps 1-4). Plain Python; no torch.
+counts of the parent's children (the parent's occurrences that continue; spec steps 1-4). Plain Python; no torch.
 """
 from __future__ import annotations
 

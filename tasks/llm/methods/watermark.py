@@ -21,8 +21,8 @@ pseudo-random keys ``hash32(seed ^ hash32(v))`` that order the vocabulary.
   context, the key and the message's majority bit ``lambda``; the favoured (green) set is the union of the shards
   whose bit equals ``lambda`` (so it covers >= half the vocabulary). Decoding counts the text's tokens per shard for
   both candidate ``lambda`` and splits the variance-stabilised counts into a high and a low cluster (exact 1-D
-  2-means constrained to a high cluster of >= b/2 shards); the candidate with the larger cluster separation wins; bit ``j`` = ``lambda`` if
-  shard ``j`` is high.
+  2-means constrained to a high cluster of >= b/2 shards); the candidate with the larger cluster separation wins;
+  bit ``j`` = ``lambda`` if shard ``j`` is high.
 * **MajorMark+**: the message is cut into blocks of ``block_bits``; each position is assigned to a block by a PRF of
   its context (message independent) and carries that block's MajorMark encoding; blocks decode independently.
 

@@ -75,7 +75,7 @@ def _eval(a: argparse.Namespace) -> int:
         print(json.dumps(res, indent=1))
         return 0
     print(f"{len(idx)} pages, {next(iter(res.values()))['questions']} questions ({qpath}); encoder {idx.meta['model']}"
-          f" {a.checkpoint or '(untrained UEM)'}")
+          f" {a.checkpoint or idx.meta.get('checkpoint') or '(untrained UEM)'}")
     print(f"{'ranking':<18} {'R@1':>6} {'R@5':>6} {'MRR':>6}")
     for name, m in res.items():
         print(f"{name:<18} {m['recall@1']:>6.3f} {m['recall@5']:>6.3f} {m['mrr']:>6.3f}")

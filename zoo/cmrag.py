@@ -51,8 +51,14 @@ MODEL_CARD: dict[str, Any] = {
         "paper reused (base vs so400m) is not found. Its tokenizer is the HF 'timm/ViT-B-16-SigLIP' one (needs the "
         "user's local copy offline).",
         "Long parsed text: the paper says the document tower is 'extended for long parsed text' without saying how; "
-        "long_text='interpolate' (default: the position table linearly stretched to doc_max_length) or 'chunk' "
-        "(query-length chunks, token-weighted mean of the chunk vectors).",
+        "long_text='interpolate' (the position table linearly stretched to doc_max_length; cmrag_siglip_b16 64->256, "
+        "cmrag_tiny 32->128) or 'chunk' (chunk_length-token chunks, token-weighted mean of the chunk vectors; "
+        "cmrag_minilm_easyocr: 1024 tokens as 256-token chunks, MiniLM's training length).",
+        "UCMR (tasks.cmrag_index): beta = 0.5 by default (not found); the reviewers' query-adaptive beta is an option "
+        "(adaptive_beta, off by default): beta moved per query towards the more peaked z-scored list.",
+        "Training batches may hold two triplets of the same page (SigLIP then counts them as negatives of each other); "
+        "the validation retrieval metrics of CMRAGTask are computed per rank under DDP (the loss gathers negatives "
+        "across ranks through open_clip's SigLipLoss). `sharezoo rag eval` ranks against every indexed page.",
         "cmrag_minilm_easyocr (the offline default): query and document towers are the MiniLM-L6 sentence encoder "
         "(all-MiniLM-L6-v2, 384-d, mean pooling) instead of SigLIP's text tower; the image tower is EasyOCR's CRAFT "
         "detector backbone (VGG16-BN + fc6/fc7 convs, frozen; average+max pooled fc7 features) with a TRAINED linear "

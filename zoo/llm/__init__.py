@@ -21,8 +21,14 @@ from .causal_lm import (
     tiny_causal_lm,
 )
 from .cache.base import CompressedCache, FullCache
+from .cache.cachegen import CacheGenCache
+from .cache.chelsea import ChelseaCache
+from .cache.ems import EMSCache
 from .cache.eviction import StreamingLLMCache
 from .cache.gear import GEARCache, GEARConfig
+from .cache.kvmerger import KVMergerCache
+from .cache.minicache import MiniCache
+from .cache.scores import enable_query_observation
 from .cache.xkv import XKVCache
 from .prefix import (
     GroupedAttention,
@@ -37,7 +43,8 @@ from .tokenizer import CharTokenizer
 
 __all__ = [
     "REFERENCE_LM_SIZES", "CompressedCache", "FullCache", "GEARCache", "GEARConfig", "StreamingLLMCache", "XKVCache",
-    "build_reference_lm", "reference_lm_config",
+    "build_reference_lm", "reference_lm_config", "CacheGenCache", "ChelseaCache", "EMSCache", "KVMergerCache",
+    "MiniCache", "enable_query_observation",
     "FAMILIES", "CharTokenizer", "GroupedAttention", "MaskedAttention", "PrefixLayout", "build_causal_lm",
     "causal_lm_config", "decoder_layers", "enable_activation_checkpointing", "enable_prefix_attention", "lm_logits",
     "shared_prefix_logits", "tiny_causal_lm",

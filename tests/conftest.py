@@ -11,6 +11,14 @@ GPU_RUN = os.environ.get("SHAREZOO_TEST_GPU") == "1"
 if not GPU_RUN:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# Fixtures wider than one test (module/session scope: the trained tiny reference LM, its tokenised corpus) run before
+# the per-test cache below is set: they use this content-keyed cache under the temp dir, never the user's
+# ~/.cache/sharezoo, and later runs on the same machine reuse what it holds.
+os.environ["SHAREZOO_CACHE"] = str(Path(tempfile.gettempdir()) / f"sharezoo-test-cache-{os.getuid()}")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -28,40 +36,6 @@ def _isolated_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture()
-def run_notebook():
-    """``run_notebook(name, cwd, env=None, edit=None)`` executes ``notebooks/<name>`` in a python3 Jupyter kernel
-    (offline, CPU, one thread, the repository importable) and returns the code cells' outputs; the test is skipped
-    when no kernel is installed. ``edit(nb)`` may change the notebook before it runs."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-
-    def run(name, cwd, env=None, edit=None, timeout=300):
-        nbformat = pytest.importorskip("nbformat")
-        nbclient = pytest.importorskip("nbclient")
-        try:
-            from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-            KernelSpecManager().get_kernel_spec("python3")
-        except (ImportError, NoSuchKernel) as e:
-            pytest.skip(f"no python3 Jupyter kernel (pip install ipykernel): {e}")
-        nb = nbformat.read(root / "notebooks" / name, as_version=4)
-        if edit is not None:
-            edit(nb)
-        # MPLBACKEND is dropped so the kernel's inline backend renders the figures
-        kernel_env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-        kernel_env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1",
-                          **({} if GPU_RUN else {"CUDA_VISIBLE_DEVICES": ""}),
-                          PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-        kernel_env.update(env or {})
-        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(cwd)}}).execute(env=kernel_env)
-        return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-
-    return run
 
 
 def pytest_collection_modifyitems(config, items):

@@ -128,12 +128,6 @@ def test_demo_beats_constant_depth_baseline_on_held_out_scenes(tmp_path):
     assert ours < 0.9 * const, (ours, const)
 
 
-def test_notebook_executes(tmp_path, run_notebook):
-    outputs = run_notebook("dens3r.ipynb", cwd=tmp_path)
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)
-
-
 def test_resolution_schedule_switches_datamodule_size():
     from types import SimpleNamespace
 

@@ -182,11 +182,15 @@ def _scalar(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def run_summary(trainer: pl.Trainer) -> dict[str, Any]:
-    """The final scalar metrics, the best/last checkpoint and the saved config of a finished run."""
+def run_summary(trainer: pl.Trainer, log_dir: str | None = None) -> dict[str, Any]:
+    """The final scalar metrics, the best/last checkpoint and the saved config of a finished run.
+
+    ``trainer.log_dir`` is a collective under DDP (rank 0 broadcasts it): call it on every rank and pass it in when
+    only rank 0 summarises."""
     metrics = {k: s for k, v in sorted(trainer.callback_metrics.items()) if (s := _scalar(v)) is not None}
+    log_dir = trainer.log_dir if log_dir is None else log_dir
     out: dict[str, Any] = {"metrics": metrics, "best_checkpoint": None, "last_checkpoint": None, "config": None,
-                           "log_dir": trainer.log_dir}
+                           "log_dir": log_dir}
     ckpt = trainer.checkpoint_callback
     if ckpt is not None:
         out["best_checkpoint"] = getattr(ckpt, "best_model_path", "") or None
@@ -194,17 +198,18 @@ def run_summary(trainer: pl.Trainer) -> dict[str, Any]:
         out["monitor"] = getattr(ckpt, "monitor", None)
         out["last_checkpoint"] = getattr(ckpt, "last_model_path", "") or None
     for cb in trainer.callbacks:
-        if isinstance(cb, SaveConfigCallback) and trainer.log_dir:
-            path = Path(trainer.log_dir, cb.config_filename)
+        if isinstance(cb, SaveConfigCallback) and log_dir:
+            path = Path(log_dir, cb.config_filename)
             out["config"] = str(path) if path.is_file() else None
     return out
 
 
 def print_summary(trainer: pl.Trainer, stage: str, seconds: float) -> None:
-    """Print :func:`run_summary` (global rank 0 only)."""
+    """Print :func:`run_summary` (global rank 0 only; every rank calls this, for the collective behind log_dir)."""
+    log_dir = trainer.log_dir  # a broadcast under DDP: every rank must take part, or rank 0 waits for ever
     if not trainer.is_global_zero:
         return
-    s = run_summary(trainer)
+    s = run_summary(trainer, log_dir)
     state = "interrupted" if trainer.interrupted else "done"
     lines = [f"sharezoo {stage}: {state} in {seconds:.0f} s "
              f"(epoch {trainer.current_epoch}, step {trainer.global_step})"]

@@ -18,6 +18,7 @@ from ._registry import (
 from . import dens3r, fusionreid, pepsi, ppgflowecg  # noqa: E402,F401
 from . import uni_encoder  # noqa: E402,F401  (LLM side; primitives in zoo.llm)
 from . import neuropictor  # noqa: E402,F401
+from . import cmrag  # noqa: E402,F401
 
 __all__ = [
     "PretrainedCfg", "PretrainedWeightsError", "build_model", "count_params", "create_model", "get_pretrained_cfg",

@@ -71,21 +71,29 @@ class ZooTask(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- build
     def _build(self) -> None:
-        self.net = zoo.create_model(self.model_name, pretrained=self.pretrained, **self.model_kwargs)
+        self.net = self.create_network()
         if self.init_from and not _RESTORING.get():
             self.load_init()
         if self.compile_mode == "regional":
-            regions = getattr(self.net, "compile_regions", None)
-            if regions is None:
-                raise ValueError(f"compile='regional': {self.model_name} ({type(self.net).__name__}) lists no "
-                                 "compile_regions(); use compile: true to compile the whole network")
-            object.__setattr__(self, "_regions", [m for m in regions() if m is not None])
+            object.__setattr__(self, "_regions", [m for m in self.compile_regions() if m is not None])
             for m in self._regions:  # nn.Module.compile: in place, so parameter names and checkpoints are unchanged
                 m.compile()
         elif self.compile_mode:
             mode = None if self.compile_mode is True else str(self.compile_mode)
             object.__setattr__(self, "_compiled", torch.compile(self.net, mode=mode))
         self.on_net_built()
+
+    def create_network(self) -> nn.Module:
+        """Build the network (hook: the LLM tasks build causal LMs from a spec here)."""
+        return zoo.create_model(self.model_name, pretrained=self.pretrained, **self.model_kwargs)
+
+    def compile_regions(self) -> list[nn.Module]:
+        """The blocks ``compile='regional'`` compiles in place: the model's ``compile_regions()``."""
+        regions = getattr(self.net, "compile_regions", None)
+        if regions is None:
+            raise ValueError(f"compile='regional': {self.model_name} ({type(self.net).__name__}) lists no "
+                             "compile_regions(); use compile: true to compile the whole network")
+        return list(regions())
 
     def load_init(self) -> None:
         """Load ``init_from`` into the network (all keys but ``init_exclude``'s, strictly)."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import zoo
-from tasks._base import _RESTORING, ZooTask
+from tasks._base import ZooTask
 from zoo.llm import build_causal_lm, decoder_layers
 
 
@@ -58,24 +58,19 @@ class LLMTask(ZooTask):
     def builds_causal_lm(self) -> bool:
         return not is_zoo_model_spec(self.model_name)
 
-    def _build(self) -> None:
+    def create_network(self) -> nn.Module:
         if not self.builds_causal_lm:
-            super()._build()
-            return
+            return super().create_network()
         if self.pretrained:
             raise ValueError(f"{type(self).__name__}: pretrained={self.pretrained!r} with the causal-LM spec "
                              f"{self.model_name!r}: give the weights' folder as `model` instead")
         if self.compile_mode and self.compile_mode != "regional":
             raise ValueError(f"{type(self).__name__}: compile={self.compile_mode!r}: the LLM tasks call the decoder "
                              "and its head separately; use compile: regional (each decoder layer, in place)")
-        self.net = build_causal_lm(self.model_name, **self.model_kwargs)
-        if self.init_from and not _RESTORING.get():
-            self.load_init()
-        if self.compile_mode == "regional":
-            object.__setattr__(self, "_regions", decoder_layers(self.net))
-            for m in self._regions:  # in place: parameter names and checkpoints are unchanged
-                m.compile()
-        self.on_net_built()
+        return build_causal_lm(self.model_name, **self.model_kwargs)
+
+    def compile_regions(self) -> list[nn.Module]:
+        return decoder_layers(self.net) if self.builds_causal_lm else super().compile_regions()
 
     def to_device(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """A list of variable-length tensors (prompts, completions) moved to the task's device."""

@@ -168,7 +168,7 @@ def check_pages(pages: list[Page], skips: SkipLog) -> list[Page]:
     good = []
     for p in pages:
         try:
-            p.image()
+            p.image(dpi=10)  # a PDF page is checked at a thumbnail resolution
         except Exception as e:
             skips.add(p.file, p.page, f"unreadable page ({type(e).__name__}: {e})")
             continue
@@ -502,8 +502,8 @@ class DocTripletDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, root: str, questions: str | None = None, layout: str = "auto", dpi: int = 150,
-                 parse_dpi: int = 150, val_fraction: float = 0.25, seed: int = 0, batch_size: int = 8, num_workers: int = 0,
-                 parse_cache: str | None = None) -> None:
+                 parse_dpi: int = 150, val_fraction: float = 0.25, seed: int = 0, batch_size: int = 8,
+                 num_workers: int = 0, parse_cache: str | None = None) -> None:
         super().__init__()
         self.root, self.questions, self.layout, self.dpi, self.parse_dpi = root, questions, layout, dpi, parse_dpi
         self.val_fraction, self.seed, self.batch_size, self.num_workers = val_fraction, seed, batch_size, num_workers

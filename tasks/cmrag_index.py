@@ -4,9 +4,9 @@
   float32 (N, D), L2-normalised), ``pages.jsonl`` (one line per row: file, page, parsed text, source path) and
   ``index.json`` (the encoder: model name, kwargs, checkpoint; the reader settings; build times and size).
 - **UCMR** (spec: Unified Co-Modality-informed Retrieval): per query, the query→text and query→image similarity
-  lists are z-scored over the candidate pages and fused, s = β·ẑ_T + (1−β)·ẑ_I with a fixed β (β = 1: text-only
-  ranking, β = 0: image-only). ``adaptive_beta=True`` (off by default; the reviewers' suggestion, not the paper's)
-  sets β per query from how peaked each list is: β = σ((max ẑ_T − max ẑ_I)/T) around the fixed β's logit.
+  lists are z-scored over the candidate pages and fused, s = β·ẑ_T + (1−β)·ẑ_I with a fixed β (β = 1:
+  text-only ranking, β = 0: image-only). ``adaptive_beta=True`` (off by default; the reviewers' suggestion, not
+  the paper's) sets β per query from how peaked each list is: β = σ(logit β + (max ẑ_T − max ẑ_I)/T).
 - **Generation**: the top-k pages (default 3) as images plus their parsed text, handed to a pluggable generator
   (:class:`VisionLanguageGenerator`: any transformers image-text-to-text model from a local folder; the paper's is
   Qwen2.5-VL-7B-Instruct).
@@ -79,7 +79,8 @@ class PageIndex:
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"text": self.text.contiguous(), "image": self.image.contiguous()}, str(out / "embeddings.safetensors"))
+        save_file({"text": self.text.contiguous(), "image": self.image.contiguous()},
+                  str(out / "embeddings.safetensors"))
         with open(out / "pages.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
         self.meta["size_bytes"] = sum(p.stat().st_size for p in (out / "embeddings.safetensors", out / "pages.jsonl"))
@@ -157,7 +158,8 @@ def build_index(path: str | os.PathLike, out: str | os.PathLike | None = None, m
                 "source": str((base / p.file).resolve()) if (base / p.file).is_file() else p.file}
                for p in corpus.pages]
     meta = {"model": model, "model_kwargs": model_kwargs or {}, "checkpoint": checkpoint, "layout": layout,
-            "dpi": dpi, "parse_dpi": parse_dpi, "root": str(root.resolve()), "pages": len(records), "dim": int(text.shape[1]),
+            "dpi": dpi, "parse_dpi": parse_dpi, "root": str(root.resolve()), "pages": len(records),
+            "dim": int(text.shape[1]),
             "skipped": [list(s) for s in corpus.skips.skipped],
             "seconds": {"parse": round(stats["seconds"], 3), "parsed_pages": stats["parsed"],
                         "cached_pages": stats["cached"], "embed_text": round(t_text, 3),

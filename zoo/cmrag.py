@@ -64,7 +64,8 @@ MODEL_CARD: dict[str, Any] = {
         "detector backbone (VGG16-BN + fc6/fc7 convs, frozen; average+max pooled fc7 features) with a TRAINED linear "
         "projection into the text space (the paper's SigLIP image tower is aligned with its text tower already and "
         "has no trained part; here L^I trains that projection as well as tau and eta).",
-        "Page parsing is EasyOCR (CRAFT detection + english_g2 recognition, boxes sorted into reading order) instead of "
+        "Page parsing is EasyOCR (CRAFT detection + english_g2 recognition, boxes sorted into reading order) instead "
+        "of "
         "Qwen2.5-VL-7B parsing into markdown (datamodules.docpages).",
         "cmrag_tiny: the spec's tiny config (2-layer BERTs of hidden 64, vocab 1000, query length 32, doc length 128; "
         "a 2-layer timm ViT patch 8 on 32x32; projection 32) with a hashing word tokenizer instead of a learned one.",
@@ -220,7 +221,8 @@ class UEM(nn.Module):
         text_tower: ``{'kind': 'bert', <BertConfig fields>}``, ``{'kind': 'minilm'}`` (the packaged MiniLM) or
             ``{'kind': 'open_clip', 'model': 'ViT-B-16-SigLIP'}`` (also provides the image tower when
             ``image_tower`` is ``{'kind': 'open_clip'}``).
-        image_tower: ``{'kind': 'craft'}``, ``{'kind': 'timm', 'name': ..., <timm kwargs>}`` or ``{'kind': 'open_clip'}``.
+        image_tower: ``{'kind': 'craft'}``, ``{'kind': 'timm', 'name': ..., <timm kwargs>}`` or
+            ``{'kind': 'open_clip'}``.
         embed_dim: joint embedding size; towers of another width get a linear projection.
         query_max_length: query tokens.
         doc_max_length: parsed-text tokens of a page.

@@ -155,6 +155,7 @@ def test_dev_questions_name_pages_of_the_bundled_pdf():
 
 def test_easyocr_reads_a_real_page_title():
     pytest.importorskip("easyocr")
+    pytest.importorskip("easyocr_en_models")
     from datamodules.docpages import OcrParser
 
     page = read_corpus(PDF, dpi=150).pages[5].image()

@@ -161,6 +161,9 @@ def main(argv=None) -> int:
             for method in ["plain"] + [m for m in methods if m != "plain"]:
                 stats, outs = DecodeStats(), []
                 eng = SuffixDecodingEngine(model, configs[method], eos_id=eos) if method != "plain" else None
+                if eng is not None:  # warm-up of the masked tree forward (kernels, allocator) on a throwaway engine
+                    SuffixDecodingEngine(model, configs[method], eos_id=eos).generate(
+                        torch.tensor(reqs[0][1] * 2, device=device), 8)
                 sync()
                 t0 = time.perf_counter()
                 for _, ids in reqs:

@@ -320,7 +320,9 @@ class EPDServer:
             p.requires_grad_(False)
         model.share_memory()
         hidden = model.decoder.config.hidden_size
-        self.pools = [torch.zeros(num_blocks, block_size, hidden, device=enc_dev[i]) for i in range(num_encoders)]
+        dtype = model.projector.weight.dtype
+        self.pools = [torch.zeros(num_blocks, block_size, hidden, dtype=dtype, device=enc_dev[i])
+                      for i in range(num_encoders)]
         for p in self.pools:
             if p.device.type == "cpu":
                 p.share_memory_()

@@ -12,7 +12,7 @@ M=${2:-}
 PY=${PYTHON:-python3}
 mkdir -p "$D"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-if [ -z "$M" ]; then M=$($PY -c "from tasks.llm.reference_lm_train import cached_reference_lm as c; print(c('tiny'))"); fi
+if [ -z "$M" ]; then M=$($PY -c "from tasks.llm.reference_lm_train import cached_reference_lm as c; print(c('tiny'))" | tail -1); fi
 timeout 130 $PY benchmarks/bench_suffix_decoding.py --model "$M" --files 4 --edits 4 --methods plain,suffix,suffix_chain \
   --out "$D/suffix_decoding.jsonl"
 timeout 100 $PY -m tasks.llm.watermark_eval --model "$M" --device cuda --prompts 24 --out "$D/watermark_h200"

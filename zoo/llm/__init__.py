@@ -38,13 +38,14 @@ from .prefix import (
     lm_logits,
     shared_prefix_logits,
 )
+from .suffix_tree import SuffixDraft, SuffixTree
 from .reference_lm import REFERENCE_LM_SIZES, build_reference_lm, reference_lm_config
 from .tokenizer import CharTokenizer
 
 __all__ = [
     "REFERENCE_LM_SIZES", "CompressedCache", "FullCache", "GEARCache", "GEARConfig", "StreamingLLMCache", "XKVCache",
     "build_reference_lm", "reference_lm_config", "CacheGenCache", "ChelseaCache", "EMSCache", "KVMergerCache",
-    "MiniCache", "enable_query_observation",
+    "MiniCache", "enable_query_observation", "SuffixDraft", "SuffixTree",
     "FAMILIES", "CharTokenizer", "GroupedAttention", "MaskedAttention", "PrefixLayout", "build_causal_lm",
     "causal_lm_config", "decoder_layers", "enable_activation_checkpointing", "enable_prefix_attention", "lm_logits",
     "shared_prefix_logits", "tiny_causal_lm",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import struct
 
-import constriction
 import numpy as np
 import torch
 
@@ -70,6 +69,8 @@ def _tables(symbols: np.ndarray, alphabet: int) -> np.ndarray:
 
 
 def _model(table: np.ndarray):
+    import constriction  # imported where used: zoo.llm imports this module, CacheGen alone needs the coder
+
     return constriction.stream.model.Categorical(table.astype(np.float32), perfect=False)
 
 
@@ -86,6 +87,8 @@ def decode_symbols(decoder, tables: np.ndarray, t: int) -> np.ndarray:
 
 def encode_kv(k: torch.Tensor, v: torch.Tensor, bins_k: int, bins_v: int) -> bytes:
     """One layer's ``[b, h, n, d]`` keys and values -> CacheGen bytes (module docstring for the layout)."""
+    import constriction
+
     enc = constriction.stream.queue.RangeEncoder()
     parts = []
     for x, bins in ((k, bins_k), (v, bins_v)):
@@ -109,6 +112,8 @@ def decode_kv(data: bytes, shape: tuple[int, int, int, int], bins_k: int, bins_v
         tables = np.frombuffer(data, np.uint8, c * (bins - 1), off).reshape(c, bins - 1)
         off += c * (bins - 1)
         meta.append((max1, tables, bins))
+    import constriction
+
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, "<u4", offset=off).astype(np.uint32))
     out = []
     for max1, tables, bins in meta:

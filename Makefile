@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sharezoo demo fusionreid
 
+# two pytest-xdist workers: the CI machine's two cores (TEST_JOBS=0 runs in one process)
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # On a GPU machine: the default suite plus every `gpu` test with the GPU visible, in parallel (pytest-xdist).
 # `make test-gpu` uses .venv; on an image that already holds the stack: `make test-gpu PYTHON=python3 JOBS=12`.

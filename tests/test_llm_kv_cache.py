@@ -1,6 +1,5 @@
 """KV-cache methods that really compress (issue 22): packed storage, lossless settings equal the full cache, byte
 counts equal hand counts, quality within stated bounds on the trained tiny reference LM."""
-import warnings
 
 import pytest
 import torch
@@ -9,26 +8,18 @@ from transformers import DynamicCache
 from tasks.llm.engines.generation import cache_kwarg
 from tasks.llm.kv_eval import EvalSettings, cached_nll, greedy_decode, run_grid
 from tasks.llm.reference_lm_train import cached_reference_lm
-from zoo.llm import build_causal_lm, tiny_causal_lm
+from zoo.llm import build_causal_lm
 from zoo.llm.cache.base import FullCache
 from zoo.llm.cache.eviction import StreamingLLMCache
 from zoo.llm.cache.gear import GEARCache, gear_compress, low_rank_power
 from zoo.llm.cache.quant import pack_bits, quantize_groups, unpack_bits
 from zoo.llm.cache.xkv import XKVCache, _Rope
-
-FAMILIES = ("llama", "qwen2", "mistral", "gemma2")
-
-
-def _tiny(family):
-    return tiny_causal_lm(family, vocab_size=128, num_hidden_layers=4, **({} if family == "gemma2" else
-                                                                           {"head_dim": 16}))
+from kv_cache_helpers import FAMILIES, generate, tiny_decoder
 
 
-def _generate(model, x, cache, n=12):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                              pad_token_id=0, **{cache_kwarg(model): cache})
+
+
+
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +66,14 @@ def _lossless(family, config):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lossless_settings_equal_full_cache(family):
-    model = _tiny(family)
+    model = tiny_decoder(family)
     x = torch.randint(1, 128, (2, 40))
-    ref = _generate(model, x, DynamicCache())
+    ref = generate(model, x, DynamicCache())
     for name, cache in _lossless(family, model.config).items():
-        assert torch.equal(_generate(model, x, cache), ref), name
+        assert torch.equal(generate(model, x, cache), ref), name
     # xKV at full rank in fp32: equal up to the SVD's fp32 rounding
     xkv = XKVCache(model.config, group_size=2, rank_k=None, rank_v=None, factor_dtype="float32")
-    assert torch.equal(_generate(model, x, xkv), ref)
+    assert torch.equal(generate(model, x, xkv), ref)
     with torch.no_grad():
         full = model(x, **{cache_kwarg(model): DynamicCache()}, use_cache=True)
         c = XKVCache(model.config, group_size=2, rank_k=None, rank_v=None, factor_dtype="float32")
@@ -91,10 +82,10 @@ def test_lossless_settings_equal_full_cache(family):
     torch.testing.assert_close(step.logits, full.logits[:, 30:], atol=1e-4, rtol=1e-4)
 
 
-def test_manual_loop_matches_generate():
-    model = _tiny("llama")
+def test_manual_loop_matchesgenerate():
+    model = tiny_decoder("llama")
     x = torch.randint(1, 128, (1, 33))
-    ref = _generate(model, x, DynamicCache(), n=10)[:, 33:]
+    ref = generate(model, x, DynamicCache(), n=10)[:, 33:]
     cache = GEARCache(group_size=16, buffer_size=16)
     assert torch.equal(greedy_decode(model, x, FullCache(), 10), ref)
     out = greedy_decode(model, x, cache, 10)
@@ -102,7 +93,7 @@ def test_manual_loop_matches_generate():
 
 
 def test_xkv_unrotates_keys_exactly():
-    cfg = _tiny("llama").config
+    cfg = tiny_decoder("llama").config
     rope = _Rope(cfg)
     k = torch.randn(1, 2, 10, 16)
     torch.testing.assert_close(rope.rotate(rope.unrotate(k, 3), 3), k, atol=1e-5, rtol=1e-5)
@@ -116,7 +107,7 @@ def _prefill(model, cache, n, b=2):
 
 
 def test_memory_bytes_hand_count():
-    model = _tiny("llama")  # 4 layers, 2 KV heads, head dim 16, fp32
+    model = tiny_decoder("llama")  # 4 layers, 2 KV heads, head dim 16, fp32
     L, b, h, d, n = 4, 2, 2, 16, 70
     assert _prefill(model, FullCache(), n).memory_bytes() == L * 2 * b * h * n * d * 4
 
@@ -177,7 +168,7 @@ def test_shipped_grid_configs_build_every_method():
 
     from tasks.llm.kv_eval import method_factory
 
-    config = _tiny("llama").config
+    config = tiny_decoder("llama").config
     paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "kv_cache").glob("*.yaml"))
     assert paths
     for path in paths:

@@ -3,7 +3,6 @@ held == the bitstreams' bytes, the streaming controller's plans, and streaming o
 (Its perplexity bound on the trained tiny LM is checked in test_llm_kv_merge.py, which trains that LM once.)"""
 import itertools
 import math
-import warnings
 
 import constriction
 import numpy as np
@@ -13,7 +12,6 @@ from transformers import DynamicCache
 
 from tasks.llm.engines.generation import cache_kwarg
 from tasks.llm.kv_eval import greedy_decode
-from zoo.llm import tiny_causal_lm
 from zoo.llm.cache.base import FullCache
 from zoo.llm.cache.cachegen import (
     CacheGenCache,
@@ -27,20 +25,12 @@ from zoo.llm.cache.cachegen import (
     unpack_chunk,
 )
 from zoo.llm.cache.cachegen_stream import TEXT, StreamingController, ThrottledKVServer, encode_context, stream_context
-
-FAMILIES = ("llama", "qwen2", "mistral", "gemma2")
-
-
-def _tiny(family):
-    return tiny_causal_lm(family, vocab_size=128, num_hidden_layers=4, **({} if family == "gemma2" else
-                                                                           {"head_dim": 16}))
+from kv_cache_helpers import FAMILIES, generate, tiny_decoder
 
 
-def _generate(model, x, cache, n=12):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                              pad_token_id=0, **{cache_kwarg(model): cache})
+
+
+
 
 
 def test_coder_round_trip_is_bit_exact_and_beats_fixed_width():
@@ -81,19 +71,19 @@ def test_quantiser_error_bound_and_kv_round_trip():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cache_on_every_family(family):
-    model = _tiny(family)
+    model = tiny_decoder(family)
     x = torch.randint(1, 128, (2, 40))
-    ref = _generate(model, x, DynamicCache())
-    assert torch.equal(_generate(model, x, CacheGenCache(model.config, chunk_size=128, encode_prefill=False)), ref)
+    ref = generate(model, x, DynamicCache())
+    assert torch.equal(generate(model, x, CacheGenCache(model.config, chunk_size=128, encode_prefill=False)), ref)
     assert torch.equal(greedy_decode(model, x, CacheGenCache(model.config, chunk_size=128, encode_prefill=False), 12),
                        ref[:, 40:])
     cache = CacheGenCache(model.config, level=0, chunk_size=16)
-    out = _generate(model, x, cache)
+    out = generate(model, x, cache)
     assert out.shape == ref.shape and (out == ref).float().mean() > 0.5
 
 
 def test_memory_bytes_are_the_bitstreams():
-    model = _tiny("llama")
+    model = tiny_decoder("llama")
     x = torch.randint(1, 128, (2, 70))
     full, cache = FullCache(), CacheGenCache(model.config, level=1, chunk_size=32)
     with torch.no_grad():
@@ -141,7 +131,7 @@ def test_controller_meets_the_target_when_a_plan_exists():
 
 
 def test_streaming_over_a_throttled_socket():
-    model = _tiny("llama")
+    model = tiny_decoder("llama")
     ids = torch.randint(1, 128, (160,))
     ctx = encode_context(model, ids, chunk_size=64)
     sizes = ctx.manifest()

@@ -2,7 +2,6 @@
 checks, lossless settings equal the full cache on every family (generate + manual loop), bytes held equal hand
 counts, default settings keep perplexity within the stated bound on the trained tiny reference LM."""
 import math
-import warnings
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from transformers import DynamicCache
 from tasks.llm.engines.generation import cache_kwarg
 from tasks.llm.kv_eval import cached_nll, greedy_decode
 from tasks.llm.reference_lm_train import cached_reference_lm
-from zoo.llm import build_causal_lm, tiny_causal_lm
+from zoo.llm import build_causal_lm
 from zoo.llm.cache.base import FullCache
 from zoo.llm.cache.cachegen import CacheGenCache
 from zoo.llm.cache.chelsea import ChelseaCache, cluster_chunk, soft_matching_round
@@ -19,21 +18,14 @@ from zoo.llm.cache.ems import EMSCache, evict_then_merge, global_local_score
 from zoo.llm.cache.kvmerger import KVMergerCache, merge_sets
 from zoo.llm.cache.minicache import MiniCache, _Merged, slerp_merge
 from zoo.llm.cache.scores import ScoredCache, ScoredLayer, attention_probs, enable_query_observation
+from kv_cache_helpers import FAMILIES, generate, tiny_decoder
 
-FAMILIES = ("llama", "qwen2", "mistral", "gemma2")
 
 
 def _tiny(family):
-    model = tiny_causal_lm(family, vocab_size=128, num_hidden_layers=4,
-                           **({} if family == "gemma2" else {"head_dim": 16}))
-    return enable_query_observation(model)
+    return enable_query_observation(tiny_decoder(family))
 
 
-def _generate(model, x, cache, n=12):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False,
-                              pad_token_id=0, **{cache_kwarg(model): cache})
 
 
 def _prefill(model, cache, n, b=2):
@@ -56,20 +48,20 @@ def _lossless(config):
 def test_lossless_settings_equal_full_cache(family):
     model = _tiny(family)
     x = torch.randint(1, 128, (2, 40))
-    ref = _generate(model, x, DynamicCache())
+    ref = generate(model, x, DynamicCache())
     for name, cache in _lossless(model.config).items():
-        assert torch.equal(_generate(model, x, cache), ref), name
+        assert torch.equal(generate(model, x, cache), ref), name
     for name, cache in _lossless(model.config).items():
         assert torch.equal(greedy_decode(model, x, cache, 12), ref[:, 40:]), name
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_compressed_defaults_run_in_generate(family):
+def test_compressed_defaults_run_ingenerate(family):
     model = _tiny(family)
     x = torch.randint(1, 128, (1, 70))
     for cache in (MiniCache(model.config), MiniCache(model.config, bits=4), KVMergerCache(),
                   EMSCache(budget=32, window=8, interval=8), ChelseaCache(chunk_size=16)):
-        out = _generate(model, x, cache, n=20)
+        out = generate(model, x, cache, n=20)
         assert out.shape == (1, 90) and cache.get_seq_length() == 89
         assert all(s <= 89 for s in cache.stored_lengths())
 

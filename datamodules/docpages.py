@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 import zoo
 
+from ._base import SplitDataModule
 from ._layout import layout_error, require_dataset
 
 __all__ = ["Page", "Question", "Corpus", "SkipLog", "OcrParser", "read_corpus", "parse_pages",
@@ -485,7 +485,7 @@ def collate_triplets(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [it[k] for it in items] for k in items[0]}
 
 
-class DocTripletDataModule(pl.LightningDataModule):
+class DocTripletDataModule(SplitDataModule):
     """(query, parsed text, page image) triplets for UEM training, split by question.
 
     Args:
@@ -536,15 +536,6 @@ class DocTripletDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(TripletDataset(self.splits[split]), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, collate_fn=collate_triplets, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def iter_batches(items: list[Any], size: int) -> Iterator[list[Any]]:

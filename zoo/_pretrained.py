@@ -3,14 +3,22 @@
 Resolution order for a weight (DESIGN.md "Weights"): explicit path -> cache dir (``cache_dir=`` ->
 ``$SHAREZOO_CACHE`` -> ``~/.cache/sharezoo``, the one policy of :func:`zoo.cache_dir`; then the Hugging Face hub
 cache) -> download, never when ``HF_HUB_OFFLINE`` or ``SHAREZOO_OFFLINE`` is set (read at call time).
+
+``SHAREZOO_OFFLINE=1`` implies the offline modes of every library the project calls (``HF_HUB_OFFLINE``,
+``TRANSFORMERS_OFFLINE``, ``HF_DATASETS_OFFLINE``; timm, open_clip and diffusers go through huggingface_hub), applied
+at ``zoo`` import and again at call time, never overriding a variable the user set; library pretrained loads
+(:func:`try_pretrained_backbone`) then also run with socket connects refused, so url-only weights cannot be fetched.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import contextlib
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -75,8 +83,49 @@ class PretrainedCfg:
         return d
 
 
+#: environment variables of the libraries' own offline modes that ``SHAREZOO_OFFLINE=1`` implies
+LIBRARY_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def apply_offline_mode() -> bool:
+    """Make ``SHAREZOO_OFFLINE=1`` imply the libraries' offline modes; True when the project flag is set.
+
+    Sets each of :data:`LIBRARY_OFFLINE_VARS` the user has not set, and the ``HF_HUB_OFFLINE`` constants that
+    huggingface_hub (and diffusers/datasets, which copy it) read once at their import, when those are already loaded.
+    """
+    if os.environ.get("SHAREZOO_OFFLINE", "").strip().lower() not in _TRUE:
+        return False
+    for var in LIBRARY_OFFLINE_VARS:
+        os.environ.setdefault(var, "1")
+    if os.environ["HF_HUB_OFFLINE"].strip().lower() in _TRUE:
+        for name, mod in list(sys.modules.items()):
+            if mod is not None and (name in ("huggingface_hub.constants", "datasets.config")
+                                    or name.startswith("diffusers.")) and getattr(mod, "HF_HUB_OFFLINE", None) is False:
+                mod.HF_HUB_OFFLINE = True
+    return True
+
+
+@contextlib.contextmanager
+def no_network():
+    """Refuse every name lookup and socket connect in this block (an ``OSError`` naming ``SHAREZOO_OFFLINE``)."""
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def refuse(*args, **kwargs):  # noqa: ARG001
+        raise OSError(f"network access refused: SHAREZOO_OFFLINE/HF_HUB_OFFLINE is set ({args[-1]!r})")
+
+    socket.socket.connect, socket.getaddrinfo = refuse, refuse
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+
+
 def is_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` or ``SHAREZOO_OFFLINE`` is set (read now, not at import)."""
+    """True when ``HF_HUB_OFFLINE`` or ``SHAREZOO_OFFLINE`` is set (read now, not at import).
+
+    ``SHAREZOO_OFFLINE`` also switches the libraries' offline modes on here (:func:`apply_offline_mode`).
+    """
+    apply_offline_mode()
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "SHAREZOO_OFFLINE"))
 
 
@@ -242,11 +291,17 @@ def try_pretrained_backbone(create, description: str):
     """Build a backbone with its library's pretrained weights when reachable (online or cached), else random.
 
     ``create(pretrained: bool)`` builds it (timm/open_clip/...); a failure to fetch logs a warning and falls
-    back to random init, so offline machines still build the architecture.
+    back to random init, so offline machines still build the architecture. Offline, no socket connect is made.
     """
     try:
+        if is_offline():  # cached weights still load; nothing is fetched, whatever the library would try
+            with no_network():
+                return create(pretrained=True)
         return create(pretrained=True)
     except Exception as e:  # noqa: BLE001
         _logger.warning("pretrained weights for %s unavailable (%s: %s); using random init",
                         description, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
         return create(pretrained=False)
+
+
+apply_offline_mode()  # at ``zoo`` import: libraries imported later read their offline flags from the environment

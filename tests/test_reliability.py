@@ -1,0 +1,136 @@
+"""Reliability guarantees (issue 15), one test each; ``docs/reliability.md`` maps each guarantee to its test."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import zoo
+from zoo._pretrained import sha256_file, try_pretrained_backbone
+from zoo._registry import _model_entrypoints, _pretrained_cfgs
+
+# --- item 5: SHAREZOO_OFFLINE is really offline -------------------------------------------------------------------
+
+
+@pytest.fixture()
+def offline_project_flag_only(monkeypatch):
+    """Only ``SHAREZOO_OFFLINE=1`` set (the hub's own flags unset and its import-time constant off), every socket
+    connect and DNS lookup recorded and refused. Yields the list of attempted addresses."""
+    import huggingface_hub.constants as hub_constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SHAREZOO_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # as if the hub were imported without its flag
+    attempts: list = []
+
+    def record(*args, **kwargs):  # noqa: ARG001
+        attempts.append(args[1] if len(args) > 1 and isinstance(args[0], socket.socket) else args[:2])
+        raise OSError(f"test: no network ({args!r})")
+
+    monkeypatch.setattr(socket.socket, "connect", record)
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    yield attempts
+
+
+def test_project_offline_flag_implies_library_offline_modes(offline_project_flag_only, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+
+    assert zoo.is_offline()
+    assert hub_constants.HF_HUB_OFFLINE is True and huggingface_hub.is_offline_mode()
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_project_offline_flag_keeps_an_explicit_user_setting(monkeypatch):
+    monkeypatch.setenv("SHAREZOO_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    import os
+
+    zoo.is_offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+class _Toy(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+
+
+@pytest.fixture()
+def hub_only_toy(tmp_path):
+    """``ztest_rel_toy`` with a weight that lives only on the hub (not cached here)."""
+
+    @zoo.register_model
+    def ztest_rel_toy(pretrained=False, **kwargs):
+        """A toy model whose only weight is on the hub."""
+        return zoo.build_model(_Toy, "ztest_rel_toy", pretrained, dict(width=4), **kwargs)
+
+    src = tmp_path / "model.safetensors"
+    save_file(_Toy().state_dict(), str(src))
+    zoo.register_pretrained_cfgs({"ztest_rel_toy.v1": zoo.PretrainedCfg(sha256=sha256_file(src),
+                                                                         hf_hub_id="sharezoo-test/never-there")})
+    yield
+    _model_entrypoints.pop("ztest_rel_toy", None)
+    _pretrained_cfgs.pop("ztest_rel_toy", None)
+
+
+def test_offline_create_model_pretrained_miss_is_a_clear_error_without_network(offline_project_flag_only, hub_only_toy):
+    with pytest.raises(zoo.PretrainedWeightsError, match="not cached and downloads are off"):
+        zoo.create_model("ztest_rel_toy", pretrained=True)
+    assert offline_project_flag_only == []
+
+
+def test_offline_timm_backbone_with_pretrained_weights_makes_no_connect(offline_project_flag_only, monkeypatch,
+                                                                         tmp_path):
+    import huggingface_hub.constants as hub_constants
+    import timm
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty hub cache: a miss
+    net = try_pretrained_backbone(
+        lambda pretrained: timm.create_model("test_resnet.r160_in1k", pretrained=pretrained, num_classes=0),
+        "test backbone")
+    assert isinstance(net, nn.Module)
+    assert offline_project_flag_only == []
+
+
+def test_offline_url_only_library_weights_make_no_connect(offline_project_flag_only):
+    """A library that fetches from a plain url (torch.hub, open_clip, timm url weights) is refused before DNS."""
+
+    def create(pretrained: bool):
+        if pretrained:
+            socket.create_connection(("example.invalid", 443), timeout=1)
+        return nn.Linear(2, 2)
+
+    assert isinstance(try_pretrained_backbone(create, "url-only backbone"), nn.Linear)
+    assert offline_project_flag_only == []
+
+
+def test_offline_build_causal_lm_with_a_hub_id_makes_no_connect(offline_project_flag_only, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+    from zoo.llm import build_causal_lm
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded here"):
+        build_causal_lm("sharezoo-test/never-there-lm")
+    assert offline_project_flag_only == []
+
+
+def test_offline_cached_pretrained_still_loads(offline_project_flag_only, hub_only_toy):
+    cfg = zoo.get_pretrained_cfg("ztest_rel_toy")
+    from zoo._pretrained import cache_path
+
+    ref = _Toy()
+    dest = cache_path("ztest_rel_toy.v1", cfg)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ref.state_dict(), str(dest))
+    cfg.sha256 = sha256_file(dest)
+    m = zoo.create_model("ztest_rel_toy", pretrained=True)
+    assert torch.equal(m.lin.weight, ref.lin.weight)
+    assert offline_project_flag_only == []

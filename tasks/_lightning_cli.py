@@ -85,6 +85,10 @@ def shorten_class_error(message: str) -> str:
     return out
 
 
+#: ``--ckpt_path`` value: resume from the last checkpoint when there is one, else train from scratch
+LAST_IF_ANY = "last-if-any"
+
+
 class ZooArgumentParser(LightningArgumentParser):
     """A parse error prints one message (with the nearest valid option) instead of the whole usage; with
     ``JSONARGPARSE_DEBUG`` set (``sharezoo --debug``) it raises as jsonargparse does."""
@@ -135,6 +139,30 @@ class ZooCLI(LightningCLI):
 
             kwargs["callbacks"] = [*callbacks, ZooProgressBar()]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` with no last checkpoint is an error (exit 2); ``last-if-any`` resumes or starts fresh."""
+        cfg = self.config_init[self.subcommand]
+        wanted = cfg.get("ckpt_path")
+        if wanted not in ("last", LAST_IF_ANY):
+            return
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        found = set()
+        for cb in self.trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                found |= cb._find_last_checkpoints(self.trainer)  # the folders Lightning itself searches
+        if found:
+            cfg["ckpt_path"] = "last"
+        elif wanted == LAST_IF_ANY:
+            cfg["ckpt_path"] = None
+        else:
+            where = ", ".join(str(cb.dirpath or Path(self.trainer.default_root_dir) / "checkpoints")
+                              for cb in self.trainer.checkpoint_callbacks) or "(no ModelCheckpoint callback)"
+            sys.stderr.write(f"sharezoo fit: error: --ckpt_path last, but there is no last checkpoint under {where}. "
+                             f"Nothing was trained. To resume when there is one and start fresh otherwise, pass "
+                             f"--ckpt_path {LAST_IF_ANY}.\n")
+            sys.exit(2)
 
     def after_fit(self) -> None:
         print_summary(self.trainer, "fit", time.perf_counter() - self._t0)

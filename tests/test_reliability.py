@@ -134,3 +134,36 @@ def test_offline_cached_pretrained_still_loads(offline_project_flag_only, hub_on
     m = zoo.create_model("ztest_rel_toy", pretrained=True)
     assert torch.equal(m.lin.weight, ref.lin.weight)
     assert offline_project_flag_only == []
+
+
+# --- item 4 (part): `--ckpt_path last` without a checkpoint --------------------------------------------------------
+
+
+def _fit_args(root, data) -> list[str]:
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "fusionreid" / "demo.yaml"
+    return ["fit", "--config", str(demo), "--trainer.default_root_dir", str(root), "--data.init_args.root", str(data),
+            "--trainer.max_epochs", "-1", "--trainer.max_steps", "1", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false"]
+
+
+def test_fit_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, capsys):
+    from tasks._lightning_cli import lightning_cli
+
+    with pytest.raises(SystemExit) as e:
+        lightning_cli([*_fit_args(tmp_path / "run", tmp_path / "data"), "--ckpt_path", "last"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no last checkpoint under" in err and "last-if-any" in err
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # nothing trained
+
+
+def test_fit_ckpt_path_last_if_any_starts_fresh_then_resumes(tmp_path):
+    from tasks._lightning_cli import lightning_cli
+
+    args = [*_fit_args(tmp_path / "run", tmp_path / "data"), "--ckpt_path", "last-if-any"]
+    first = lightning_cli(args)
+    assert first.trainer.global_step == 1 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    second = lightning_cli([*args, "--trainer.max_steps", "2"])
+    assert second.trainer.ckpt_path and second.trainer.global_step == 2

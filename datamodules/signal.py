@@ -658,6 +658,9 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.ecg_channels = tuple(ecg_channels or ECG_ALIASES)
         self.ppg_channels = tuple(ppg_channels or PPG_ALIASES)
         self.target_fs, self.window_s = float(fs), float(window_s)
+        if not (self.target_fs > 0 and self.window_s > 0) or self.window_s * self.target_fs < 1:
+            raise ValueError(f"fs ({fs}) and window_s ({window_s}) must be positive, and a window at least one sample "
+                             f"(window_s * fs = {self.window_s * self.target_fs:g})")
         self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None else ()))
         self.ppg_band, self.ecg_highpass, self.ecg_notch = ppg_band, ecg_highpass, ecg_notch
         self.flat_threshold, self.max_flat_fraction, self.flat_method = flat_threshold, max_flat_fraction, flat_method
@@ -752,15 +755,17 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             "ecg_sqi_fraction", "step2_smooth", "savgol_ppg_window",
             "savgol_ecg_window", "savgol_order", "label_source",
             "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
-        } | {"version": 2}
+        } | {"version": 3}
 
     def _cache_key(self, recs: list[str]) -> str:
         h = hashlib.sha1(json.dumps(self._config(), sort_keys=True, default=str).encode())
         h.update(str(self.root.resolve()).encode())
         for r in (part for rec in recs for part in rec.split("+")):
             for p in sorted((self.root / r).parent.glob(Path(r).name + ".*")):
-                st = p.stat()
-                h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+                st = p.stat()  # full-resolution mtime; headers (small) by content, so a same-size rewrite is seen
+                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+                if p.suffix == ".hea":
+                    h.update(hashlib.sha1(p.read_bytes()).digest())
         if self.labels_csv and Path(self.labels_csv).is_file():
             h.update(Path(self.labels_csv).read_bytes())
         return h.hexdigest()[:16]

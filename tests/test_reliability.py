@@ -167,3 +167,75 @@ def test_fit_ckpt_path_last_if_any_starts_fresh_then_resumes(tmp_path):
     assert first.trainer.global_step == 1 and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     second = lightning_cli([*args, "--trainer.max_steps", "2"])
     assert second.trainer.ckpt_path and second.trainer.global_step == 2
+
+
+# --- item 3 (part): signal window cache staleness, argument validation ---------------------------------------------
+
+
+def _signal_copy(root):
+    import shutil
+
+    from datamodules.signal import BUNDLED_ROOT
+
+    root.mkdir(parents=True, exist_ok=True)
+    for ext in (".hea", ".dat", ".mat", ".atr"):
+        if (BUNDLED_ROOT / f"a103l{ext}").is_file():
+            shutil.copy(BUNDLED_ROOT / f"a103l{ext}", root / f"a103l{ext}")
+
+
+def test_signal_cache_key_sees_a_same_size_same_second_rewrite(tmp_path):
+    import os
+
+    from datamodules.signal import WFDBPairedSignalDataModule
+
+    root = tmp_path / "data"
+    _signal_copy(root)
+    dm = WFDBPairedSignalDataModule(root=str(root), records=["a103l"], cache_dir=str(tmp_path / "c"))
+    hea = root / "a103l.hea"
+    st = hea.stat()
+    before = dm._cache_key(["a103l"])
+    text = hea.read_text()
+    i = text.index(" 250 ") if " 250 " in text else None
+    new = text[:i] + " 125 " + text[i + 5:] if i is not None else text.replace("a", "b", 1)
+    assert len(new) == len(text) and new != text
+    hea.write_text(new)
+    os.utime(hea, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored: only the content differs
+    assert dm._cache_key(["a103l"]) != before
+    os.utime(hea, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))  # same second, other nanoseconds
+    hea.write_text(text)
+    os.utime(hea, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    assert dm._cache_key(["a103l"]) != before
+
+
+@pytest.mark.parametrize("bad", [{"window_s": 0}, {"fs": 0}, {"window_s": -1}, {"fs": -125}, {"window_s": 1e-6}])
+def test_signal_window_and_rate_must_be_positive(bad):
+    from datamodules.signal import WFDBPairedSignalDataModule
+
+    with pytest.raises(ValueError, match="must be positive"):
+        WFDBPairedSignalDataModule(**bad)
+
+
+# --- pickles are never executed ------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this would create a file (the shape of a real attack, not junk bytes)."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.target),)
+
+
+def test_a_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
+    from zoo._pretrained import load_state_dict_file
+
+    target = tmp_path / "pwned"
+    p = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(target)}, p)
+    with pytest.raises(zoo.PretrainedWeightsError, match="evil.pth"):
+        load_state_dict_file(p)
+    assert not target.exists()

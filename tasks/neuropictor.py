@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ._base import ZooTask
-from .metrics.fmri_recon import pixcorr, ssim_gray
+from .metrics.fmri_recon import reconstruction_metric_collection
 
 
 class NeuroPictorTask(ZooTask):
@@ -65,6 +65,11 @@ class NeuroPictorTask(ZooTask):
         self._scheduler = None
 
     def on_net_built(self) -> None:
+        # reconstruction metrics over every sampled batch, synchronised across ranks (not a mean of per-batch scores);
+        # SSIM needs its 11-px Gaussian window
+        ssim = int(getattr(self.net, "image_size", 0)) >= 11
+        self.recon_metrics = torch.nn.ModuleDict({
+            stage: reconstruction_metric_collection(ssim=ssim).clone(prefix=f"{stage}/") for stage in ("val", "test")})
         if self._freeze[0]:
             self.net.requires_grad_(False)
             for p in self._trainable():
@@ -154,10 +159,9 @@ class NeuroPictorTask(ZooTask):
         if batch_idx < self.val_sample_batches:
             images = self.generate(batch)
             target = ((batch["image"].float() + 1) / 2).clamp(0, 1)
-            scores = {f"{prefix}/pixcorr": pixcorr(images, target)}
-            if min(images.shape[-2:]) >= 11:  # SSIM's Gaussian window
-                scores[f"{prefix}/ssim"] = ssim_gray(images, target)
-            self.log_dict(scores, batch_size=bs)
+            metrics = self.recon_metrics[prefix]
+            metrics.update(images.float(), target)
+            self.log_dict(metrics, batch_size=bs)  # computed and reset at epoch end
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")

@@ -146,7 +146,7 @@ def test_synthetic_multi_subject_adapters(tmp_path):
         assert batch["fmri"].shape[1] == dm.subjects[batch["subject"][0]]
 
 
-def test_cli_fit_and_test_tiny(tmp_path):
+def test_cli_fit_and_test_tiny(tmp_path, capsys):
     from tasks.cli import main
 
     out = tmp_path / "run"
@@ -155,6 +155,8 @@ def test_cli_fit_and_test_tiny(tmp_path):
     ckpt = next(out.rglob("*.ckpt"))
     main(["test", "--config", str(ROOT / "configs/neuropictor/tiny.yaml"), "--trainer.default_root_dir", str(out),
           "--ckpt_path", str(ckpt)])
+    summary = capsys.readouterr().out
+    assert "test/pixcorr=" in summary  # the reconstruction metric collection, computed over every sampled batch
     from tasks.neuropictor import NeuroPictorAdapterTask
 
     task = NeuroPictorAdapterTask.load_from_checkpoint(ckpt, weights_only=False)

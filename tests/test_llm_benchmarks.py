@@ -1,20 +1,8 @@
 """The LLM benchmark scripts run in their CPU smoke mode and write well-formed JSON lines."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import load_benchmark
 
 
 @pytest.mark.parametrize("name,args", [
@@ -24,7 +12,7 @@ def _load(name):
 ])
 def test_benchmark_smoke(name, args, tmp_path):
     out = tmp_path / "r.jsonl"
-    assert _load(name).main(["--device", "cpu", "--tiny", "--out", str(out), *args]) == 0
+    assert load_benchmark(name).main(["--device", "cpu", "--tiny", "--out", str(out), *args]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert recs[-1]["kind"] == "done" and all("command" in r and "torch" in r for r in recs)
     points = [r for r in recs if r["kind"] == "point"]

@@ -49,16 +49,11 @@ def test_epd_equals_aggregated():
 
 
 def test_benchmark_smoke(tmp_path):
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("bench_epd", bench / "bench_epd.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from bench_loader import load_benchmark
+
+    mod = load_benchmark("bench_epd")
     out = tmp_path / "r.jsonl"
     assert mod.main(["--device", "cpu", "--tiny", "--requests", "3", "--out", str(out)]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]

@@ -122,16 +122,11 @@ def test_trained_reference_lm_identical(reference_lm):
 
 
 def test_benchmark_smoke(tmp_path, reference_lm):
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("bench_suffix_decoding", bench / "bench_suffix_decoding.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from bench_loader import load_benchmark
+
+    mod = load_benchmark("bench_suffix_decoding")
     out = tmp_path / "r.jsonl"
     assert mod.main(["--device", "cpu", "--tiny", "--model", str(reference_lm), "--out", str(out),
                      "--methods", "plain,suffix"]) == 0

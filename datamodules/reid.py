@@ -360,6 +360,8 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: sampler / augmentation seed.
         synthetic_if_missing: write a small synthetic dataset in this layout under ``root`` when none is found
             (demo and tests; never for real experiments); only into an absent, empty or synthetic-labelled root.
+            True or 'pedestrians': drawn pedestrians; 'photo_patches': regions of the shipped real photographs seen
+            through synthetic cameras, training and test identities from disjoint photos (market1501 layout only).
         preprocessing_model: a zoo model name (``arch[.tag]``) whose preprocessing (``zoo.resolve_data_config``:
             input size, mean/std, resize interpolation) fills ``image_size``, ``mean``, ``std`` and ``interpolation``
             left None; ``sharezoo`` fills it with the task's ``model`` when the config leaves it out.
@@ -382,7 +384,7 @@ class ReIDDataModule(pl.LightningDataModule):
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
         seed: int = 1111,
-        synthetic_if_missing: bool = False,
+        synthetic_if_missing: bool | str = False,
         preprocessing_model: str | None = None,
         interpolation: str | None = None,
     ) -> None:
@@ -435,7 +437,8 @@ class ReIDDataModule(pl.LightningDataModule):
 
             _logger.warning("no %s dataset under %s: writing a SYNTHETIC one (synthetic_if_missing=True)",
                             self.layout, self.root)
-            ensure_demo_reid(self.root, self.layout)
+            kind = "pedestrians" if self.hparams.synthetic_if_missing is True else self.hparams.synthetic_if_missing
+            ensure_demo_reid(self.root, self.layout, kind=kind)
 
     def prepare_data(self) -> None:
         self._ensure_present()

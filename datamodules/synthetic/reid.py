@@ -3,7 +3,13 @@
 Person ReID (:func:`write_reid_dataset`): every identity is a fixed "outfit" (hair, shirt, trousers, shoes colours,
 an optional stripe and bag side) drawn as a pedestrian silhouette; each image adds a camera-specific brightness and
 tint, a small random shift/scale and pixel noise, and is saved as JPEG under the official file names of the layout,
-including junk (-1) and distractor (0000) gallery images for Market-1501. The folders written carry the
+including junk (-1) and distractor (0000) gallery images for Market-1501.
+
+Photo-patch ReID (:func:`write_photo_reid_dataset`, the results recipe of issue 16): the pixels are REAL photographs
+(the ones scikit-image and scikit-learn ship), the views are SYNTHETIC. Every identity is one region of one photograph;
+each image of it is a crop re-drawn with a random shift / scale / rotation (viewpoint) and a fixed per-camera
+brightness, tint, gamma, blur, noise and JPEG quality. Identities of one photo are hard negatives of each other;
+training and test identities come from disjoint photographs. The folders written carry the
 ``SYNTHETIC.md`` marker; the writers refuse folders holding anything they did not write and never overwrite a file.
 """
 from __future__ import annotations
@@ -16,7 +22,8 @@ import numpy as np
 
 from ._owned import claim, fresh, is_synthetic
 
-__all__ = ["write_reid_dataset", "ensure_demo_reid", "DEMO_REID", "person_image"]
+__all__ = ["write_reid_dataset", "ensure_demo_reid", "DEMO_REID", "person_image", "write_photo_reid_dataset",
+           "load_photo", "photo_view", "PHOTOS", "PHOTO_SPLIT", "DEMO_PHOTO_REID"]
 
 #: the demo dataset's size (Market-1501 layout): enough identities for a meaningful mAP, small enough for a CPU
 DEMO_REID: dict[str, Any] = dict(num_train_ids=24, num_test_ids=12, train_images_per_id=8, gallery_images_per_id=5,
@@ -170,10 +177,15 @@ def write_reid_dataset(
     return d
 
 
-def ensure_demo_reid(root: str | Path, layout: str = "market1501") -> Path:
+def ensure_demo_reid(root: str | Path, layout: str = "market1501", kind: str = "pedestrians") -> Path:
     """The demo ReID dataset (``layout``, :data:`DEMO_REID` sizes) under ``root``, written on first use; returns its
     dataset folder. Writes only into an absent, empty or synthetic-labelled ``root`` (see :func:`write_reid_dataset`).
+    ``kind='photo_patches'``: the photo-patch set (:data:`DEMO_PHOTO_REID`, Market-1501 layout only).
     """
+    if kind not in ("pedestrians", "photo_patches"):
+        raise ValueError(f"unknown demo ReID kind {kind!r}: pedestrians | photo_patches")
+    if kind == "photo_patches" and layout != "market1501":
+        raise ValueError("the photo-patch demo set is written in the market1501 layout only")
     from .._reid_layout import LAYOUTS, find_dataset_dir
 
     d = Path(root) / LAYOUTS[layout]["dirs"][0]
@@ -182,4 +194,163 @@ def ensure_demo_reid(root: str | Path, layout: str = "market1501") -> Path:
             return find_dataset_dir(d, layout)
         except FileNotFoundError:
             pass  # an interrupted write: write_reid_dataset refuses to overwrite its files and says so
+    if kind == "photo_patches":
+        return write_photo_reid_dataset(root, **DEMO_PHOTO_REID)
     return write_reid_dataset(root, layout, **DEMO_REID)
+
+
+# ------------------------------------------------------------------------------------- photo-patch ReID (issue 16)
+#: the photographs shipped with scikit-image (``skimage.data.<name>``) and scikit-learn (``sklearn:<file>``), offline
+PHOTOS: tuple[str, ...] = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "sklearn:china.jpg",
+    "camera", "moon", "brick", "grass", "page", "motorcycle", "retina", "sklearn:flower.jpg", "coins", "gravel",
+    "text")
+#: the default split by photograph (no photograph in both): 12 training photos, 6 held-out test photos
+PHOTO_SPLIT: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+              "sklearn:china.jpg", "camera", "moon", "brick", "grass", "page"),
+    "test": ("motorcycle", "retina", "sklearn:flower.jpg", "coins", "gravel", "text"),
+}
+#: the CPU demo's sizes (``ReIDDataModule(synthetic_if_missing='photo_patches')``)
+DEMO_PHOTO_REID: dict[str, Any] = dict(train_photos=PHOTO_SPLIT["train"], test_photos=PHOTO_SPLIT["test"],
+                                       train_ids_per_photo=10, test_ids_per_photo=8, train_images_per_id=6,
+                                       gallery_images_per_id=4, num_distractors=48, num_cameras=6, seed=0)
+
+
+def load_photo(name: str, min_side: int = 384) -> np.ndarray:
+    """A shipped photograph as (H, W, 3) uint8, resized so that its shorter side is at most ``min_side``."""
+    import cv2
+
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(name.split(":", 1)[1])
+    elif name == "motorcycle":
+        import skimage.data
+
+        img = skimage.data.stereo_motorcycle()[0]
+    else:
+        import skimage.data
+
+        img = getattr(skimage.data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    img = np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+    scale = min_side / min(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def _anchors(img: np.ndarray, n: int, rng: np.random.Generator, min_std: float = 12.0, tries: int = 20000
+             ) -> list[tuple[float, float, float]]:
+    """``n`` identity regions (centre x, centre y, box height; width = height / 2) with texture, spread out."""
+    H, W = img.shape[:2]
+    gray = img.mean(-1)
+    out: list[tuple[float, float, float]] = []
+    for _ in range(tries):
+        if len(out) == n:
+            break
+        bh = rng.uniform(0.25, 0.5) * min(H, W)
+        cx, cy = rng.uniform(bh / 4, W - bh / 4), rng.uniform(bh / 2, H - bh / 2)
+        y0, y1, x0, x1 = int(cy - bh / 2), int(cy + bh / 2), int(cx - bh / 4), int(cx + bh / 4)
+        if gray[max(y0, 0):y1, max(x0, 0):x1].std() < min_std:
+            continue  # flat (sky, black border): not identifiable
+        if any(np.hypot(cx - ax, cy - ay) < 0.25 * max(bh, ah) for ax, ay, ah in out):
+            continue
+        out.append((cx, cy, bh))
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} of {n} textured regions found in a {H}x{W} photo; ask for fewer")
+    return out
+
+
+def _camera(camera: int) -> dict[str, Any]:
+    r = np.random.default_rng(2000 + camera)  # fixed per camera
+    return {"bright": r.uniform(0.7, 1.25), "tint": 1.0 + 0.25 * (r.random(3) - 0.5), "gamma": r.uniform(0.75, 1.35),
+            "blur": r.uniform(0.0, 1.2), "noise": r.uniform(2.0, 9.0), "jpeg": int(r.integers(35, 90))}
+
+
+def photo_view(img: np.ndarray, anchor: tuple[float, float, float], camera: int, rng: np.random.Generator,
+               size: tuple[int, int] = (128, 64)) -> np.ndarray:
+    """One (H, W, 3) uint8 view of the region ``anchor`` of ``img`` seen by ``camera`` (synthetic view of real pixels).
+    """
+    import cv2
+
+    H, W = size
+    cx, cy, bh = anchor
+    cx += rng.uniform(-0.12, 0.12) * bh / 2
+    cy += rng.uniform(-0.12, 0.12) * bh
+    s = H / (bh * rng.uniform(0.8, 1.25))  # source -> output scale
+    M = cv2.getRotationMatrix2D((cx, cy), rng.uniform(-12, 12), s)
+    M[:, 2] += (W / 2 - cx, H / 2 - cy)
+    out = cv2.warpAffine(img, M, (W, H), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+    cam = _camera(camera)
+    if cam["blur"] > 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), cam["blur"])
+    out = 255.0 * (np.clip(out / 255.0, 0, 1) ** cam["gamma"]) * cam["bright"] * cam["tint"]
+    out = np.clip(out + rng.normal(0, cam["noise"], out.shape), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, cam["jpeg"]])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def write_photo_reid_dataset(
+    root: str | Path,
+    train_photos: tuple[str, ...] | list[str] = PHOTO_SPLIT["train"],
+    test_photos: tuple[str, ...] | list[str] = PHOTO_SPLIT["test"],
+    train_ids_per_photo: int = 10,
+    test_ids_per_photo: int = 8,
+    train_images_per_id: int = 6,
+    gallery_images_per_id: int = 4,
+    num_distractors: int = 48,
+    num_cameras: int = 6,
+    size: tuple[int, int] = (128, 64),
+    seed: int = 0,
+) -> Path:
+    """Write a photo-patch ReID dataset (real photographs, synthetic views) in the Market-1501 layout.
+
+    Split rule: training identities are regions of ``train_photos``, query/gallery identities and distractors
+    (pid 0, random regions) of ``test_photos``; the two lists must be disjoint. Each test identity gets one query
+    (camera 0 or 1) and ``gallery_images_per_id`` gallery images, one of them from the query's camera (removed by the
+    protocol). Writes ``root/market1501/{bounding_box_train,query,bounding_box_test}`` plus ``photo_ids.csv``
+    (pid, photo) and returns the dataset folder; ``root`` must be absent, empty or labelled synthetic.
+    """
+    overlap = set(train_photos) & set(test_photos)
+    if overlap:
+        raise ValueError(f"photos in both splits: {sorted(overlap)}")
+    claim(root, "write_photo_reid_dataset")
+    d = claim(Path(root) / "market1501", "write_photo_reid_dataset")
+    rng = np.random.default_rng(seed)
+    dirs = {"train": d / "bounding_box_train", "query": d / "query", "gallery": d / "bounding_box_test"}
+    for p in dirs.values():
+        p.mkdir(parents=True, exist_ok=True)
+    rows = ["pid,photo,split"]
+    pid = 0
+    per_photo = -(-num_distractors // len(test_photos)) if test_photos else 0
+    distractors: list[tuple[np.ndarray, tuple[float, float, float]]] = []
+    for split, photos, n_ids in (("train", train_photos, train_ids_per_photo), ("test", test_photos,
+                                                                                  test_ids_per_photo)):
+        for photo in photos:
+            img = load_photo(photo)
+            anchors = _anchors(img, n_ids + (per_photo if split == "test" else 0), rng)
+            distractors += [(img, a) for a in anchors[n_ids:]]  # regions apart from every identity's region
+            for anchor in anchors[:n_ids]:
+                pid += 1
+                rows.append(f"{pid},{photo},{split}")
+                if split == "train":
+                    for k in range(train_images_per_id):
+                        cam = int(rng.integers(num_cameras))
+                        _save(dirs["train"] / _name("market1501", pid, cam, k), photo_view(img, anchor, cam, rng, size))
+                    continue
+                qcam = int(rng.integers(2))
+                _save(dirs["query"] / _name("market1501", pid, qcam, 10_000), photo_view(img, anchor, qcam, rng, size))
+                cams = [(qcam + 1 + int(rng.integers(num_cameras - 1))) % num_cameras
+                        for _ in range(gallery_images_per_id)]
+                cams[-1] = qcam  # one same-camera image: removed by the protocol
+                for j, cam in enumerate(cams):
+                    _save(dirs["gallery"] / _name("market1501", pid, cam, 10_001 + j),
+                          photo_view(img, anchor, cam, rng, size))
+    for j, (img, anchor) in enumerate(distractors[:num_distractors]):  # other regions of the test photos: pid 0
+        cam = int(rng.integers(num_cameras))
+        _save(dirs["gallery"] / _name("market1501", 0, cam, 20_000 + j), photo_view(img, anchor, cam, rng, size))
+    fresh(d / "photo_ids.csv", "write_photo_reid_dataset").write_text("\n".join(rows) + "\n")
+    return d

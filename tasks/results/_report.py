@@ -1,0 +1,71 @@
+"""Shared bits of the results recipes: config loading, the machine / commit stamp, markdown tables."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+__all__ = ["load_config", "stamp", "markdown_table", "write_json", "merge"]
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``over`` (new dict)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A results config (YAML); ``include: other.yaml`` (relative to the file) is read first and updated."""
+    path = Path(path)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    inc = cfg.pop("include", None)
+    if inc:
+        cfg = merge(load_config(path.parent / inc), cfg)
+    return merge(cfg, overrides or {})
+
+
+def stamp(module: str) -> dict[str, str]:
+    """Commit, machine, versions and the command (``python -m <module> <args>``) of this run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+        commit += " (+uncommitted changes)" if dirty else ""
+    except OSError:
+        commit = "unknown"
+    if torch.cuda.is_available():
+        machine = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    else:
+        import os
+
+        machine = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
+                  f"{torch.get_num_threads()})"
+    return {"commit": commit, "machine": machine, "python": sys.version.split()[0], "torch": torch.__version__,
+            "command": " ".join(["python -m", module, *sys.argv[1:]])}
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """``columns`` = (key, header, format spec); missing values print as n/a."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = []
+    for r in rows:
+        cells = []
+        for k, _, fmt in columns:
+            v = r.get(k)
+            cells.append("n/a" if v is None else (format(v, fmt) if fmt else str(v)))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")

@@ -1,0 +1,398 @@
+"""NEO — "From Pixels to Words: Towards Native Vision-Language Primitives at Scale" (arXiv 2510.14979).
+
+An encoder-free ("native") VLM: pixels go through a two-convolution patch embedding (:class:`PatchEmbedding`, one
+token per 32×32 px) straight into one decoder-only stack — a transformers Qwen3 causal LM whose layers use native
+attention (:class:`NativeAttention`: Q/K = [T | H | W], one temporal index per image, H/W on row/column; the mixed
+mask) with E fresh *pre-Buffer* layers stacked below the LLM's own layers (indices 0..E-1; the LLM's are E..E+L-1).
+
+Reads top-down: the model -> stage freezing -> initialisation from a plain Qwen3 -> the upstream checkpoint
+converter -> the card -> the entrypoints. The primitives are in :mod:`zoo.neo_layers`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._builder import build_model
+from ._data_config import register_data_config
+from ._registry import register_model
+from .llm.causal_lm import build_causal_lm, causal_lm_config
+from .neo_layers import (
+    NativeAttention,
+    NativeMask,
+    NativeRope,
+    PatchEmbedding,
+    TokenIds,
+    native_positions,
+    patchify,
+    smart_resize,
+)
+
+__all__ = ["NEO", "NEOOutput", "PatchEmbedding", "checkpoint_filter_fn", "patchify", "qwen3_to_neo", "smart_resize"]
+
+#: ImageNet statistics (NEO normalises with them by default)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: pixel bounds of the smart resize per stage (pretraining; mid-training / SFT)
+PIXEL_BOUNDS = {"pt": (256 * 256, 2048 * 2048), "mt": (256 * 256, 4096 * 4096), "sft": (256 * 256, 4096 * 4096)}
+STAGES = ("pt", "mt", "sft")
+
+
+@dataclass
+class NEOOutput:
+    """What :class:`NEO` returns.
+
+    Args:
+        hidden: (B, L, hidden) final-norm hidden states.
+        logits: (B, L, vocab) or None (``return_hidden=True``: apply :meth:`NEO.logits` to the positions you need).
+        cache: the KV cache (``use_cache=True``).
+    """
+
+    hidden: torch.Tensor
+    logits: torch.Tensor | None = None
+    cache: Any = None
+
+
+class NEO(nn.Module):
+    """NEO: patch embedding + a Qwen3 decoder with native attention and E pre-Buffer layers.
+
+    Args:
+        vocab_size: vocabulary size (ids of the tokenizer, image tokens included).
+        hidden_size: decoder hidden size.
+        intermediate_size: MLP size.
+        num_hidden_layers: layers of the LLM (Qwen3's own), without the pre-Buffer.
+        num_buffer_layers: E, the pre-Buffer layers below the LLM (12 for NEO-2.2B, 6 for NEO-9B; 0: none).
+        num_attention_heads: query heads.
+        num_key_value_heads: key/value heads (GQA).
+        head_dim: per-head dim of the T branch and of V (the H and W branches get head_dim / 2 each).
+        rope_theta: θ of the T branch (Qwen3: 1e6).
+        rope_theta_hw: θ of the H and W branches.
+        rms_norm_eps: RMSNorm epsilon.
+        tie_word_embeddings: tie the LM head to the word embedding (Qwen3-1.7B: yes; 8B: no).
+        max_position_embeddings: Qwen3 config field (RoPE here is computed for any position).
+        vision_width: channels of the first patch convolution (1024).
+        patch_size: first convolution's kernel / stride (16).
+        downsample: second convolution's kernel / stride (2): tokens cover (patch_size·downsample)² px.
+        rope_theta_vision: θ of the 2-D RoPE on the patch features.
+        image_token_ids: ids of ``<img>``, ``<IMG_CONTEXT>``, ``</img>``.
+        native_rope: the H/W branch and one t per image (False: the 1-D RoPE ablation — plain Qwen3 attention,
+            image tokens get consecutive t).
+        mixed_mask: bidirectional attention inside an image (False: the fully causal ablation).
+        attn_backend: ``flex`` (FlexAttention with a block mask; compiled on CUDA) or ``sdpa`` (the same mask as a
+            dense boolean tensor).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 151936,
+        hidden_size: int = 2048,
+        intermediate_size: int = 6144,
+        num_hidden_layers: int = 28,
+        num_buffer_layers: int = 12,
+        num_attention_heads: int = 16,
+        num_key_value_heads: int = 8,
+        head_dim: int = 128,
+        rope_theta: float = 1e6,
+        rope_theta_hw: float = 1e4,
+        rms_norm_eps: float = 1e-6,
+        tie_word_embeddings: bool = True,
+        max_position_embeddings: int = 40960,
+        vision_width: int = 1024,
+        patch_size: int = 16,
+        downsample: int = 2,
+        rope_theta_vision: float = 1e4,
+        image_token_ids: tuple[int, int, int] | list[int] = (151669, 151670, 151671),
+        native_rope: bool = True,
+        mixed_mask: bool = True,
+        attn_backend: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        if attn_backend not in ("flex", "sdpa"):
+            raise ValueError(f"attn_backend must be 'flex' or 'sdpa', got {attn_backend!r}")
+        if head_dim % 4:
+            raise ValueError(f"head_dim {head_dim} must be divisible by 4 (H and W halves of rotary pairs)")
+        if max(image_token_ids) >= vocab_size:
+            raise ValueError(f"image_token_ids {tuple(image_token_ids)} must be < vocab_size {vocab_size}")
+        self.num_buffer_layers, self.num_llm_layers = num_buffer_layers, num_hidden_layers
+        self.native_rope, self.mixed_mask, self.attn_backend = native_rope, mixed_mask, attn_backend
+        self.ids = TokenIds(*(int(i) for i in image_token_ids))
+        self.config = causal_lm_config(
+            "qwen3", vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_buffer_layers + num_hidden_layers, num_attention_heads=num_attention_heads,
+            num_key_value_heads=num_key_value_heads, head_dim=head_dim, rope_theta=rope_theta,
+            rms_norm_eps=rms_norm_eps, tie_word_embeddings=tie_word_embeddings,
+            max_position_embeddings=max_position_embeddings, attention_bias=False, use_sliding_window=False)
+        self.vision = PatchEmbedding(hidden_size, vision_width, patch_size, downsample, rope_theta_vision)
+        self.lm = build_causal_lm(self.config)  # transformers Qwen3ForCausalLM; its attention is swapped below
+        for i, layer in enumerate(self.lm.model.layers):
+            layer.self_attn = NativeAttention(self.config, i, hw=native_rope)
+            init_fresh_layer(layer, i, self.config.initializer_range)
+        self.rope = NativeRope(head_dim, rope_theta, rope_theta_hw)
+
+    # ------------------------------------------------------------------------------------------------- forward
+    @property
+    def token_px(self) -> int:
+        """Pixels per token side (32 in the paper)."""
+        return self.vision.token_px
+
+    def layout(self, input_ids: torch.Tensor, grids: torch.Tensor | None,
+               doc_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, h, w) positions (3, B, L) and image ids (B, L) of a packed batch (:func:`native_positions`)."""
+        return native_positions(input_ids, grids, self.ids, doc_ids, one_t_per_image=self.native_rope)
+
+    def mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor, q_len: int, backend: str | None = None):
+        """The attention mask for the backend: a FlexAttention ``BlockMask`` or a dense (B, 1, q, Lk) boolean."""
+        m = NativeMask(doc_ids, image_ids if self.mixed_mask else torch.full_like(image_ids, -1), q_len)
+        return m.block_mask() if (backend or self.attn_backend) == "flex" else m.dense()
+
+    def embed(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None) -> tuple[torch.Tensor, Any]:
+        """Word embeddings with every ``<IMG_CONTEXT>`` replaced by the images' patch tokens (in order)."""
+        emb = self.lm.model.embed_tokens(input_ids)
+        ctx = input_ids == self.ids.context
+        if not images:
+            if ctx.any():
+                raise ValueError(f"{int(ctx.sum())} <IMG_CONTEXT> tokens but no images")
+            return emb, None
+        tokens, grids = self.vision(images)
+        if tokens.shape[0] != int(ctx.sum()):
+            raise ValueError(f"{tokens.shape[0]} image tokens from {len(images)} images but {int(ctx.sum())} "
+                             "<IMG_CONTEXT> tokens in input_ids")
+        return emb.masked_scatter(ctx[..., None], tokens.to(emb.dtype)), grids
+
+    def forward(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None,
+                doc_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool = False,
+                return_hidden: bool = False) -> NEOOutput:
+        """Logits (or hidden states) of a packed batch.
+
+        Args:
+            input_ids: (B, L) token ids, each image as ``<img>`` + N × ``<IMG_CONTEXT>`` + ``</img>``.
+            images: the normalised (3, H, W) images in order of appearance (row-major over the batch).
+            doc_ids: (B, L) packed-document index of each token (None: one document per row); a query never sees
+                another document's keys, and t restarts per document.
+            cache: a transformers ``DynamicCache`` from an earlier call (decoding: t continues, plain causal mask).
+            use_cache: return a cache (a new one when ``cache`` is None).
+            return_hidden: skip the LM head (``logits`` None).
+        """
+        from transformers import DynamicCache
+
+        if doc_ids is None:
+            doc_ids = torch.zeros_like(input_ids)
+        emb, grids = self.embed(input_ids, images)
+        state = getattr(cache, "neo_state", None)
+        if state is None:  # prefill: native positions and the mixed mask
+            thw, image_ids = self.layout(input_ids, grids, doc_ids)
+            kv_doc, kv_img = doc_ids, image_ids
+            mask = self.mask(doc_ids, image_ids, input_ids.shape[1])
+        else:  # decoding: text continues at the next t, causal over the cache
+            if grids is not None:
+                raise ValueError("images after the prefill are not supported (give them in the first call)")
+            q = input_ids.shape[1]
+            t = state["next_t"][:, None] + torch.arange(q, device=input_ids.device)
+            thw = torch.stack((t, torch.zeros_like(t), torch.zeros_like(t)))
+            kv_doc = torch.cat((state["doc"], doc_ids), 1)
+            kv_img = torch.cat((state["img"], torch.full_like(doc_ids, -1)), 1)
+            mask = self.mask(kv_doc, kv_img, q, backend="sdpa")
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        pos = self.rope(thw, emb.dtype)
+        h = emb
+        for layer in self.lm.model.layers:
+            h = layer(h, attention_mask=mask, position_embeddings=pos, cache=cache if use_cache else None)
+        h = self.lm.model.norm(h)
+        if use_cache:
+            cache.neo_state = {"doc": kv_doc, "img": kv_img, "next_t": thw[0].max(1).values + 1}
+        return NEOOutput(hidden=h, logits=None if return_hidden else self.logits(h), cache=cache if use_cache else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head."""
+        return self.lm.lm_head(hidden)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,
+                 eos_id: int | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding with the KV cache: the prompt is prefilled with the mixed mask, then every new token
+        attends causally with t continuing. Rows may be left-padded (give ``doc_ids`` -1 on the padding).
+
+        Returns:
+            (B, n) new token ids (after ``eos_id`` a row repeats ``eos_id``).
+        """
+        out = self(input_ids, images, doc_ids=doc_ids, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1].argmax(-1)
+        row_doc = (doc_ids[:, -1:] if doc_ids is not None else torch.zeros_like(input_ids[:, -1:]))
+        done = torch.zeros_like(nxt, dtype=torch.bool)
+        new = []
+        for _ in range(max_new_tokens):
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            new.append(nxt)
+            if eos_id is not None and bool(done.all()):
+                break
+            out = self(nxt[:, None], doc_ids=row_doc, cache=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1)
+        return torch.stack(new, 1)
+
+    def compile_regions(self) -> list[nn.Module]:
+        """The decoder layers (``compile: regional``)."""
+        return list(self.lm.model.layers)
+
+    # ------------------------------------------------------------------------------------------ stage freezing
+    def is_pt_trainable(self, name: str) -> bool:
+        """Whether parameter ``name`` trains in pretraining (PT): the patch embedding, the pre-Buffer layers, and
+        every H/W part (``q_proj_hw``, ``k_proj_hw``, ``q/k_norm_h``, ``q/k_norm_w``) of every layer."""
+        if name.startswith("vision."):
+            return True
+        m = re.match(r"lm\.model\.layers\.(\d+)\.", name)
+        if m and int(m.group(1)) < self.num_buffer_layers:
+            return True
+        return bool(re.search(r"\.(q|k)_(proj_hw|norm_h|norm_w)\.", name))
+
+    def set_stage(self, stage: str) -> list[str]:
+        """Freeze for a training stage (``pt``: only :meth:`is_pt_trainable` parameters; ``mt`` / ``sft``: all).
+
+        Returns:
+            the names of the trainable parameters.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        names = []
+        for n, p in self.named_parameters():
+            p.requires_grad_(stage != "pt" or self.is_pt_trainable(n))
+            if p.requires_grad:
+                names.append(n)
+        return names
+
+
+def init_fresh_layer(layer: nn.Module, index: int, std: float = 0.02) -> None:
+    """NEO's fresh-layer init: normal(0, std) for the q/k/v (T and H/W), gate and up projections; the output
+    projections (o_proj, down_proj) scaled to std / sqrt(2·(index + 1)); biases 0, norms 1."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0 if "norm" in name else 0.0)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0.0, std / (2 * (index + 1)) ** 0.5)
+            else:
+                p.normal_(0.0, std)
+
+
+# -------------------------------------------------------------------------------- init from a plain Qwen3 model
+def qwen3_to_neo(state_dict: dict[str, torch.Tensor], model: NEO) -> dict[str, torch.Tensor]:
+    """A full NEO state dict initialised from a plain Qwen3 causal LM's (``model.layers.{i}`` ...).
+
+    The LLM's layer i becomes layer E + i; ``q_proj_hw`` is built from ``q_proj``: per head, its 1st and 3rd
+    quarters (the first half of the rotary pairs) concatenated, then tiled ×2 (H and W); ``k_proj_hw`` is zero, so
+    the H/W scores start at 0 and text behaves as the plain Qwen3 does; the H/W norms are 1. The pre-Buffer layers
+    and the patch embedding keep ``model``'s fresh weights.
+    """
+    out = dict(model.state_dict())
+    e, d = model.num_buffer_layers, model.config.head_dim
+    for k, v in state_dict.items():
+        m = re.match(r"model\.layers\.(\d+)\.(.*)", k)
+        key = f"lm.model.layers.{int(m.group(1)) + e}.{m.group(2)}" if m else f"lm.{k}"
+        if key not in out:
+            if k.endswith("rotary_emb.inv_freq"):
+                continue
+            raise KeyError(f"Qwen3 key {k!r} has no NEO counterpart {key!r}")
+        out[key] = v
+    if model.native_rope:
+        for i in range(e, e + model.num_llm_layers):
+            pre = f"lm.model.layers.{i}.self_attn."
+            wq = out[pre + "q_proj.weight"].view(-1, d, out[pre + "q_proj.weight"].shape[-1])
+            half = torch.cat((wq[:, : d // 4], wq[:, d // 2: 3 * d // 4]), dim=1)
+            out[pre + "q_proj_hw.weight"] = half.repeat(1, 2, 1).reshape(-1, wq.shape[-1]).clone()
+            out[pre + "k_proj_hw.weight"] = torch.zeros_like(out[pre + "k_proj_hw.weight"])
+            for n in ("q_norm_h", "q_norm_w", "k_norm_h", "k_norm_w"):
+                out[pre + n + ".weight"] = torch.ones_like(out[pre + n + ".weight"])
+    if model.config.tie_word_embeddings:
+        out["lm.lm_head.weight"] = out["lm.model.embed_tokens.weight"]
+    return out
+
+
+# --------------------------------------------------------------------------------- upstream checkpoint converter
+_UPSTREAM = (("vision_model.embeddings.patch_embedding.", "vision.patch."),
+             ("vision_model.embeddings.dense_embedding.", "vision.merge."),
+             ("language_model.", "lm."))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: NEO) -> dict[str, torch.Tensor]:
+    """Map a released NEO checkpoint (VLMTrainKit layout: ``vision_model.embeddings.{patch,dense}_embedding``,
+    ``language_model.model.layers.{i}`` with pre-Buffer layers first) to this model's keys; a plain Qwen3 state dict
+    (``model.layers.{i}``) goes through :func:`qwen3_to_neo`; our own keys pass unchanged."""
+    if any(k.startswith("model.layers.") for k in state_dict):
+        return qwen3_to_neo(state_dict, model)
+    if not any(k.startswith(("vision_model.", "language_model.")) for k in state_dict):
+        return state_dict
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(("rotary_emb.inv_freq", "rotary_emb_hw.inv_freq", "cos_cached_x", "sin_cached_x",
+                       "cos_cached_y", "sin_cached_y")):
+            continue
+        for old, new in _UPSTREAM:
+            if k.startswith(old):
+                out[new + k[len(old):]] = v
+                break
+        else:
+            raise KeyError(f"unexpected key {k!r} in a NEO checkpoint (expected vision_model.embeddings.* or "
+                           "language_model.*)")
+    if model.config.tie_word_embeddings and "lm.lm_head.weight" not in out:
+        out["lm.lm_head.weight"] = out["lm.model.embed_tokens.weight"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ the card
+MODEL_CARD = {
+    "paper": "From Pixels to Words: Towards Native Vision-Language Primitives at Scale (NEO, ICLR 2026)",
+    "url": "https://arxiv.org/abs/2510.14979",
+    "code": "https://github.com/EvolvingLMMs-Lab/NEO",
+    "license": "Apache-2.0 (code); weights Paranioar/NEO1_0-* on the HF hub",
+    "reported_params_m": {"neo_2b": 2200.0, "neo_9b": 9000.0},
+    "deviations": [
+        "No released weights are loaded here (no network); checkpoint_filter_fn maps the VLMTrainKit key layout and "
+        "a plain Qwen3 state dict, tested on files the tests write.",
+        "Tokeniser: the GPT-2 BPE bundled here plus ChatML / image special tokens (no Qwen tokenizer installs "
+        "offline); the paper-size entrypoints keep Qwen3's 151,936-row vocabulary with placeholder image-token ids "
+        "(151669-151671), which a real Qwen tokenizer would replace.",
+        "rope_theta_vision defaults to 1e4 (the upstream config class); the training scripts pass 1000 — which one the "
+        "checkpoints use is not verified.",
+        "Attention: FlexAttention with a block mask (compiled on CUDA, eager elsewhere) or the same mask as a dense "
+        "boolean for SDPA (attn_backend); no padding to a multiple of 128 (recent FlexAttention takes any length).",
+        "Decoding: images only in the prefill; left-padded batches are masked through doc_ids (-1 on padding).",
+        "The 1-D RoPE ablation (native_rope=False) drops the H/W branch and gives image tokens consecutive t; it is "
+        "an ablation switch, not a paper model.",
+    ],
+}
+
+register_data_config("neo_2b", mean=IMAGENET_MEAN, std=IMAGENET_STD, token_px=32, pixel_bounds=PIXEL_BOUNDS)
+register_data_config("neo_9b", mean=IMAGENET_MEAN, std=IMAGENET_STD, token_px=32, pixel_bounds=PIXEL_BOUNDS)
+register_data_config("neo_tiny", mean=IMAGENET_MEAN, std=IMAGENET_STD, token_px=8)
+
+
+# ------------------------------------------------------------------------------------------------- entrypoints
+@register_model
+def neo_2b(pretrained: bool | str = False, **kwargs: Any) -> NEO:
+    """NEO-2.2B: Qwen3-1.7B-Base (28 layers, hidden 2048, 16/8 heads) + 12 pre-Buffer layers, 32-px tokens."""
+    return build_model(NEO, "neo_2b", pretrained, dict(
+        hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_buffer_layers=12, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=True), **kwargs)
+
+
+@register_model
+def neo_9b(pretrained: bool | str = False, **kwargs: Any) -> NEO:
+    """NEO-9B: Qwen3-8B-Base (36 layers, hidden 4096, 32/8 heads) + 6 pre-Buffer layers, 32-px tokens."""
+    return build_model(NEO, "neo_9b", pretrained, dict(
+        hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_buffer_layers=6, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, tie_word_embeddings=False), **kwargs)
+
+
+@register_model
+def neo_tiny(pretrained: bool | str = False, **kwargs: Any) -> NEO:
+    """Tiny NEO for CPU tests: hidden 64, 4/2 heads of 16, 2 pre-Buffer + 2 LLM layers, 8-px tokens (4 px × 2)."""
+    return build_model(NEO, "neo_tiny", pretrained, dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_buffer_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False,
+        max_position_embeddings=4096, vision_width=32, patch_size=4, downsample=2,
+        image_token_ids=(509, 510, 511)), **kwargs)

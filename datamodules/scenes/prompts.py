@@ -24,7 +24,8 @@ import numpy as np
 from .scene import COLORS, SHAPES, Scene, SceneObject
 
 __all__ = ["CATEGORIES", "COUNTS", "POSITION_MARGIN", "PROMPT_SPLIT_SEED", "RELATIONS", "PromptSpec", "SIZE_RANGE",
-           "as_rng", "caption", "fits", "place", "parse_prompt", "prompt_split", "prompts", "relations", "sample_scene", "scene_for_prompt"]
+           "as_rng", "caption", "fits", "parse_prompt", "place", "prompt_split", "prompts", "relations", "sample_scene",
+           "scene_for_prompt"]
 
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COUNTS = {2: "two", 3: "three", 4: "four"}
@@ -38,7 +39,7 @@ _SPLIT_FRACTIONS = {"test": 0.2, "val": 0.1}
 SIZE_RANGE = (0.15, 0.28)
 _GAP = 0.04  # free space between two boxes
 _PAD = 0.02  # free space between a box and the image border
-_ORTHO = 0.04  # position scenes: largest offset across the relation's axis (< POSITION_MARGIN: only one relation holds)
+_ORTHO = 0.04  # position scenes: largest offset across the relation's axis (< POSITION_MARGIN: one relation holds)
 
 
 @dataclass(frozen=True)

@@ -161,8 +161,9 @@ def judge_edit(image, target_scene: Scene, pos_tol: float = 0.15) -> bool:
 class SceneJudgeScore(Metric):
     """GenEval-style accuracy per category and overall (the mean of the categories seen), synchronised across ranks.
 
-    ``update(images, categories, scenes=None, prompts=None)`` judges each image against its prompt (or its scene's
-    caption); ``update_verdicts(verdicts, categories)`` adds verdicts judged elsewhere. ``compute()`` returns
+    ``update(images, categories, scenes=None, prompts=None)`` judges each image (PIL, (H, W, 3) array or (3, H, W)
+    tensor; a (B, 3, H, W) batch works too) against its prompt (or its scene's caption);
+    ``update_verdicts(verdicts, categories)`` counts verdicts judged elsewhere. ``compute()`` returns
     ``{category: accuracy, ..., "overall": mean}`` for the categories with at least one sample.
     """
 
@@ -174,21 +175,25 @@ class SceneJudgeScore(Metric):
         self.add_state("correct", torch.zeros(len(CATEGORIES), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(len(CATEGORIES), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update_verdicts(self, verdicts: Sequence[bool], categories: Sequence[str]) -> None:
+    def update(self, images, categories: Sequence[str], scenes: Sequence[Scene] | None = None,
+               prompts: Sequence[str] | None = None, verdicts: Sequence[bool] | None = None) -> None:
+        """Judge ``images`` against their ``prompts`` (or their ``scenes``' captions) of ``categories``; or, with
+        ``verdicts``, count verdicts judged elsewhere (``images`` then unused)."""
+        if verdicts is None:
+            if scenes is None and prompts is None:
+                raise ValueError("SceneJudgeScore.update needs scenes or prompts (or verdicts)")
+            n = len(categories)
+            scenes = scenes if scenes is not None else [None] * n
+            prompts = prompts if prompts is not None else [None] * n
+            verdicts = [judge(im, s, c, p) for im, s, c, p in zip(images, scenes, categories, prompts, strict=True)]
         for v, c in zip(verdicts, categories, strict=True):
             i = CATEGORIES.index(c)
             self.correct[i] += float(bool(v))
             self.total[i] += 1
 
-    def update(self, images, categories: Sequence[str], scenes: Sequence[Scene] | None = None,
-               prompts: Sequence[str] | None = None) -> None:
-        if scenes is None and prompts is None:
-            raise ValueError("SceneJudgeScore.update needs scenes or prompts")
-        n = len(categories)
-        scenes = scenes if scenes is not None else [None] * n
-        prompts = prompts if prompts is not None else [None] * n
-        self.update_verdicts([judge(im, s, c, p) for im, s, c, p in zip(images, scenes, categories, prompts,
-                                                                        strict=True)], categories)
+    def update_verdicts(self, verdicts: Sequence[bool], categories: Sequence[str]) -> None:
+        """Count verdicts judged elsewhere."""
+        self.update(None, categories, verdicts=verdicts)
 
     def compute(self) -> dict[str, torch.Tensor]:
         seen = self.total > 0

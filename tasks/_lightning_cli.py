@@ -134,11 +134,22 @@ class ZooCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer_cfg.get("callbacks") or [])
         wants_bar = trainer_cfg.get("enable_progress_bar") is not False
-        if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks) and _rich_available():
-            from tasks._cli_callbacks import ZooProgressBar
+        from tasks._cli_callbacks import ExactResume, SigtermCheckpoint, ZooProgressBar
 
-            kwargs["callbacks"] = [*callbacks, ZooProgressBar()]
+        extra = [cb() for cb in (ExactResume, SigtermCheckpoint) if not any(isinstance(c, cb) for c in callbacks)]
+        if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks) and _rich_available():
+            extra.append(ZooProgressBar())
+        kwargs["callbacks"] = [*callbacks, *extra]
         return super().instantiate_trainer(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning applies a checkpoint's hyperparameters to the config, task class included; a checkpoint of
+        another task than the config's is an error naming both (instead of running the wrong task on this data)."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_task(ckpt_path, self.config[sub].get("model"), sub)
+        super()._parse_ckpt_path()
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` with no last checkpoint is an error (exit 2); ``last-if-any`` resumes or starts fresh."""
@@ -172,6 +183,38 @@ class ZooCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_summary(self.trainer, "test", time.perf_counter() - self._t0)
+
+
+def check_checkpoint_task(ckpt_path: str | os.PathLike, model_cfg: Any, subcommand: str = "test") -> None:
+    """Exit 2 when ``ckpt_path`` was written by another task class (or another zoo model family) than the config's
+    ``model``: ``sharezoo test --config configs/pepsi/demo.yaml --ckpt_path <a PPGFlowECG run>.ckpt``."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by Lightning's own loading
+        return
+    hp = ckpt.get("hyper_parameters") or {}
+    theirs_cls, ours_cls = hp.get("_class_path"), model_cfg.get("class_path") if hasattr(model_cfg, "get") else None
+    theirs_model = hp.get("model") if isinstance(hp.get("model"), str) else None
+    ours_model = (model_cfg.get("init_args") or {}).get("model") if hasattr(model_cfg, "get") else None
+    problem = None
+    if theirs_cls and ours_cls and theirs_cls != ours_cls:
+        problem = f"it was written by {theirs_cls}, the config's model is {ours_cls}"
+    elif isinstance(theirs_model, str) and isinstance(ours_model, str) and _family(theirs_model) != _family(ours_model):
+        problem = f"it holds a {theirs_model!r} network, the config's model is {ours_model!r}"
+    if problem:
+        sys.stderr.write(f"sharezoo {subcommand}: error: --ckpt_path {ckpt_path} does not fit this config: {problem}. "
+                         f"Pass the config the checkpoint was trained with (its run folder has config.yaml).\n")
+        sys.exit(2)
+
+
+def _family(model: str) -> str:
+    """The zoo module (family) a model name belongs to, or the name itself for ``local-dir:``/unknown names."""
+    import zoo
+
+    try:
+        return zoo.model_module(model.split(".")[0])
+    except (ValueError, AttributeError):
+        return model
 
 
 def _link_preprocessing(cfg: Any) -> None:

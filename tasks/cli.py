@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -99,8 +100,10 @@ def _export(argv: Sequence[str]) -> int:
     hp = ckpt.get("hyper_parameters", {})
     if "model" not in hp:
         raise ConfigError(f"{a.checkpoint}: no 'model' hyperparameter; not a sharezoo task checkpoint")
-    model = zoo.create_model(hp["model"], **(hp.get("model_kwargs") or {}))
-    model.load_state_dict(zoo.strip_task_prefix(ckpt["state_dict"], model), strict=True)
+    del ckpt
+    # the same rule as zoo.create_model(checkpoint_path=...): a family's reader picks what it loads (PPGFlowECG's
+    # stage-2 checkpoint: the EMA flow)
+    model = zoo.create_model(hp["model"], checkpoint_path=a.checkpoint, **(hp.get("model_kwargs") or {}))
     print(f"wrote {zoo.save_pretrained(model, a.out_dir)}; load with zoo.create_model('local-dir:{a.out_dir}')")
     return 0
 
@@ -154,9 +157,15 @@ EXTRA: dict[str, Callable[[Sequence[str]], int]] = {
 def _run(command: str, argv: list[str]) -> int:
     if command in EXTRA:
         return EXTRA[command](argv)
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from tasks._lightning_cli import lightning_cli
 
-    lightning_cli([command, *argv])
+    try:
+        lightning_cli([command, *argv])
+    except SIGTERMException:  # Lightning's SystemExit with status 0; a pre-empted run is not a success
+        print(f"sharezoo {command}: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 

@@ -169,6 +169,125 @@ def test_fit_ckpt_path_last_if_any_starts_fresh_then_resumes(tmp_path):
     assert second.trainer.ckpt_path and second.trainer.global_step == 2
 
 
+def _resume_args(root, data, epochs: int) -> list[str]:
+    args = _fit_args(root, data)
+    i = args.index("--trainer.max_steps")
+    args[i + 1] = "-1"
+    args[args.index("--trainer.max_epochs") + 1] = str(epochs)
+    return [*args, "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "100",
+            "--trainer.deterministic", "true"]
+
+
+def test_seeded_resume_at_an_epoch_boundary_is_bit_exact(tmp_path):
+    """A run stopped after epoch 1 and resumed with `--ckpt_path last` ends with exactly the weights of the
+    uninterrupted seeded run (global RNGs and the dataset's augmentation generators are restored)."""
+    from tasks._lightning_cli import lightning_cli
+
+    data = tmp_path / "data"
+    whole = lightning_cli(_resume_args(tmp_path / "whole", data, 2))
+    lightning_cli(_resume_args(tmp_path / "cut", data, 1))
+    resumed = lightning_cli([*_resume_args(tmp_path / "cut", data, 2), "--ckpt_path", "last"])
+    assert resumed.trainer.ckpt_path and resumed.trainer.global_step == whole.trainer.global_step == 4
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+class _SigtermAt(__import__("pytorch_lightning").Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ARG002
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_non_zero(tmp_path, monkeypatch):
+    import tasks._lightning_cli as lcli
+    from tasks._cli_callbacks import SIGTERM_CHECKPOINT
+    from tasks.cli import main
+
+    original = lcli.ZooCLI.instantiate_trainer
+
+    def with_sender(self, **kwargs):
+        trainer = original(self, **kwargs)
+        trainer.callbacks.append(_SigtermAt(2))
+        return trainer
+
+    monkeypatch.setattr(lcli.ZooCLI, "instantiate_trainer", with_sender)
+    args = _fit_args(tmp_path / "run", tmp_path / "data")
+    args[args.index("--trainer.max_steps") + 1] = "50"
+    assert main(args) == 143
+    ckpt = tmp_path / "run" / "checkpoints" / SIGTERM_CHECKPOINT
+    assert ckpt.is_file()
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2
+    monkeypatch.setattr(lcli.ZooCLI, "instantiate_trainer", original)
+    resumed = lcli.lightning_cli([*args[:args.index("--trainer.max_steps")], "--trainer.max_steps", "3",
+                                  *args[args.index("--trainer.max_steps") + 2:], "--ckpt_path", "last"])
+    assert resumed.trainer.ckpt_path.endswith(SIGTERM_CHECKPOINT) and resumed.trainer.global_step == 3
+
+
+# --- item 6: wrong-thing-loaded errors -----------------------------------------------------------------------------
+
+
+def test_test_with_a_checkpoint_of_another_task_names_the_mismatch(tmp_path, capsys):
+    from pathlib import Path
+
+    from tasks._lightning_cli import lightning_cli
+
+    lightning_cli(_fit_args(tmp_path / "run", tmp_path / "data"))  # a one-step ReIDTask checkpoint
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    pepsi = Path(__file__).resolve().parents[1] / "configs" / "pepsi" / "demo.yaml"
+    with pytest.raises(SystemExit) as e:
+        lightning_cli(["test", "--config", str(pepsi), "--ckpt_path", str(ckpt)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "tasks.reid.ReIDTask" in err and "tasks.inpainting" in err and str(ckpt) in err
+
+
+def _saved_toy(tmp_path):
+    folder = zoo.save_pretrained(zoo.create_model("fusionreid_tiny", pretrained_backbone=False), tmp_path / "m")
+    return folder, folder / "model.safetensors", folder / "config.json"
+
+
+def test_local_dir_with_a_flipped_byte_is_refused(tmp_path):
+    folder, weights, _ = _saved_toy(tmp_path)
+    zoo.create_model(f"local-dir:{folder}")  # loads as saved
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0x01  # inside the last tensor's data: safetensors alone would load it
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(zoo.PretrainedWeightsError, match="sha256 mismatch") as e:
+        zoo.create_model(f"local-dir:{folder}")
+    assert str(weights) in str(e.value)
+
+
+def test_local_dir_whose_config_records_a_wrong_sha256_is_refused(tmp_path):
+    import json
+
+    folder, _, cfg_path = _saved_toy(tmp_path)
+    cfg = json.loads(cfg_path.read_text())
+    cfg["sha256"] = "0" * 64
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(zoo.PretrainedWeightsError, match="key 'sha256'"):
+        zoo.create_model(f"local-dir:{folder}")
+
+
+@pytest.mark.parametrize("edit, key", [({"architecture": "fusionreid_tinny"}, "key 'architecture'"),
+                                       ({"model_kwargs": {"pretrained_backbone": False, "num_clases": 3}},
+                                        "key 'model_kwargs.num_clases'")])
+def test_local_dir_config_errors_name_the_file_and_the_key(tmp_path, edit, key):
+    import json
+
+    folder, _, cfg_path = _saved_toy(tmp_path)
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), **edit}))
+    with pytest.raises(zoo.PretrainedWeightsError) as e:
+        zoo.create_model(f"local-dir:{folder}")
+    assert str(cfg_path) in str(e.value) and key in str(e.value)
+
+
 # --- item 3 (part): signal window cache staleness, argument validation ---------------------------------------------
 
 

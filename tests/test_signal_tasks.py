@@ -237,3 +237,14 @@ def test_task_checkpoints_hold_each_weight_once_and_old_ones_still_load():
         old = {"state_dict": {**sd, **{f"{alias}.{k[len(prefix):]}": v for k, v in sd.items() if k.startswith(prefix)}}}
         task.on_load_checkpoint(old)
         task.load_state_dict(old["state_dict"])
+
+
+def test_export_of_a_stage2_checkpoint_takes_the_ema_flow_like_create_model(stage2_ckpt, tmp_path):
+    """One rule: `sharezoo export` writes the network `create_model(checkpoint_path=...)` loads (the EMA flow)."""
+    from tasks.cli import main
+
+    path, ema, _, encoder = stage2_ckpt
+    assert main(["export", str(path), str(tmp_path / "out")]) == 0
+    net = zoo.create_model(f"local-dir:{tmp_path / 'out'}")
+    _assert_state(net.flow, ema)
+    _assert_state(net.encoder, encoder)

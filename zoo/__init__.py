@@ -10,6 +10,7 @@ from ._registry import (
     is_model,
     list_models,
     list_pretrained,
+    model_module,
     register_model,
     register_pretrained_cfgs,
 )
@@ -19,10 +20,12 @@ from . import dens3r, fusionreid, pepsi, ppgflowecg  # noqa: E402,F401
 from . import uni_encoder  # noqa: E402,F401  (LLM side; primitives in zoo.llm)
 from . import neuropictor  # noqa: E402,F401
 from . import cmrag  # noqa: E402,F401
+from . import cronusvla  # noqa: E402,F401
+from . import neo  # noqa: E402,F401
 
 __all__ = [
     "PretrainedCfg", "PretrainedWeightsError", "build_model", "count_params", "create_model", "get_pretrained_cfg",
     "is_model", "is_offline", "list_models", "list_pretrained", "load_checkpoint", "model_card", "model_card_dict",
-    "register_model", "register_pretrained_cfgs", "resolve_pretrained_file", "save_pretrained",
+    "model_module", "register_model", "register_pretrained_cfgs", "resolve_pretrained_file", "save_pretrained",
     "cache_dir", "register_data_config", "resolve_data_config", "TASK_PREFIX", "strip_task_prefix",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._builder import load_checkpoint
-from ._pretrained import PretrainedWeightsError, is_offline, load_into, load_state_dict_file
+from ._pretrained import PretrainedWeightsError, is_offline, load_into, load_state_dict_file, sha256_file
 from ._registry import model_entrypoint, split_model_name_tag
 
 CONFIG_NAME = "config.json"
@@ -66,6 +66,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
         "architecture": name,
         "model_kwargs": getattr(model, "model_kwargs", {}),
         "pretrained_cfg": getattr(model, "pretrained_cfg", None),
+        "sha256": sha256_file(folder / WEIGHTS_NAME),  # verified when the folder is loaded
         "format": "sharezoo/1",
     }
     (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, default=_jsonable))
@@ -88,9 +89,27 @@ def _from_folder(folder: Path, **kwargs: Any) -> torch.nn.Module:
     try:
         cfg = json.loads(cfg_path.read_text())
         arch = cfg["architecture"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise PretrainedWeightsError(f"{cfg_path} is not a valid sharezoo config: {e}") from e
-    model = model_entrypoint(arch)(pretrained=False, **{**cfg.get("model_kwargs", {}), **kwargs})
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PretrainedWeightsError(f"{cfg_path} is not a valid sharezoo config: {type(e).__name__}: {e}") from e
+    if cfg.get("sha256"):  # recorded by save_pretrained: a changed weights file is refused, not loaded
+        got = sha256_file(weights)
+        if got != str(cfg["sha256"]).lower():
+            raise PretrainedWeightsError(
+                f"sha256 mismatch: {weights} has {got}, {cfg_path} (key 'sha256') records {cfg['sha256']}. "
+                f"Refusing to load: the weights file was changed or damaged after it was saved.")
+    try:
+        entry = model_entrypoint(arch)
+    except ValueError as e:
+        raise PretrainedWeightsError(f"{cfg_path}: key 'architecture': {e}") from e
+    model_kwargs = cfg.get("model_kwargs") or {}
+    if not isinstance(model_kwargs, dict):
+        raise PretrainedWeightsError(f"{cfg_path}: key 'model_kwargs' must be a mapping, not {model_kwargs!r}")
+    try:
+        model = entry(pretrained=False, **{**model_kwargs, **kwargs})
+    except TypeError as e:
+        bad = [k for k in model_kwargs if f"'{k}'" in str(e)]
+        where = f"key 'model_kwargs.{bad[0]}'" if bad else "key 'model_kwargs'"
+        raise PretrainedWeightsError(f"{cfg_path}: {where} is not accepted by {arch}: {e}") from e
     load_into(model, load_state_dict_file(weights), str(weights))
     if cfg.get("pretrained_cfg"):
         model.pretrained_cfg = cfg["pretrained_cfg"]

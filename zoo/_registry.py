@@ -62,6 +62,7 @@ def model_entrypoint(name: str) -> Callable[..., Any]:
 
 
 def model_module(name: str) -> str:
+    """The module (family) that registers ``name``: ``zoo.fusionreid`` for ``fusionreid_tiny``."""
     model_entrypoint(name)
     return _model_to_module[split_model_name_tag(name)[0]]
 

@@ -119,10 +119,13 @@ class _Base(pl.LightningDataModule):
 
 # ------------------------------------------------------------------------------------------ synthetic
 class SyntheticPairs(Dataset):
-    """Procedural ray-cast scenes (exact depth, normals, pointmaps, poses); scene ``i`` uses seed ``seed + i``."""
+    """Procedural ray-cast scenes (exact depth, normals, pointmaps, poses); scene ``i`` uses seed ``seed + i``, textured
+    with ``textures`` (``skimage.data`` photograph names; None = all the renderer's)."""
 
-    def __init__(self, n: int, size: int = 64, seed: int = 0, cache: bool = True) -> None:
+    def __init__(self, n: int, size: int = 64, seed: int = 0, cache: bool = True,
+                 textures: tuple[str, ...] | list[str] | None = None) -> None:
         self.n, self.size, self.seed, self.cache = n, size, seed, cache
+        self.textures = tuple(textures) if textures else None
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -131,7 +134,7 @@ class SyntheticPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         if i in self._cache:
             return self._cache[i]
-        v1, v2 = render_views(self.seed + i, 2, self.size, self.size)
+        v1, v2 = render_views(self.seed + i, 2, self.size, self.size, textures=self.textures)
         s = pair_sample(v1, v2)
         if self.cache:
             self._cache[i] = s
@@ -150,20 +153,26 @@ class SyntheticGeometryDataModule(_Base):
         cache: keep rendered samples in memory.
         batch_size: batch size.
         num_workers: dataloader workers.
+        train_textures: photographs texturing the training scenes (None: all the renderer's).
+        heldout_textures: photographs texturing the validation and test scenes (None: all); disjoint from
+            ``train_textures`` for a held-out-texture split.
     """
 
     def __init__(self, num_train: int = 256, num_val: int = 32, num_test: int = 32, size: int = 64, seed: int = 0,
-                 cache: bool = True, batch_size: int = 8, num_workers: int = 0) -> None:
+                 cache: bool = True, batch_size: int = 8, num_workers: int = 0,
+                 train_textures: list[str] | None = None, heldout_textures: list[str] | None = None) -> None:
         super().__init__(batch_size, num_workers)
         if size % 16:
             raise ValueError(f"size must be a multiple of 16, got {size}")
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.size, self.seed, self.cache = size, seed, cache
+        self.train_textures, self.heldout_textures = train_textures, heldout_textures
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = SyntheticPairs(self.num_train, self.size, self.seed, self.cache)
-        self.val_set = SyntheticPairs(self.num_val, self.size, self.seed + 1_000_000, self.cache)
-        self.test_set = SyntheticPairs(self.num_test, self.size, self.seed + 2_000_000, self.cache)
+        tr, ho = self.train_textures, self.heldout_textures
+        self.train_set = SyntheticPairs(self.num_train, self.size, self.seed, self.cache, tr)
+        self.val_set = SyntheticPairs(self.num_val, self.size, self.seed + 1_000_000, self.cache, ho)
+        self.test_set = SyntheticPairs(self.num_test, self.size, self.seed + 2_000_000, self.cache, ho)
 
 
 # --------------------------------------------------------------------------------------------- NYUv2

@@ -73,9 +73,11 @@ class Scene:
     light: np.ndarray = field(default_factory=lambda: np.array([0.3, -0.8, -0.5]))
 
 
-def random_scene(rng: np.random.Generator) -> Scene:
-    """A room (x in [-3, 3], y in [-2, 1] (y down: floor at +1), z up to 6-8) with 1-3 boxes and 0-2 spheres."""
-    tex = list(_TEXTURES)
+def random_scene(rng: np.random.Generator, textures: tuple[str, ...] | list[str] | None = None) -> Scene:
+    """A room (x in [-3, 3], y in [-2, 1] (y down: floor at +1), z up to 6-8) with 1-3 boxes and 0-2 spheres,
+    textured with ``textures`` (``skimage.data`` names; default: all of ``_TEXTURES``; the draws from ``rng`` are the
+    same for any list, so a split by texture changes only the pixels)."""
+    tex = list(textures or _TEXTURES)
     pick = lambda: tex[int(rng.integers(len(tex)))]  # noqa: E731
     back = float(rng.uniform(6.0, 8.0))
     planes = [
@@ -223,10 +225,12 @@ def render(scene: Scene, K: np.ndarray, c2w: np.ndarray, h: int, w: int) -> dict
             "pts3d_world": (pts @ R.T + o).astype(np.float32)}
 
 
-def render_views(seed: int, n_views: int = 2, h: int = 64, w: int = 64, fov_deg: float = 60.0) -> list[dict]:
-    """A random scene seen from ``n_views`` cameras; each view also carries ``K`` and ``c2w``."""
+def render_views(seed: int, n_views: int = 2, h: int = 64, w: int = 64, fov_deg: float = 60.0,
+                 textures: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+    """A random scene (textured with ``textures``, default all) seen from ``n_views`` cameras; each view also carries
+    ``K`` and ``c2w``."""
     rng = np.random.default_rng(seed)
-    scene = random_scene(rng)
+    scene = random_scene(rng, textures)
     K = intrinsics(h, w, fov_deg)
     views = []
     for c2w in random_cameras(rng, n_views):

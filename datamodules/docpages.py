@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 import zoo
 
 from ._base import SplitDataModule
+from ._image import to_8bit
 from ._layout import layout_error, require_dataset
 
 __all__ = ["Page", "Question", "Corpus", "SkipLog", "OcrParser", "read_corpus", "parse_pages",
@@ -114,7 +115,7 @@ def _pil_from_bytes(data: bytes) -> Any:
 
     im = Image.open(io.BytesIO(data))
     im.load()
-    return im.convert("RGB")
+    return to_8bit(im, "RGB", "embedded page image")
 
 
 def pdf_pages(path: str | os.PathLike, name: str, dpi: int, skips: SkipLog) -> list[Page]:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._base import SplitDataModule
+from ._image import open_rgb8
 from ._layout import layout_error, require_dataset
 
 __all__ = ["NSDDataModule", "NSDSurfaces", "vc_surface_from_full_brain", "NSD_TREE", "NSD_SOURCE"]
@@ -109,8 +110,8 @@ class NSDSurfaces(Dataset):
         sub, trial, idx = self.triples[i]
         path = self.root / "nsddata_stimuli" / "stimuli" / "images" / f"image_{idx:06d}.png"
         try:
-            img = Image.open(path).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-        except (OSError, ValueError) as e:
+            img = Image.fromarray(open_rgb8(path)).resize((self.image_size, self.image_size), Image.BILINEAR)
+        except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"cannot read NSD stimulus {path}: {e}") from e
         image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
         caps = [c for c in self.captions[idx] if c] if idx < len(self.captions) else []

@@ -22,6 +22,7 @@ from . import neuropictor  # noqa: E402,F401
 from . import cmrag  # noqa: E402,F401
 from . import cronusvla  # noqa: E402,F401
 from . import neo  # noqa: E402,F401
+from . import unipic  # noqa: E402,F401
 
 __all__ = [
     "PretrainedCfg", "PretrainedWeightsError", "build_model", "count_params", "create_model", "get_pretrained_cfg",

@@ -144,9 +144,9 @@ class NEO(nn.Module):
         return native_positions(input_ids, grids, self.ids, doc_ids, one_t_per_image=self.native_rope)
 
     def mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor, q_len: int, backend: str | None = None):
-        """The attention mask for the backend: a FlexAttention ``BlockMask`` or a dense (B, 1, q, Lk) boolean."""
-        m = NativeMask(doc_ids, image_ids if self.mixed_mask else torch.full_like(image_ids, -1), q_len)
-        return m.block_mask() if (backend or self.attn_backend) == "flex" else m.dense()
+        """The mixed mask (:class:`~zoo.neo_layers.NativeMask`) for the backend (``flex`` or ``sdpa``)."""
+        return NativeMask(doc_ids, image_ids if self.mixed_mask else torch.full_like(image_ids, -1), q_len,
+                          backend or self.attn_backend)
 
     def embed(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None) -> tuple[torch.Tensor, Any]:
         """Word embeddings with every ``<IMG_CONTEXT>`` replaced by the images' patch tokens (in order)."""

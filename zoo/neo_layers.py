@@ -210,20 +210,23 @@ def native_positions(input_ids: torch.Tensor, grids: torch.Tensor | None, ids: T
     return torch.stack((t, h, w)), image_ids
 
 
-@dataclass
 class NativeMask:
     """NEO's mixed mask over a (packed) batch: a query sees a key of its own document that is not after it, or any
-    key of the same image (bidirectional inside an image). Queries are the last ``q_len`` of the keys.
+    key of the same image (bidirectional inside an image). Queries are the last ``q_len`` of the keys. The same mask
+    function gives FlexAttention's block mask and SDPA's dense boolean mask (each built once, shared by the layers).
 
     Args:
         doc_ids: (B, Lk) document of each key (equal ids across rows are unrelated).
         image_ids: (B, Lk) image index of each key, -1 for text (all -1: plain causal).
         q_len: number of queries (the last ``q_len`` keys; less than Lk when decoding with a cache).
+        backend: ``flex`` or ``sdpa``. FlexAttention has no CPU backward: on CPU with gradients the dense mask of the
+            same function is used (the results agree; ``tests/test_neo.py``).
     """
 
-    doc_ids: torch.Tensor
-    image_ids: torch.Tensor
-    q_len: int
+    def __init__(self, doc_ids: torch.Tensor, image_ids: torch.Tensor, q_len: int, backend: str = "sdpa") -> None:
+        self.doc_ids, self.image_ids, self.q_len, self.backend = doc_ids, image_ids, q_len, backend
+        self._dense: torch.Tensor | None = None
+        self._block = None
 
     def allowed(self, b: torch.Tensor, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
         """The mask function (works elementwise on broadcast index tensors; FlexAttention's ``mask_mod``)."""
@@ -235,22 +238,26 @@ class NativeMask:
 
     def dense(self) -> torch.Tensor:
         """(B, 1, q_len, Lk) boolean mask (True = attend), the SDPA form."""
-        bsz, lk = self.doc_ids.shape
-        dev = self.doc_ids.device
-        b = torch.arange(bsz, device=dev)[:, None, None]
-        qi = torch.arange(self.q_len, device=dev)[None, :, None]
-        ki = torch.arange(lk, device=dev)[None, None, :]
-        return self.allowed(b, qi, ki)[:, None]
+        if self._dense is None:
+            bsz, lk = self.doc_ids.shape
+            dev = self.doc_ids.device
+            b = torch.arange(bsz, device=dev)[:, None, None]
+            qi = torch.arange(self.q_len, device=dev)[None, :, None]
+            ki = torch.arange(lk, device=dev)[None, None, :]
+            self._dense = self.allowed(b, qi, ki)[:, None]
+        return self._dense
 
     def block_mask(self):
         """The FlexAttention :class:`BlockMask` of the same function."""
-        from torch.nn.attention.flex_attention import create_block_mask
+        if self._block is None:
+            from torch.nn.attention.flex_attention import create_block_mask
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return self.allowed(b, q_idx, kv_idx)
+            def mask_mod(b, h, q_idx, kv_idx):
+                return self.allowed(b, q_idx, kv_idx)
 
-        bsz, lk = self.doc_ids.shape
-        return create_block_mask(mask_mod, bsz, None, self.q_len, lk, device=self.doc_ids.device)
+            bsz, lk = self.doc_ids.shape
+            self._block = create_block_mask(mask_mod, bsz, None, self.q_len, lk, device=self.doc_ids.device)
+        return self._block
 
 
 # ------------------------------------------------------------------------------------------------- Native-RoPE
@@ -295,12 +302,15 @@ def _flex(q, k, v, block_mask, scale):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float) -> torch.Tensor:
-    """Attention of (B, Hq, Lq, Dqk) queries on (B, Hkv, Lk, Dqk) keys and (B, Hkv, Lk, Dv) values under ``mask``:
-    a FlexAttention ``BlockMask``, a dense boolean tensor (SDPA), or None (every key visible)."""
-    if mask is not None and not isinstance(mask, torch.Tensor):
-        return _flex(q, k, v, mask, scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: NativeMask | None, scale: float) -> torch.Tensor:
+    """Attention of (B, Hq, Lq, Dqk) queries on (B, Hkv, Lk, Dqk) keys and (B, Hkv, Lk, Dv) values under ``mask``
+    (None: every key visible): FlexAttention with the block mask, or SDPA with the dense mask."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+    no_flex_backward = not q.is_cuda and torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
+    if mask.backend == "flex" and not no_flex_backward:
+        return _flex(q, k, v, mask.block_mask(), scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), scale=scale, enable_gqa=True)
 
 
 class NativeAttention(Qwen3Attention):
@@ -328,8 +338,8 @@ class NativeAttention(Qwen3Attention):
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: dict, attention_mask=None, cache=None,
                 **kwargs) -> tuple[torch.Tensor, None]:
-        """``position_embeddings``: :class:`NativeRope`'s tables; ``attention_mask``: a ``BlockMask``, a dense
-        boolean (B, 1, Lq, Lk) tensor or None."""
+        """``position_embeddings``: :class:`NativeRope`'s tables; ``attention_mask``: a :class:`NativeMask` or None
+        (every key visible)."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         q = self.q_norm(self.q_proj(hidden_states).view(shape)).transpose(1, 2)
         k = self.k_norm(self.k_proj(hidden_states).view(shape)).transpose(1, 2)

@@ -1,0 +1,303 @@
+"""NEO: the scene-VQA ablations (Native-RoPE / mixed mask / pre-Buffer), the packed training step at the 2.2B shape
+(FlexAttention block mask vs SDPA dense mask) and KV-cached decoding.
+
+    python3 benchmarks/bench_neo.py ablation --device cpu                  # the CPU ablation of docs/neo.md
+    python3 benchmarks/bench_neo.py ablation --device cuda --size small --steps 3000   # larger, on a GPU
+    python3 benchmarks/bench_neo.py step --device cuda                     # neo_2b packed step, bf16, flex vs sdpa
+    python3 benchmarks/bench_neo.py decode --device cuda                   # neo_2b decode tokens/s with the KV cache
+    python3 benchmarks/bench_neo.py ablation --tiny                        # smoke test of each mode (also step/decode)
+
+``ablation``: each variant of :data:`VARIANTS` is trained from scratch with the same seed, data order, steps and
+optimiser (``tasks.neo.NEOTask``, SFT stage: everything trains; the paper's PT-stage freezing needs a pretrained LLM
+that does not exist here) on the synthetic scene set's VQA (``datamodules.synthetic.scenes.write_scene_dataset``),
+then answers every held-out test question greedily; exact match overall, per question kind, and on square vs
+non-square test images (aspect ratios never seen in training). ``step``: one packed row of ``--seq`` tokens (documents
+of one 512×512 image = 256 tokens + text), forward + backward + AdamW step in bf16 autocast, tokens/s and MFU
+(6·N_non-embedding·tokens + the attention matmuls, against ``--peak-tflops``). ``decode``: prefill one image +
+question, then greedy decoding of ``--new`` tokens with the KV cache. Weights are random. Every result is one JSON
+line with the command, machine, versions and commit (``--out``; ``--tiny`` writes to a temporary file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+#: ablation variants: model kwargs changed from the full NEO
+VARIANTS: dict[str, dict[str, Any]] = {
+    "neo": {},
+    "rope_1d": {"native_rope": False},
+    "causal_mask": {"mixed_mask": False},
+    "no_prebuffer": {"num_buffer_layers": 0},
+    "no_prebuffer_same_depth": {"num_buffer_layers": 0, "num_hidden_layers": 4},
+}
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                 vision_width=16, patch_size=8, downsample=2, num_buffer_layers=1, num_hidden_layers=1,
+                 tie_word_embeddings=True),
+    "cpu": dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                vision_width=64, patch_size=8, downsample=2, num_buffer_layers=2, num_hidden_layers=2,
+                tie_word_embeddings=True),
+    "small": dict(hidden_size=384, intermediate_size=1152, num_attention_heads=6, num_key_value_heads=2, head_dim=64,
+                  vision_width=256, patch_size=8, downsample=2, num_buffer_layers=2, num_hidden_layers=4,
+                  tie_word_embeddings=True),
+}
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    return {"command": "python3 benchmarks/bench_neo.py " + shlex.join(sys.argv[1:]), "device": dev,
+            "torch": torch.__version__, "commit": commit, "threads": torch.get_num_threads()}
+
+
+def _write(args: argparse.Namespace, row: dict[str, Any]) -> None:
+    row = {**row, **_meta(args)}
+    print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------------ ablation
+def scene_root(args: argparse.Namespace) -> Path:
+    from datamodules.synthetic.scenes import write_scene_dataset
+
+    root = Path(args.root or tempfile.gettempdir()) / f"neo_scenes_{args.n_train}_{args.seed}"
+    if not (root / "test" / "vqa.jsonl").is_file():
+        write_scene_dataset(root, n_train=args.n_train, n_val=20, n_test=args.n_test, seed=args.seed, size=64,
+                            questions_per_image=4)
+    return root
+
+
+def evaluate(task, dm, device: str) -> dict[str, float]:
+    """Exact match on the test split: overall, per kind, square vs non-square images."""
+    from tasks.neo import normalise_answer
+
+    hits: dict[str, list[float]] = {}
+    task.net.eval()
+    for batch in dm.test_dataloader():
+        batch = {**batch, "input_ids": batch["input_ids"].to(device), "doc_ids": batch["doc_ids"].to(device),
+                 "images": [im.to(device) for im in batch["images"]], "tokenizer": dm.tokenizer}
+        preds = task.answer(batch)
+        for p, a, k, im in zip(preds, batch["answers"], batch["kinds"], batch["images"]):
+            h = float(normalise_answer(p) == normalise_answer(a))
+            aspect = "square" if im.shape[1] == im.shape[2] else "non_square"
+            for key in ("all", k, aspect):
+                hits.setdefault(key, []).append(h)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())} | {"n_test": len(hits["all"])}
+
+
+def ablation(args: argparse.Namespace) -> None:
+    import pytorch_lightning as pl
+
+    from datamodules.vlm_conversations import VLMConversationDataModule
+    from tasks.neo import NEOTask
+
+    root = scene_root(args)
+    for name in args.variants.split(","):
+        pl.seed_everything(args.seed, verbose=False)
+        dm = VLMConversationDataModule(str(root), token_px=16, min_pixels=16 * 16, max_pixels=128 * 128,
+                                       max_len=args.max_len, batch_size=args.batch, eval_batch_size=64,
+                                       limit_eval=args.limit_eval, seed=args.seed)
+        kw = {**SIZES[args.size], **VARIANTS[name]}
+        task = NEOTask("neo_tiny", model_kwargs=kw, lr=args.lr, warmup_steps=max(args.steps // 20, 1),
+                       max_new_tokens=3)
+        trainer = pl.Trainer(max_steps=args.steps, accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                             precision="bf16-mixed" if args.device == "cuda" else "32-true", logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, gradient_clip_val=1.0,
+                             limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False)
+        t0 = time.time()
+        trainer.fit(task, dm)
+        train_s = time.time() - t0
+        task.to(args.device)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            em = evaluate(task, dm, args.device)
+        _write(args, {"bench": "ablation", "variant": name, "size": args.size, "steps": args.steps,
+                      "batch_rows": args.batch, "max_len": args.max_len, "lr": args.lr, "n_train_scenes": args.n_train,
+                      "params": sum(p.numel() for p in task.net.parameters()),
+                      "final_loss": round(float(trainer.callback_metrics["train/loss"]), 4),
+                      "train_s": round(train_s, 1), "exact_match": em})
+
+
+# ------------------------------------------------------------------------------------------ packed training step
+def packed_row(model, seq: int, grid: int, text: int, device: str) -> dict[str, Any]:
+    """One packed row of documents ``[text] <img> grid² × <IMG_CONTEXT> </img> [answer]``."""
+    ids_, docs, labels, images, d = [], [], [], [], 0
+    s, c, e = model.ids.start, model.ids.context, model.ids.end
+    px = model.token_px
+    while True:
+        doc = [11] * text + [s] + [c] * grid * grid + [e] + [12] * text
+        if len(ids_) + len(doc) > seq:
+            break
+        ids_ += doc
+        docs += [d] * len(doc)
+        labels += [-100] * (len(doc) - text) + [12] * text
+        images.append(torch.randn(3, grid * px, grid * px, device=device))
+        d += 1
+    ids = torch.tensor([ids_], device=device)
+    lab = torch.tensor([labels], device=device)
+    return {"input_ids": ids, "labels": lab, "doc_ids": torch.tensor([docs], device=device),
+            "loss_weight": (lab != -100).float(), "images": images, "n_docs": d}
+
+
+def step(args: argparse.Namespace) -> None:
+    import zoo
+    from tasks.neo import weighted_next_token_loss
+
+    for backend in args.backends.split(","):
+        torch.manual_seed(0)
+        with torch.device(args.device):
+            model = zoo.create_model(args.model, attn_backend=backend)
+        if args.ckpt:
+            model.lm.gradient_checkpointing_enable()
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, fused=args.device == "cuda")
+        batch = packed_row(model, args.seq, args.grid, args.text, args.device)
+        tokens = batch["input_ids"].numel()
+
+        def one() -> float:
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+                out = model(batch["input_ids"], batch["images"], doc_ids=batch["doc_ids"], return_hidden=True)
+                loss = weighted_next_token_loss(out.hidden, batch["labels"], batch["loss_weight"], model.logits)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss)
+
+        try:
+            for _ in range(args.warmup):
+                one()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.time()
+            for _ in range(args.iters):
+                one()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.time() - t0) / args.iters
+        except torch.OutOfMemoryError as err:
+            _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq, "error": str(err)[:200]})
+            del model, opt
+            torch.cuda.empty_cache()
+            continue
+        cfg = model.config
+        n_emb = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+        n = sum(p.numel() for p in model.parameters()) - n_emb
+        # attention matmuls: QK^T with 2·head_dim (T|H|W) and AV with head_dim, causal-ish (half), fwd + 2× bwd
+        L, hq, d = tokens, cfg.num_attention_heads, cfg.head_dim
+        doc_len = tokens / max(batch["n_docs"], 1)
+        attn = 3 * 2 * len(model.lm.model.layers) * hq * (2 * d + d) * L * doc_len / 2
+        flops = 6 * n * tokens + attn
+        _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq, "docs": batch["n_docs"],
+                      "grad_ckpt": args.ckpt, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
+                      "mfu": round(flops / dt / (args.peak_tflops * 1e12), 4),
+                      "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device == "cuda"
+                      else None})
+        del model, opt
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def decode(args: argparse.Namespace) -> None:
+    import zoo
+
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = zoo.create_model(args.model).eval()
+    if args.device == "cuda":
+        model.to(torch.bfloat16)
+    s, c, e = model.ids.start, model.ids.context, model.ids.end
+    for bsz in (int(b) for b in args.decode_batches.split(",")):
+        prompt = [11] * 8 + [s] + [c] * args.grid * args.grid + [e] + [12] * 16
+        ids = torch.tensor([prompt] * bsz, device=args.device)
+        images = [torch.randn(3, args.grid * model.token_px, args.grid * model.token_px, device=args.device,
+                              dtype=next(model.parameters()).dtype) for _ in range(bsz)]
+        model.generate(ids, images, max_new_tokens=4)  # warm-up
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.time()
+        out = model(ids, images, use_cache=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.time()
+        new = model.generate(ids, images, max_new_tokens=args.new)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.time()
+        decode_s = (t2 - t1) - (t1 - t0)  # generate() includes one prefill
+        _write(args, {"bench": "decode", "model": args.model, "batch": bsz, "prompt_tokens": len(prompt),
+                      "new_tokens": new.shape[1], "prefill_s": round(t1 - t0, 4),
+                      "decode_tokens_per_s": round(bsz * new.shape[1] / max(decode_s, 1e-9), 1)})
+        del out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("bench", choices=["ablation", "step", "decode"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="smoke test: tiny sizes, few steps, temporary output")
+    p.add_argument("--out", default=None, help="JSON-lines file (default benchmarks/results/neo.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    # ablation
+    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=2, help="packed rows per step")
+    p.add_argument("--max-len", type=int, default=512, help="packing length")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--n-train", type=int, default=2000, help="training scenes (4 questions each)")
+    p.add_argument("--n-test", type=int, default=300, help="test scenes (a third at unseen aspect ratios)")
+    p.add_argument("--limit-eval", type=int, default=None)
+    p.add_argument("--root", default=None, help="folder for the scene set (default: the temp dir)")
+    # step / decode
+    p.add_argument("--model", default="neo_2b")
+    p.add_argument("--backends", default="flex,sdpa")
+    p.add_argument("--seq", type=int, default=8192, help="packed row length")
+    p.add_argument("--grid", type=int, default=16, help="image side in tokens (16 = 512 px)")
+    p.add_argument("--text", type=int, default=64, help="text tokens before and after each image")
+    p.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
+    p.add_argument("--new", type=int, default=128, help="decoded tokens")
+    p.add_argument("--decode-batches", default="1,8")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.size, a.steps, a.n_train, a.n_test, a.limit_eval = "tiny", 3, 12, 6, 8
+        a.model, a.seq, a.grid, a.text, a.warmup, a.iters, a.new = "neo_tiny", 96, 4, 4, 1, 1, 4
+        a.variants = "neo,rope_1d" if a.variants == ",".join(VARIANTS) else a.variants
+        a.decode_batches = "1"
+        a.out = a.out or str(Path(tempfile.mkdtemp()) / "neo.jsonl")
+    a.out = a.out or str(ROOT / "benchmarks" / "results" / "neo.jsonl")
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    {"ablation": ablation, "step": step, "decode": decode}[args.bench](args)
+
+
+if __name__ == "__main__":
+    main()

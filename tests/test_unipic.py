@@ -173,6 +173,7 @@ def test_cfg_negative_prompt_and_shared_masks(model, monkeypatch):
     unipic.generate_images(model, ["a red circle", "a blue square"], num_iter=4, cfg=3.0)
     prompts = calls["prompts"][0]
     assert prompts[2:] == [unipic.chat_prompt("Generate an image.")] * 2
+    assert prompts[0] == unipic.chat_prompt("Generate an image: a red circle")
     assert len(calls["masks"]) == 4
     for m in calls["masks"]:
         assert torch.equal(m[:2], m[2:])  # the same mask in both halves, every step

@@ -39,7 +39,7 @@ from .unipic_mar import MAR, MAR_KL16_VAE, PixelLatents, convert_mar_checkpoint,
 
 __all__ = [
     "UniPic", "ByteChatTokenizer", "load_tokenizer", "chat_prompt", "tokenize", "rotate_buffer_to_end",
-    "rotate_buffer_to_front", "generate_images", "edit_images", "answer_questions", "convert_unipic_checkpoint",
+    "rotate_buffer_to_front", "t2i_text", "generate_images", "edit_images", "answer_questions", "convert_unipic_checkpoint",
     "checkpoint_filter_fn", "QWEN25_15B", "SIGLIP2_SO400M_512", "MAR_HUGE", "NEGATIVE_PROMPT", "EDIT_NEGATIVE_PROMPT",
 ]
 
@@ -47,6 +47,8 @@ __all__ = [
 CHAT_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 IMAGE_TOKEN = "<image>"
 NEGATIVE_PROMPT = "Generate an image."
+#: text-to-image prompts are "Generate an image: <caption>" in training and sampling (the official datasets/scripts)
+T2I_PREFIX = "Generate an image: "
 EDIT_NEGATIVE_PROMPT = "Repeat this image."
 
 #: Qwen2.5-1.5B-Instruct (its config.json)
@@ -157,6 +159,11 @@ class HFChatTokenizer:
 def load_tokenizer(spec: str) -> ByteChatTokenizer | HFChatTokenizer:
     """``"bytes"`` -> :class:`ByteChatTokenizer`; else a local tokenizer folder -> :class:`HFChatTokenizer`."""
     return ByteChatTokenizer() if spec == "bytes" else HFChatTokenizer(spec)
+
+
+def t2i_text(caption: str) -> str:
+    """The user text of a text-to-image prompt: ``"Generate an image: <caption>"``."""
+    return T2I_PREFIX + caption.strip()
 
 
 def chat_prompt(text: str, image_tokens: int = 0) -> str:
@@ -527,6 +534,7 @@ def generate_images(model: UniPic, prompts: list[str], num_iter: int = 64, cfg: 
     of the token stride works through the interpolated position tables)."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     grid = model.grid(image_size or model.image_size)
+    prompts = [t2i_text(p) for p in prompts]
     return model.decode_tokens(sample_tokens(model, prompts, grid, num_iter, cfg, negative_prompt, temperature, gen),
                                grid)
 

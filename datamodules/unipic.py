@@ -109,7 +109,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     except OSError as e:
         raise OSError(f"cannot read image {path}: {e}") from e
     arr = A.Resize(size, size, interpolation=cv2.INTER_AREA)(image=arr)["image"]
-    return torch.from_numpy(arr).permute(2, 0, 1).float() / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
 class _Records(Dataset):

@@ -218,22 +218,28 @@ class LiberoDataModule(SplitDataModule):
         batch_size: windows per batch.
         num_workers: loader workers.
         tasks: file stems to use (None: all).
+        write_demos: when > 0 and ``root`` is absent or empty, first record this many PyBullet expert demos per task
+            there (``datamodules.robot_sim``, labelled synthetic; the demo configs).
     """
 
     def __init__(self, root: str = "runs/cronusvla/demos", num_frames: int = 3, chunk_len: int = 4,
                  image_size: int | None = 28, camera: str = "agentview_rgb", tokenizer: str = "bytes",
                  cognition_suffix: list[int] | None = None, val_demos: int = 2, batch_size: int = 16,
-                 num_workers: int = 0, tasks: list[str] | None = None) -> None:
+                 num_workers: int = 0, tasks: list[str] | None = None, write_demos: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root, self.num_frames, self.chunk_len, self.image_size = root, num_frames, chunk_len, image_size
         self.camera, self.val_demos, self.batch_size, self.num_workers = camera, val_demos, batch_size, num_workers
-        self.tasks = tasks
+        self.tasks, self.write_demos = tasks, write_demos
         self.prompt = make_prompt(tokenizer, cognition_suffix)
         self.splits: dict[str, WindowDataset] = {}
         self._stats: dict[str, Any] | None = None
 
     def files(self) -> list[Path]:
+        if self.write_demos and not any(Path(self.root).glob("*.hdf5")):
+            from .robot_sim import write_libero_demos
+
+            write_libero_demos(self.root, episodes=self.write_demos)
         root = require_dataset(self.root, name="LIBERO", tree=LIBERO_TREE, source=LIBERO_SOURCE,
                                required=["*.hdf5"])
         files = sorted(root.glob("*.hdf5"))

@@ -350,15 +350,22 @@ class VLMConversationDataModule(SplitDataModule):
         limit_eval: evaluate on the first n records of val / test only (None: all).
         num_workers: loader workers.
         seed: packing-order seed.
+        write_if_missing: demo only: when ``root`` is missing, write this set there first — ``scenes`` (the
+            SYNTHETIC scene set, ``scene_count`` training scenes), ``digits`` (scikit-learn's real digits) or
+            ``skimage`` (scikit-image's real photographs with docstring captions).
+        scene_count: training scenes written for ``write_if_missing: scenes`` (test: a quarter, val: a tenth).
     """
 
     def __init__(self, root: str, file: str = "vqa.jsonl", stage: str = "sft", token_px: int = 32,
                  min_pixels: int | None = None, max_pixels: int | None = None, max_len: int = 4096,
                  batch_size: int = 1, eval_batch_size: int = 16, limit_eval: int | None = None, num_workers: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, write_if_missing: str | None = None, scene_count: int = 400) -> None:
         super().__init__()
         if stage not in PIXEL_BOUNDS:
             raise ValueError(f"stage must be one of {tuple(PIXEL_BOUNDS)}, got {stage!r}")
+        if write_if_missing not in (None, "scenes", "digits", "skimage"):
+            raise ValueError(f"write_if_missing must be scenes, digits, skimage or null, got {write_if_missing!r}")
+        self.write_if_missing, self.scene_count = write_if_missing, scene_count
         self.root, self.file, self.stage, self.token_px = root, file, stage, token_px
         lo, hi = PIXEL_BOUNDS[stage]
         self.min_pixels = lo if min_pixels is None else min_pixels
@@ -379,6 +386,17 @@ class VLMConversationDataModule(SplitDataModule):
         return self.tokenizer.image_token_ids
 
     def _require(self) -> Path:
+        if self.write_if_missing and not Path(self.root).exists():
+            if self.write_if_missing == "scenes":
+                from .synthetic.scenes import write_scene_dataset
+
+                n = self.scene_count
+                write_scene_dataset(self.root, n_train=n, n_val=max(n // 10, 4), n_test=max(n // 4, 6), seed=self.seed,
+                                    size=64, questions_per_image=4)
+            elif self.write_if_missing == "digits":
+                write_digits_vqa(self.root, seed=self.seed)
+            else:
+                write_skimage_captions(self.root)
         return require_dataset(self.root, name="image-text conversations", tree=TREE, source=SOURCE,
                                required=[f"train/{self.file}"])
 

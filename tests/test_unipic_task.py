@@ -128,3 +128,18 @@ def test_cli_fit_and_test_demo(tmp_path, scenes, capsys):
     assert "test/geneval_overall" in summary and "test/edit_acc" in summary and "test/vqa_em" in summary
     task = UniPicTask.load_from_checkpoint(ckpt, weights_only=False)
     assert task.net.mar.buffer_size == 4
+
+
+def test_generate_and_edit_cli(tmp_path):
+    import zoo
+    from tasks.unipic_generate import main
+
+    m = zoo.create_model("unipic_tiny")
+    zoo.save_pretrained(m, tmp_path / "m")
+    out = tmp_path / "a.png"
+    assert main(["--ckpt", str(tmp_path / "m"), "--prompt", "a red circle", "--out", str(out), "--num-iter", "2"]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size == (32, 32)
+    assert main(["--image", str(out), "--prompt", "make the circle green", "--out", str(tmp_path / "b.png"),
+                 "--num-iter", "2"]) == 0

@@ -1,0 +1,173 @@
+"""UniPic benchmarks: generation time / peak memory, per-stage training step (eager vs compiled), and the LLM-bridge vs
+MAR-only comparison on the scene set (SYNTHETIC). Writes one JSON per run with the command, machine and versions.
+
+    python benchmarks/bench_unipic.py gen   --model unipic_1p5b --size 1024 --num-iter 64 --out gen.json
+    python benchmarks/bench_unipic.py train --model unipic_1p5b --stages stage1_pt stage3_ct --compile both
+    python benchmarks/bench_unipic.py compare --model unipic_tiny --epochs 4 --scenes 600
+    python benchmarks/bench_unipic.py gen --tiny   (the CPU smoke mode: tiny model, tiny sizes)
+
+Weights are random (no released weights are fetched): times and memory are the architecture's, not a quality number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: paper-size builds here use a random-init Qwen2.5 config and the byte tokenizer (no download)
+OFFLINE_KW = {"tokenizer": "bytes"}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _meta(args: argparse.Namespace) -> dict:
+    return {"command": " ".join(sys.argv), "machine": platform.node(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def bench_gen(args: argparse.Namespace) -> dict:
+    import zoo
+    from zoo.unipic import generate_images
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = zoo.create_model(args.model, **OFFLINE_KW).to(device, dtype).eval()
+    size = args.size or model.image_size
+    out = {"model": args.model, "size": size, "num_iter": args.num_iter, "cfg": args.cfg, "dtype": str(dtype)}
+    for rep in range(2):  # the first run warms up kernels
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        _sync(device)
+        t = time.perf_counter()
+        img = generate_images(model, ["a red circle left of a blue square"] * args.batch, args.num_iter, args.cfg,
+                              image_size=size)
+        _sync(device)
+        out[f"seconds_run{rep}"] = time.perf_counter() - t
+    out["image_shape"] = list(img.shape)
+    if device == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    return out
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    from tasks.bench import load_config
+    from tasks.unipic import UniPicTask
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {}
+    for stage in args.stages:
+        init = dict(load_config(ROOT / f"configs/unipic/{stage}.yaml")["model"]["init_args"])
+        init.update(model=args.model, init_from=None, model_kwargs=dict(OFFLINE_KW))
+        for comp in ([False, True] if args.compile == "both" else [args.compile == "on"]):
+            torch.manual_seed(0)
+            task = UniPicTask(**{**init, "compile": comp}).to(device)
+            task.train()
+            params = [p for p in task.net.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), eps=1e-15)
+            batch = task.example_batch(args.batch)
+            task.log_dict = lambda *a, **k: None  # noqa: E731
+            times = []
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            for i in range(args.steps):
+                _sync(device)
+                t = time.perf_counter()
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    loss = task.training_step(batch, i)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                _sync(device)
+                times.append(time.perf_counter() - t)
+            warm = times[min(2, len(times) - 1):]
+            results[f"{stage}/{'compiled' if comp else 'eager'}"] = {
+                "first_step_s": times[0], "step_s_median": sorted(warm)[len(warm) // 2],
+                "trainable_m": sum(p.numel() for p in params) / 1e6,
+                "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None}
+            del task, opt
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return {"model": args.model, "batch": args.batch, "results": results}
+
+
+def bench_compare(args: argparse.Namespace) -> dict:
+    """Generation with the LLM bridge vs MAR-only ('bag' conditioning) on the same steps; GenEval-style judge on the
+    held-out prompts of the scene set, edit accuracy, understanding exact-match (LLM only)."""
+    import pytorch_lightning as pl
+
+    from datamodules.unipic import UniPicDataModule
+    from tasks.unipic import UniPicTask
+
+    n_train, n_val, n_test = args.scenes, max(12, args.scenes // 10), args.test_scenes
+    out = {}
+    for cond in ("llm", "bag"):
+        pl.seed_everything(0)
+        dm = UniPicDataModule(root=str(Path(args.root)), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
+                              image_size=args.image_size, batch_size=args.batch, scene_image_size=args.scene_size,
+                              tasks=("t2i", "edit", "vqa") if cond == "llm" else ("t2i", "edit"))
+        kw = {} if cond == "llm" else {"conditioning": "bag", "understanding": "none"}
+        kw.update(json.loads(args.model_kwargs))
+        task = UniPicTask(model=args.model, model_kwargs=kw, lr=args.lr, schedule="constant", warmup_ratio=0.05,
+                          loss_weights={"image2text": 0.01, "text2image": 1.0, "image_edit": 1.0},
+                          eval_batches=10 ** 6, eval_num_iter=args.num_iter)
+        tr = pl.Trainer(accelerator="auto", devices=1, max_epochs=args.epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
+        t = time.perf_counter()
+        tr.fit(task, dm)
+        merged = {"fit_s": time.perf_counter() - t, "steps": tr.global_step}
+        for r in tr.test(task, dm, verbose=False):
+            merged.update(r)
+        out[cond] = merged
+        print(cond, json.dumps(merged), flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=["gen", "train", "compare"])
+    p.add_argument("--model", default="unipic_tiny")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke mode: unipic_tiny, small sizes, few steps")
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--num-iter", type=int, default=64)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--stages", nargs="+", default=["stage1_pt", "stage2_align", "stage3_ct", "stage4_sft"])
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--scenes", type=int, default=600)
+    p.add_argument("--test-scenes", type=int, default=120)
+    p.add_argument("--scene-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--model-kwargs", default="{}", help="JSON model_kwargs for compare (a larger model on the GPU)")
+    p.add_argument("--root", default="runs/unipic_bench/scenes")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.tiny:
+        args.model, args.num_iter, args.steps, args.epochs, args.scenes, args.test_scenes = \
+            "unipic_tiny", 2, 2, 1, 32, 12
+        args.compile = "off" if args.compile == "both" else args.compile
+    res = {"mode": args.mode, **_meta(args), **{"gen": bench_gen, "train": bench_train,
+                                                "compare": bench_compare}[args.mode](args)}
+    text = json.dumps(res, indent=1, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

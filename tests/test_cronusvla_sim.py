@@ -158,3 +158,43 @@ def test_training_lowers_the_loss(demos):
         after = task.diffusion_loss(task.net(batch["pixels"], batch["input_ids"], batch["attention_mask"]).features,
                                     batch["actions"], gen())
     assert after < 0.85 * before
+
+
+def test_rlds_tfrecord_reader_without_tensorflow(tmp_path):
+    import io as _io
+
+    from PIL import Image
+
+    from datamodules.rlds import RLDSDataModule, encode_example, parse_example, read_tfrecord, write_tfrecord
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for n in (5, 7):
+        imgs = rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)
+        pngs = []
+        for im in imgs:
+            buf = _io.BytesIO()
+            Image.fromarray(im).save(buf, format="PNG")
+            pngs.append(buf.getvalue())
+        act = rng.uniform(-1, 1, (n, 7)).astype(np.float32)
+        act[:, -1] = np.sign(act[:, -1])
+        episodes.append((imgs, act, encode_example({
+            "steps/observation/image": pngs, "steps/action": act.ravel(), "steps/is_first": [1] + [0] * (n - 1),
+            "steps/language_instruction": ["open the drawer"] * n, "episode_metadata/episode_id": [-3]})))
+    root = tmp_path / "libero_spatial_no_noops" / "1.0.0"
+    root.mkdir(parents=True)
+    write_tfrecord(root / "libero-train.tfrecord-00000-of-00001", [e[2] for e in episodes])
+    ex = parse_example(next(read_tfrecord(root / "libero-train.tfrecord-00000-of-00001")))
+    assert ex["episode_metadata/episode_id"].tolist() == [-3] and len(ex["steps/observation/image"]) == 5
+    dm = RLDSDataModule(str(root), num_frames=2, chunk_len=3, image_size=None, val_demos=1, batch_size=2)
+    dm.setup("fit")
+    ep = dm.splits["train"].episodes[0]
+    assert np.array_equal(ep.frames, episodes[0][0]) and ep.instruction == "open the drawer"
+    np.testing.assert_allclose(ep.actions[:, :6], episodes[0][1][:, :6], rtol=1e-6)
+    assert set(np.unique(ep.actions[:, -1])) <= {0.0, 1.0}
+    assert next(iter(dm.train_dataloader()))["pixels"].shape == (2, 2, 3, 16, 16)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x-train.tfrecord-00000-of-00001").write_bytes(b"\x05\0\0")
+    with pytest.raises(DatasetLayoutError, match="truncated"):
+        list(read_tfrecord(bad / "x-train.tfrecord-00000-of-00001"))

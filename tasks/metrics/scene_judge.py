@@ -1,7 +1,7 @@
 """An exact GenEval-style judge for the synthetic scene set (:mod:`datamodules.scenes`), by plain image analysis.
 
 Detection (:func:`detect_objects`): pixels whose chroma (max - min of RGB) is at least ``min_chroma`` are
-foreground; each takes the palette colour of the nearest hue (the palette's hues are 24 degrees or more apart, and
+foreground; each takes the palette colour of the nearest hue (the palette's hues are 23 degrees or more apart, and
 blending with the neutral background keeps a hue); each colour's 8-connected components larger than a speck are
 objects; an object's shape is the template (inscribed circle, full square, upward triangle) that best overlaps
 (IoU) its mask inside its bounding box; its centre is the box centre, normalised like

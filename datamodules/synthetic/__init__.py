@@ -10,6 +10,8 @@ written). The datamodules read these folders like the real data and log that the
 - :mod:`.signal`: WFDB records (:func:`write_wfdb_record`, :func:`paired_signal`)
 - :mod:`.fmri`: several synthetic subjects (random voxel mappings of one latent) in the OpenfMRI layout
   (:func:`write_openfmri_subjects`)
+- :mod:`.scenes`: the compositional scene set (coloured shapes; t2i / edit / VQA JSONL with exact targets)
+  (:func:`write_scene_dataset`)
 """
 from ._owned import MARKER, SyntheticDataError, claim, fresh, is_synthetic, owned_or_empty
 from .geometry import (
@@ -29,6 +31,7 @@ from .geometry import (
 )
 from .fmri import write_openfmri_subjects
 from .inpainting import write_skimage_photos
+from .scenes import write_scene_dataset
 from .reid import DEMO_REID, ensure_demo_reid, person_image, write_reid_dataset
 from .signal import paired_signal, write_wfdb_record
 
@@ -36,5 +39,6 @@ __all__ = [
     "DEMO_REID", "MARKER", "SyntheticDataError", "claim", "ensure_demo_reid", "fresh", "intrinsics", "is_synthetic",
     "look_at", "nyu_mask_holes", "nyu_raw_holes", "owned_or_empty", "pair_sample", "paired_signal", "person_image",
     "random_cameras", "random_scene", "render", "render_views", "write_dsine", "write_nyuv2_labeled",
-    "write_openfmri_subjects", "write_pair_list", "write_reid_dataset", "write_scannet_scene", "write_skimage_photos", "write_wfdb_record",
+    "write_openfmri_subjects", "write_pair_list", "write_reid_dataset", "write_scannet_scene", "write_scene_dataset",
+    "write_skimage_photos", "write_wfdb_record",
 ]

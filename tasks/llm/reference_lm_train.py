@@ -60,7 +60,8 @@ def evaluate_perplexity(model: torch.nn.Module, loader, device: torch.device, ma
 
 
 def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str | None = None, compile: bool = False,
-                       val_batches: int | None = 20, log_every: int = 50, **recipe: Any) -> Path:
+                       val_batches: int | None = 20, log_every: int = 50, time_budget_s: float | None = None,
+                       **recipe: Any) -> Path:
     """Train a reference LM of ``size`` with its recipe (``TRAINING_RECIPES[size]`` updated by ``recipe``); returns
     the saved folder.
 
@@ -71,6 +72,9 @@ def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str |
         compile: ``torch.compile`` the model for training.
         val_batches: held-out batches for the final perplexity (None: all).
         log_every: print the loss every this many steps.
+        time_budget_s: wall-clock budget of the training loop: after 30 timed steps (compile excluded) the number of
+            steps is lowered to what fits, and the cosine schedule is re-planned over it (``train_log.json`` records
+            the steps planned and run). None: the recipe's steps.
         recipe: overrides of the recipe fields (``steps``, ``lr``, ``batch_size``, ``seq_len``, ...).
     """
     rec = {**TRAINING_RECIPES[size], **recipe}
@@ -90,10 +94,25 @@ def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str |
                              "weight_decay": 0.0}], lr=rec["lr"], betas=(0.9, 0.95), fused=dev.type == "cuda")
     step_model = torch.compile(model) if compile else model
     losses, t0 = [], time.perf_counter()
+    planned, steps, t_probe = rec["steps"], rec["steps"], None
     model.train()
     for step, batch in enumerate(dm.train_dataloader()):
+        if step >= steps:
+            break
+        if time_budget_s is not None and step in (5, 35):  # steps 5..35 timed: compile and warm-up excluded
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if step == 5:
+                t_probe = time.perf_counter()
+            else:
+                per_step = (time.perf_counter() - t_probe) / 30
+                fit = int((time_budget_s - (time.perf_counter() - t0)) / per_step) + step
+                if fit < steps:
+                    steps = max(fit, step + 1)
+                    print(f"time budget {time_budget_s:.0f}s at {per_step * 1e3:.0f} ms/step: {steps} of "
+                          f"{planned} steps", flush=True)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, rec["steps"], rec["warmup"], rec["lr"])
+            group["lr"] = _lr_at(step, steps, rec["warmup"], rec["lr"])
         batch = batch.to(dev, non_blocking=True)
         with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
             logits = step_model(batch[:, :-1]).logits
@@ -102,9 +121,9 @@ def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str |
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % log_every == 0 or step == rec["steps"] - 1:
+        if step % log_every == 0 or step == steps - 1:
             losses.append((step, loss.item()))
-            print(f"step {step}/{rec['steps']} loss {loss.item():.3f} {time.perf_counter() - t0:.0f}s", flush=True)
+            print(f"step {step}/{steps} loss {loss.item():.3f} {time.perf_counter() - t0:.0f}s", flush=True)
     train_s = time.perf_counter() - t0
     val_ppl = evaluate_perplexity(model, dm.val_dataloader(), dev, val_batches)
     print(f"held-out perplexity {val_ppl:.2f} ({n_params / 1e6:.1f}M params, {train_s:.0f}s)", flush=True)
@@ -114,7 +133,8 @@ def train_reference_lm(out: str | os.PathLike, size: str = "tiny", device: str |
     model.float().cpu().save_pretrained(folder)
     dm.tokenizer.save(folder)
     (folder / "stdlib_manifest.json").write_text(json.dumps(dm.corpus.manifest, indent=1))
-    log = {"size": size, "recipe": rec, "params": n_params, "train_seconds": train_s, "losses": losses,
+    log = {"size": size, "recipe": rec, "steps_planned": planned, "steps_run": min(steps, step + 1),
+           "time_budget_s": time_budget_s, "params": n_params, "train_seconds": train_s, "losses": losses,
            "val_perplexity": val_ppl, "val_batches": val_batches, "device": str(dev),
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "torch": torch.__version__, "python": sys.version, "train_tokens": int(len(dm.corpus.train)),
@@ -159,11 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--val-batches", type=int, default=50, help="held-out batches for the final perplexity (-1: all)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="fit the training loop into this many seconds (fewer steps, schedule re-planned)")
     for k, v in TRAINING_RECIPES["base"].items():
         p.add_argument(f"--{k.replace('_', '-')}", type=type(v) if v is not None else int, default=None)
     a = p.parse_args(argv)
     recipe = {k: getattr(a, k) for k in TRAINING_RECIPES["base"] if getattr(a, k) is not None}
-    train_reference_lm(a.out, a.size, a.device, a.compile, None if a.val_batches < 0 else a.val_batches, **recipe)
+    train_reference_lm(a.out, a.size, a.device, a.compile, None if a.val_batches < 0 else a.val_batches,
+                       time_budget_s=a.time_budget_s, **recipe)
 
 
 if __name__ == "__main__":

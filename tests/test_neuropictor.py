@@ -292,3 +292,27 @@ def test_accumulating_metrics_equal_the_functions_on_all_samples():
     ex = TwoWayIdentification(extractor=lambda x: x.mean(1))
     ex.update(a, b)
     torch.testing.assert_close(ex.compute(), two_way_identification(a.mean(1), b.mean(1)))
+
+
+def test_official_checkpoint_round_trip_with_a_vae():
+    """The VAE too: ours -> first_stage_model.* (LDM autoencoder keys, 1x1-conv attention weights, reversed decoder
+    blocks) -> diffusers' own convert_ldm_vae_checkpoint -> ours, bit-exact, inside the whole-model round trip."""
+    from zoo.neuropictor import vae_to_official
+
+    torch.manual_seed(1)
+    vae = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+               up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=2,
+               latent_channels=4, norm_num_groups=4)
+    model = zoo.create_model("neuropictor_tiny", subjects={"s1": 20}, num_classes=3, vae=vae, image_size=64)
+    official = to_official_state_dict(model)
+    for key in ("encoder.down.1.block.0.nin_shortcut.weight", "decoder.up.0.block.2.conv2.weight",
+                "decoder.up.2.upsample.conv.weight", "encoder.mid.attn_1.q.weight", "decoder.norm_out.weight",
+                "post_quant_conv.weight"):
+        assert "first_stage_model." + key in official, key
+    assert official["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (16, 16, 1, 1)
+    assert set(vae_to_official(model.vae.state_dict(), 3)) <= set(official)
+    back = convert_official_checkpoint(official, model)
+    ours = {k: v for k, v in model.state_dict().items() if not k.startswith(("adapters.", "category_head."))}
+    assert set(back) == set(ours)
+    for k, v in ours.items():
+        assert torch.equal(back[k].reshape(v.shape), v) and back[k].shape == v.shape, k

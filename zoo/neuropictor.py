@@ -40,8 +40,8 @@ from ._registry import register_model
 __all__ = [
     "FMRIEncoder", "FMRIAutoencoder", "FMRIToSemantic", "FMRIToControl", "SubjectAdapters", "NeuroPictor",
     "NeuroPictorOutput", "sample_images", "sincos_pos_embed_2d", "convert_official_checkpoint",
-    "convert_official_fmri_autoencoder", "to_official_state_dict", "checkpoint_filter_fn", "SD21_UNET", "SD21_VAE",
-    "SD21_SCHEDULER", "OPENCLIP_H14_TEXT",
+    "convert_official_fmri_autoencoder", "to_official_state_dict", "vae_to_official", "checkpoint_filter_fn",
+    "SD21_UNET", "SD21_VAE", "SD21_SCHEDULER", "OPENCLIP_H14_TEXT",
 ]
 
 #: SD 2.1-base UNet (diffusers config of stabilityai/stable-diffusion-2-1-base; "attention_head_dim" = heads)
@@ -784,9 +784,46 @@ def _ldm_unet_key(k: str, lpb: int, up_has_attn: list[bool]) -> str:
     raise KeyError(f"no LDM counterpart for {k!r}")
 
 
+def _ldm_vae_key(k: str, num_up: int) -> str:
+    """A diffusers ``AutoencoderKL`` key -> the LDM ``first_stage_model`` key (the inverse of diffusers'
+    ``convert_ldm_vae_checkpoint``; the decoder's up blocks run in reverse order there)."""
+    def resnet(rest: str) -> str:
+        return rest.replace("conv_shortcut.", "nin_shortcut.", 1) if rest.startswith("conv_shortcut.") else rest
+
+    k = re.sub(r"^(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out.", k)
+    if m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", k):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{resnet(m[3])}"
+    if m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", k):
+        name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}[m[2]]
+        return f"{m[1]}.mid.attn_1.{name}.{m[3]}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{resnet(m[3])}"
+    if m := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.*)", k):
+        return f"encoder.down.{m[1]}.downsample.{m[2]}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", k):
+        return f"decoder.up.{num_up - 1 - int(m[1])}.block.{m[2]}.{resnet(m[3])}"
+    if m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)", k):
+        return f"decoder.up.{num_up - 1 - int(m[1])}.upsample.{m[2]}"
+    if re.match(r"(encoder|decoder)\.(conv_in|norm_out|conv_out)\.|(post_)?quant_conv\.", k):
+        return k
+    raise KeyError(f"no LDM VAE counterpart for {k!r}")
+
+
+def vae_to_official(state_dict: dict[str, torch.Tensor], num_up_blocks: int) -> dict[str, torch.Tensor]:
+    """A diffusers ``AutoencoderKL`` state dict -> LDM ``first_stage_model.*`` keys; the mid-block attention's
+    linear q/k/v/proj weights become the 1x1 convolutions the LDM autoencoder holds."""
+    out = {}
+    for k, v in state_dict.items():
+        key = _ldm_vae_key(k, num_up_blocks)
+        if re.search(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$", key) and v.dim() == 2:
+            v = v[:, :, None, None]
+        out[_LDM_VAE + key] = v
+    return out
+
+
 def to_official_state_dict(model: NeuroPictor) -> dict[str, torch.Tensor]:
     """This model's weights in the official checkpoint's key layout (UNet, ControlNet, fMRI mapper, encoder,
-    semantic network, text tower; the VAE is not exported). The inverse of :func:`convert_official_checkpoint`
+    semantic network, text tower, VAE as ``first_stage_model``). The inverse of :func:`convert_official_checkpoint`
     (tested round trip), for running our weights in the official code."""
     lpb = model.unet.config.layers_per_block
     up_attn = ["CrossAttn" in t for t in model.unet.config.up_block_types]
@@ -810,6 +847,8 @@ def to_official_state_dict(model: NeuroPictor) -> dict[str, torch.Tensor]:
             continue
         else:
             raise KeyError(f"no official counterpart for {k!r}")
+    if model.vae is not None:
+        out |= vae_to_official(model.vae.state_dict(), len(model.vae.config.up_block_types))
     return out
 
 

@@ -66,12 +66,14 @@ def essential_pose(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndar
     n2 = _normalise(np.asarray(xy2, np.float64), K2)
     f = (K1[0, 0] + K1[1, 1] + K2[0, 0] + K2[1, 1]) / 4
     # points of image 2 first: recoverPose's (R, t) then maps camera-2 coordinates to camera 1, like pose2to1
-    E, inl = cv2.findEssentialMat(n2, n1, np.eye(3), method=cv2.RANSAC, prob=0.999, threshold=px_thresh / f)
-    if E is None or E.shape != (3, 3):
-        E = None if E is None or E.shape[0] < 3 else E[:3]
-    if E is None:
+    try:
+        E, inl = cv2.findEssentialMat(n2, n1, np.eye(3), method=cv2.RANSAC, prob=0.999, threshold=px_thresh / f)
+        if E is None or E.shape[0] < 3:
+            return None
+        # several stacked solutions: recoverPose picks by the cheirality count on the first (as LoFTR's eval does)
+        _, R, t, _ = cv2.recoverPose(E[:3], n2, n1, np.eye(3), mask=inl)
+    except cv2.error:  # degenerate matches (e.g. all on a line / repeated points): the estimation fails
         return None
-    _, R, t, _ = cv2.recoverPose(E, n2, n1, np.eye(3), mask=inl)
     return R, t[:, 0]
 
 
@@ -353,6 +355,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
                          limit_val_batches=0, gradient_clip_val=1.0, log_every_n_steps=10)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())  # not the datamodule: its setup() would drop the cache
     train_s = time.perf_counter() - t0 - render_s
+    torch.save(task.net.state_dict(), out / "net.pt")  # the evaluated weights (re-evaluate without retraining)
     net = task.network.eval()
     device = next(task.net.parameters()).device
     med = train_median_depth(dm)

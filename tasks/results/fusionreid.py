@@ -350,6 +350,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
         embs[name] = d
         print(f"[fusionreid results] {name}: rank1 {row['rank1']:.3f} mAP {row['mAP']:.3f} ({row['train_s']:.0f} s)",
               flush=True)
+        write_json(out / "partial.json", rows)  # what is done so far, should a time limit stop the run
     dm = _datamodule(data_dir, cfg)
     dm.setup("test")
     main_name = cfg.get("figure_model")
@@ -383,6 +384,21 @@ def tiny_overrides() -> dict[str, Any]:
                       "accelerator": "cpu", "precision": "32-true", "compile": False, "num_workers": 0}}
 
 
+def tiny_models(models: dict[str, Any]) -> dict[str, Any]:
+    """The same entries on tiny networks (``--tiny``): fusionreid_tiny and its branches, timm resnet10t / ViT-Ti."""
+    out = {}
+    for name, spec in models.items():
+        spec = dict(spec)
+        if spec["kind"] in ("fusionreid", "cnn_branch", "vit_branch"):
+            spec.update(model="fusionreid_tiny", model_kwargs={})
+        elif spec["kind"] == "timm":
+            vit = "vit" in spec["timm_name"]
+            spec.update(timm_name="vit_tiny_patch16_224" if vit else "resnet10t",
+                        timm_kwargs={"img_size": [64, 32]} if vit else {})
+        out[name] = spec
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="configs/fusionreid/results*.yaml")
@@ -395,6 +411,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.data_root:
         over.setdefault("data", {})["root"] = a.data_root
     cfg = load_config(a.config, over)
+    if a.tiny:
+        cfg["models"] = tiny_models(cfg["models"])
     if a.models:
         keep = a.models.split(",")
         cfg["models"] = {k: v for k, v in cfg["models"].items() if k in keep}

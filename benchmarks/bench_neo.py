@@ -118,7 +118,7 @@ def ablation(args: argparse.Namespace) -> None:
         pl.seed_everything(args.seed, verbose=False)
         dm = VLMConversationDataModule(str(root), token_px=16, min_pixels=16 * 16, max_pixels=128 * 128,
                                        max_len=args.max_len, batch_size=args.batch, eval_batch_size=64,
-                                       limit_eval=args.limit_eval, seed=args.seed)
+                                       limit_eval=args.limit_eval, seed=args.seed, num_workers=args.workers)
         kw = {**SIZES[args.size], **VARIANTS[name]}
         task = NEOTask("neo_tiny", model_kwargs=kw, lr=args.lr, warmup_steps=max(args.steps // 20, 1),
                        max_new_tokens=3)
@@ -270,6 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=2000, help="training scenes (4 questions each)")
     p.add_argument("--n-test", type=int, default=300, help="test scenes (a third at unseen aspect ratios)")
     p.add_argument("--limit-eval", type=int, default=None)
+    p.add_argument("--workers", type=int, default=0, help="data-loader workers")
     p.add_argument("--root", default=None, help="folder for the scene set (default: the temp dir)")
     # step / decode
     p.add_argument("--model", default="neo_2b")

@@ -62,11 +62,11 @@ def test_prefix_grouper_equals_repeated_prefix(family, g):
 
 
 def test_merge_path_equals_split_path_in_grpo():
-    """The LSE-merge path at model level: loss and every parameter gradient equal the split path and no grouping."""
+    """The LSE-merge and FlexAttention paths at model level: loss and every parameter gradient equal the split path and no grouping."""
     task = GRPOTask(model="llama", model_kwargs=dict(TINY, vocab_size=40), kl_coef=0.0, prefix_grouper=True)
     ro = _rollout(task, 4, kl=False)
     results = {}
-    for grouper, mode in ((False, "split"), (True, "split"), (True, "merge")):
+    for grouper, mode in ((False, "split"), (True, "split"), (True, "merge"), (True, "flex")):
         task.hparams.prefix_grouper, task.hparams.prefix_mode = grouper, mode
         task.policy.zero_grad()
         loss = task.policy_loss(ro)[0]
@@ -74,7 +74,7 @@ def test_merge_path_equals_split_path_in_grpo():
         results[(grouper, mode)] = (loss.detach(), {n: p.grad.clone() for n, p in task.policy.named_parameters()})
     ref_loss, ref_grads = results[(False, "split")]
     assert sum(float(g.abs().sum()) for g in ref_grads.values()) > 0
-    for key in ((True, "split"), (True, "merge")):
+    for key in ((True, "split"), (True, "merge"), (True, "flex")):
         loss, grads = results[key]
         torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
         assert set(grads) == set(ref_grads)

@@ -59,7 +59,7 @@ def test_lse_merge_equals_full_softmax():
     torch.testing.assert_close(full, ref, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["split", "merge", "dense"])
+@pytest.mark.parametrize("mode", ["split", "merge", "dense", "flex"])
 @pytest.mark.parametrize("fast", [False, True])
 def test_grouped_attention_equals_repeated_layout_with_grads(mode, fast):
     if fast and mode != "split":

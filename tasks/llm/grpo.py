@@ -40,7 +40,8 @@ class GRPOTask(LLMTask):
         scale_rewards: divide advantages by the group's reward std.
         loss_agg: ``sequence`` (mean per completion, then over completions) or ``token``.
         prefix_grouper: compute the log-probs with one packed shared-prefix forward per prompt group.
-        prefix_mode: attention path of the packed forward: ``split``, ``merge`` or ``dense`` (all exact).
+        prefix_mode: attention path of the packed forward: ``auto`` (``flex``, one fused FlexAttention kernel per
+            layer, on CUDA; ``split`` elsewhere), ``flex``, ``split``, ``merge`` or ``dense`` (all exact).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping (0 disables).
@@ -68,7 +69,7 @@ class GRPOTask(LLMTask):
         scale_rewards: bool = True,
         loss_agg: str = "sequence",
         prefix_grouper: bool = False,
-        prefix_mode: str = "split",
+        prefix_mode: str = "auto",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,

@@ -1,6 +1,7 @@
 """Shared-prefix attention kernels in plain PyTorch (SDPA with explicit masks, and an exact LSE merge).
 
-Two exact ways to compute the packed layout's attention (Prefix Grouper, spec steps 4-7):
+Exact ways to compute the packed layout's attention (Prefix Grouper, spec steps 4-7); besides these two, ``flex``
+(:mod:`.flex`, one fused FlexAttention kernel with a block mask) and ``dense`` (one masked SDPA call):
 
 * ``split`` (the paper's): prefix queries attend causally to the prefix; suffix queries attend to
   ``[prefix K/V of their row ; own suffix K/V]`` with a bottom-right-aligned causal mask. The prefix K/V is read by an
@@ -135,13 +136,27 @@ def _sdpa(q, k, v, mask, scale, causal_lower_right: bool = False, softcap: float
     return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=mask, scale=scale)
 
 
+PREFIX_MODES = ("auto", "flex", "split", "merge", "dense")
+
+
+def resolve_mode(mode: str | None, device: torch.device | str) -> str:
+    """``auto`` / None: ``flex`` (one fused FlexAttention kernel per layer) on CUDA, ``split`` elsewhere."""
+    if mode in (None, "auto"):
+        from .flex import flex_supported
+
+        return "flex" if torch.device(device).type == "cuda" and flex_supported() else "split"
+    if mode not in PREFIX_MODES:
+        raise ValueError(f"unknown mode {mode!r} (one of {PREFIX_MODES})")
+    return mode
+
+
 def prefix_grouped_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     layout: PrefixLayout,
     scale: float | None = None,
-    mode: str = "split",
+    mode: str = "auto",
     fast_masks: bool | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
@@ -153,8 +168,11 @@ def prefix_grouped_attention(
         v: ``[b, Hkv, L, d]`` packed values.
         layout: the :class:`PrefixLayout` of the batch.
         scale: score scale, default ``1/sqrt(d)``.
-        mode: ``split`` (prefix call + suffix call on ``[prefix K/V ; suffix K/V]``), ``merge`` (two partial calls
-            combined by log-sum-exp, no repeated prefix K/V) or ``dense`` (one call with the full ``[L, L]`` mask).
+        mode: ``flex`` (one FlexAttention call per layer with the layout's block mask: prefix causal, each suffix
+            sees its row's prefix and itself causally; compiled on CUDA; on CPU with gradients the same mask runs
+            densely, FlexAttention having no CPU backward), ``split`` (prefix call + suffix call on
+            ``[prefix K/V ; suffix K/V]``), ``merge`` (two partial calls combined by log-sum-exp, no repeated prefix
+            K/V), ``dense`` (one call with the full ``[L, L]`` mask) or ``auto`` (``flex`` on CUDA, else ``split``).
         fast_masks: for ``split``, use SDPA's ``is_causal`` for the square prefix block and the bottom-right causal
             bias for the suffix block when every row has the same prefix length (flash-eligible on GPU). Default: on
             for CUDA tensors. Both are exact for the valid (non-padding) queries.
@@ -165,6 +183,13 @@ def prefix_grouped_attention(
         ``[b, L, H, d]`` (HF's attention-output layout); padding slots are zero.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    mode = resolve_mode(mode, q.device)
+    if mode == "flex":
+        from .flex import flex_attention_call
+
+        out = flex_attention_call(q, k, v, layout.block_mask("causal"), scale, softcap,
+                                  dense_mask=lambda: layout.dense_mask("causal"))
+        return out.transpose(1, 2) * layout.valid[:, :, None, None]
     if mode == "dense":
         out = masked_attention(q, k, v, layout.dense_mask("causal"), scale, softcap)
         return out.transpose(1, 2) * layout.valid[:, :, None, None]

@@ -139,7 +139,7 @@ class GroupedAttention:
     """Attention spec of a packed Prefix Grouper batch (see :func:`prefix_grouped_attention`)."""
 
     layout: PrefixLayout
-    mode: str = "split"
+    mode: str = "auto"
     fast_masks: bool | None = None
 
     @property
@@ -210,7 +210,7 @@ def packed_suffix_logits(
     model: nn.Module,
     prefixes: Sequence[torch.Tensor],
     suffix_groups: Sequence[Sequence[torch.Tensor]],
-    mode: str = "split",
+    mode: str = "auto",
     pad_id: int = 0,
     return_hidden: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, PrefixLayout]:
@@ -220,7 +220,8 @@ def packed_suffix_logits(
         model: an HF causal LM.
         prefixes: ``b`` LongTensors ``[P_i]``.
         suffix_groups: for each prefix, its suffixes (LongTensors ``[S_ij]``).
-        mode: attention path, ``split`` / ``merge`` / ``dense`` (all exact).
+        mode: attention path, ``auto`` (``flex`` on CUDA, else ``split``) / ``flex`` / ``split`` / ``merge`` /
+            ``dense`` (all exact).
         pad_id: id written into padding slots.
         return_hidden: return the final hidden states ``[B2, S_max, D]`` at those positions instead of logits.
 
@@ -277,7 +278,7 @@ def repeated_suffix_logits(
 
 
 def shared_prefix_logits(
-    model: nn.Module, prefix_ids: torch.Tensor, suffixes: Sequence[torch.Tensor], mode: str = "split"
+    model: nn.Module, prefix_ids: torch.Tensor, suffixes: Sequence[torch.Tensor], mode: str = "auto"
 ) -> list[torch.Tensor]:
     """Logits of every suffix token after a shared prefix, from one packed forward.
 
@@ -285,7 +286,7 @@ def shared_prefix_logits(
         model: an HF causal LM (Llama, Qwen2, Mistral, ...); switched to the ``sharezoo_prefix`` attention.
         prefix_ids: LongTensor ``[P]``.
         suffixes: G LongTensors ``[S_j]``.
-        mode: attention path (``split``, ``merge`` or ``dense``; all exact).
+        mode: attention path (``auto``, ``flex``, ``split``, ``merge`` or ``dense``; all exact).
 
     Returns:
         For each suffix, ``[S_j, V]`` logits at positions ``P-1 .. P+S_j-2`` (the predictions of its tokens),

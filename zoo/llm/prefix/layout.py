@@ -198,6 +198,45 @@ class PrefixLayout:
             self.cache[key] = m[:, None]
         return self.cache[key]
 
+    def mask_fn(self, kind: str = "causal"):
+        """The mask of :meth:`dense_mask` as an elementwise function ``allowed(b, q, k) -> bool`` of broadcastable
+        index tensors (FlexAttention's ``mask_mod`` without the head argument); defined for indices up to the length
+        rounded up to FlexAttention's block size (the padded tail is padding)."""
+        from .flex import BLOCK
+
+        if kind not in ("causal", "arrow", "arrow_context_masked"):
+            raise ValueError(f"unknown mask kind {kind!r}")
+        key = "segments_padded"
+        if key not in self.cache:
+            seg = self.segments()
+            tail = -self.length % BLOCK
+            self.cache[key] = torch.cat([seg, seg.new_full((self.batch_size, tail), -1)], 1) if tail else seg
+        segp = self.cache[key]
+
+        def allowed(b, q, k):
+            sq, sk = segp[b, q], segp[b, k]
+            valid_k = sk >= 0
+            same_or_prefix = (sk == 0) | (sq == sk)
+            if kind == "causal":
+                m = same_or_prefix & (k <= q) & valid_k
+            elif kind == "arrow":
+                m = torch.where(sq == 0, valid_k, same_or_prefix & valid_k)
+            else:
+                m = torch.where(sq == 0, sk == 0, same_or_prefix & valid_k)
+            return m | ((sq < 0) & (k == 0))  # padding queries see token 0 (no empty softmax rows)
+
+        return allowed
+
+    def block_mask(self, kind: str = "causal"):
+        """FlexAttention ``BlockMask`` ``[b, 1, L, L]`` of :meth:`mask_fn` (built once, shared by every layer)."""
+        key = f"block_{kind}"
+        if key not in self.cache:
+            from .flex import block_mask_from_fn
+
+            self.cache[key] = block_mask_from_fn(self.mask_fn(kind), self.batch_size, self.length, self.length,
+                                                 self.device)
+        return self.cache[key]
+
     def segments(self) -> torch.Tensor:
         """``[b, L]`` segment ids: -1 padding, 0 prefix, ``j + 1`` for suffix ``j`` of the row."""
         if "segments" not in self.cache:

@@ -1,0 +1,183 @@
+"""CronusVLA at paper shapes: control-step latency (one VLM pass on the current frame + the cached past features +
+DDIM 10 / CFG 1.5 decoding) and the post-training step, eager vs compiled, random weights.
+
+    python3 benchmarks/bench_cronusvla.py --benches step --model cronusvla_7b        # GPU (benchmarks/cronusvla_h200.sh)
+    python3 benchmarks/bench_cronusvla.py --benches train --model cronusvla_0_5b
+    python3 benchmarks/bench_cronusvla.py --device cpu --tiny                         # smoke test on a CPU
+
+``step``: :class:`zoo.cronusvla_policy.CronusVLAPolicy.act` on a 224-px frame with a full feature cache (M - 1 past
+features): one VLM forward (DINOv2-L + SigLIP-So400m + projector + LLM over 256 patches + the prompt), then 10 DDIM
+steps of the DiT-B decoder on the doubled CFG batch; bf16 weights on GPU. Compiled: the LLM's decoder layers, the
+two ViTs' blocks and the decoder's blocks compiled in place (``nn.Module.compile``, regional).
+``train``: one post-training optimiser step (AdamW, bf16 autocast, fp32 weights) of ``tasks.cronusvla.CronusVLATask``
+on ``example_batch`` (M frames per sample, past frames under no_grad, repeated diffusion x4). Compiled: the task's
+``compile='regional'``.
+
+Every measurement is one JSON line (command, machine, versions, commit) appended to ``--out``. The official code's
+``predict_action`` is not run beside it (it needs the Prismatic package tree and its pinned transformers 4.40 /
+timm 0.9 stack, not in the device image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tiny", action="store_true", help="cronusvla_tiny, few iterations (smoke test)")
+    p.add_argument("--model", default=None, help="registered model (default cronusvla_7b; tiny: cronusvla_tiny)")
+    p.add_argument("--benches", default="step,train", help="comma-separated subset of step,train")
+    p.add_argument("--modes", default="eager,compile", help="comma-separated subset of eager,compile")
+    p.add_argument("--batch", type=int, default=8, help="training batch per GPU (paper: 8 for 7B, 32 for 0.5B)")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations (default 20; tiny 2)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3; tiny 1)")
+    p.add_argument("--ddim-steps", type=int, default=10)
+    p.add_argument("--out", default="benchmarks/results/cronusvla.jsonl")
+    return p.parse_args(argv)
+
+
+def _sync(dev: str) -> None:
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, iters: int, warmup: int, dev: str) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        _sync(dev)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _provenance(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    import timm
+    import transformers
+
+    return {"command": "python3 benchmarks/bench_cronusvla.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "git_commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
+            "timm": timm.__version__, "python": platform.python_version(), "machine": platform.node(),
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"}
+
+
+def bench_step(args: argparse.Namespace, mode: str) -> dict:
+    import zoo
+    from zoo.cronusvla_policy import CronusVLAPolicy
+
+    dev = args.device
+    dtype = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    with torch.device(dev):
+        model = zoo.create_model(args.model).to(dtype).eval()
+    if mode == "compile":
+        for m in model.compile_regions():
+            m.compile()
+    ids = torch.randint(3, 250, (1, 20))
+    ids[:, 0], ids[:, -1] = 1, int(model.llm.config.eos_token_id)
+    pol = CronusVLAPolicy(model, ids.to(dev), num_steps=args.ddim_steps)
+    img = torch.rand(3, model.image_size, model.image_size, device=dev, dtype=dtype)
+    for _ in range(model.num_frames):  # a full cache
+        pol.features(img)
+    t0 = time.perf_counter()
+    pol.act(img)
+    _sync(dev)
+    first = (time.perf_counter() - t0) * 1000
+    vlm = _time(lambda: pol.features(img), args.iters, args.warmup, dev)
+    step = _time(lambda: pol.act(img), args.iters, args.warmup, dev)
+    row = {"bench": "step", "mode": mode, "model": args.model, "num_frames": model.num_frames,
+           "chunk_len": model.chunk_len, "ddim_steps": args.ddim_steps, "cfg_scale": 1.5, "dtype": str(dtype),
+           "first_call_ms": round(first, 1), "vlm_pass_ms_median": round(statistics.median(vlm), 3),
+           "step_ms_median": round(statistics.median(step), 3), "step_ms_min": round(min(step), 3)}
+    if dev.startswith("cuda"):
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def bench_train(args: argparse.Namespace, mode: str) -> dict:
+    from tasks.cronusvla import CronusVLATask
+
+    dev = args.device
+    task = CronusVLATask(args.model, compile="regional" if mode == "compile" else False).to(dev)
+    opt = torch.optim.AdamW(task.net.parameters(), lr=4e-5, weight_decay=0.0)
+    batch = {k: v.to(dev) for k, v in task.example_batch(args.batch).items()}
+    auto = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else torch.autocast("cpu",
+                                                                                                    enabled=False)
+
+    def step() -> None:
+        with auto:
+            loss = task.diffusion_loss(
+                task.network(batch["pixels"], batch["input_ids"], batch["attention_mask"]).features,
+                batch["actions"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    step()
+    _sync(dev)
+    first = (time.perf_counter() - t0) * 1000
+    times = _time(step, args.iters, args.warmup, dev)
+    net = task.net
+    row = {"bench": "train", "mode": mode, "model": args.model, "batch": args.batch, "num_frames": net.num_frames,
+           "chunk_len": net.chunk_len, "repeated_diffusion_steps": 4, "first_call_ms": round(first, 1),
+           "step_ms_median": round(statistics.median(times), 3), "step_ms_min": round(min(times), 3),
+           "samples_per_s": round(args.batch / statistics.median(times) * 1000, 2)}
+    if dev.startswith("cuda"):
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    args.model = args.model or ("cronusvla_tiny" if args.tiny else "cronusvla_7b")
+    args.iters = args.iters or (2 if args.tiny else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
+    if args.tiny:
+        args.batch = min(args.batch, 2)
+        args.ddim_steps = min(args.ddim_steps, 2)
+    prov = _provenance(args, argv)
+    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for bench in args.benches.split(","):
+        for mode in args.modes.split(","):
+            torch.manual_seed(0)
+            row = {"step": bench_step, "train": bench_train}[bench](args, mode) | prov
+            print(json.dumps(row), flush=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            rows.append(row)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""benchmarks/bench_cronusvla.py: the CPU smoke mode runs both benches and writes provenance-carrying JSON lines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_cronusvla_smoke(tmp_path):
+    out = tmp_path / "cv.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_cronusvla.py"), "--device", "cpu", "--tiny",
+                        "--modes", "eager", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["bench"], x["mode"]) for x in rows] == [("step", "eager"), ("train", "eager")]
+    for x in rows:
+        assert x["command"].startswith("python3 benchmarks/bench_cronusvla.py") and "git_commit" in x
+        assert x["model"] == "cronusvla_tiny" and x["step_ms_median"] > 0
+    assert rows[0]["vlm_pass_ms_median"] > 0 and rows[1]["repeated_diffusion_steps"] == 4

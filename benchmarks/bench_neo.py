@@ -198,7 +198,8 @@ def step(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             dt = (time.time() - t0) / args.iters
         except torch.OutOfMemoryError as err:
-            _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq, "error": str(err)[:200]})
+            _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq,
+                          "error": str(err)[:200]})
             del model, opt
             torch.cuda.empty_cache()
             continue
@@ -210,7 +211,8 @@ def step(args: argparse.Namespace) -> None:
         doc_len = tokens / max(batch["n_docs"], 1)
         attn = 3 * 2 * len(model.lm.model.layers) * hq * (2 * d + d) * L * doc_len / 2
         flops = 6 * n * tokens + attn
-        _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq, "docs": batch["n_docs"],
+        _write(args, {"bench": "step", "model": args.model, "backend": backend, "seq": args.seq,
+                      "docs": batch["n_docs"],
                       "grad_ckpt": args.ckpt, "step_s": round(dt, 4), "tokens_per_s": round(tokens / dt, 1),
                       "mfu": round(flops / dt / (args.peak_tflops * 1e12), 4),
                       "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if args.device == "cuda"

@@ -351,12 +351,15 @@ MODEL_CARD = {
     "license": "Apache-2.0 (code); weights Paranioar/NEO1_0-* on the HF hub",
     "reported_params_m": {"neo_2b": 2200.0, "neo_9b": 9000.0},
     "deviations": [
+        "Parameter counts: the names count parameters without the word embedding / LM head (neo_2b 2.27 B of 2.585 B "
+        "in total with the tied 151,936-row embedding; neo_9b 9.00 B of 10.25 B).",
         "No released weights are loaded here (no network); checkpoint_filter_fn maps the VLMTrainKit key layout and "
         "a plain Qwen3 state dict, tested on files the tests write.",
         "Tokeniser: the GPT-2 BPE bundled here plus ChatML / image special tokens (no Qwen tokenizer installs "
         "offline); the paper-size entrypoints keep Qwen3's 151,936-row vocabulary with placeholder image-token ids "
         "(151669-151671), which a real Qwen tokenizer would replace.",
-        "rope_theta_vision defaults to 1e4 (the upstream config class); the training scripts pass 1000 — which one the "
+        "rope_theta_vision defaults to 1e4 (the upstream config class); the training scripts pass 1000 — which one "
+        "the "
         "checkpoints use is not verified.",
         "Attention: FlexAttention with a block mask (compiled on CUDA, eager elsewhere) or the same mask as a dense "
         "boolean for SDPA (attn_backend); no padding to a multiple of 128 (recent FlexAttention takes any length).",

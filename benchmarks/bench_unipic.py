@@ -121,7 +121,9 @@ def bench_compare(args: argparse.Namespace) -> dict:
         task = UniPicTask(model=args.model, model_kwargs=kw, lr=args.lr, schedule="constant", warmup_ratio=0.05,
                           loss_weights={"image2text": 0.01, "text2image": 1.0, "image_edit": 1.0},
                           eval_batches=10 ** 6, eval_num_iter=args.num_iter)
-        tr = pl.Trainer(accelerator="auto", devices=1, max_epochs=args.epochs, logger=False,
+        # the same optimiser steps for both (an epoch of the combined loader follows its largest set: vqa for the LLM)
+        steps = args.epochs * max(1, n_train // args.batch)
+        tr = pl.Trainer(accelerator="auto", devices=1, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
                         limit_val_batches=0, precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
         t = time.perf_counter()

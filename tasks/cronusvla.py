@@ -36,7 +36,7 @@ class _VLATask(ZooTask):
             self.net.set_action_stats(stats["q01"], stats["q99"], stats.get("mask"))
         for key in ("num_frames", "chunk_len"):
             want, have = getattr(self.net, key), getattr(dm, key, None) if dm is not None else None
-            if have is not None and have != want and not (key == "num_frames" and isinstance(self, OpenVLATokenTask)):
+            if have is not None and have != want and not isinstance(self, OpenVLATokenTask):  # stage 1: a_t only
                 raise ValueError(f"the datamodule's {key}={have} differs from the model's {key}={want}: set "
                                  f"data.init_args.{key}: {want} (or model_kwargs.{key})")
 

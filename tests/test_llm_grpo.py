@@ -171,3 +171,51 @@ def test_prompt_sampler_draws_like_random_sampler_and_splits_under_ddp():
     assert sorted(ranks[0] + ranks[1]) == sorted(draws)
     dm = PromptDataModule(batch_size=4, steps_per_epoch=3, max_operand=4, num_val=4, val_batch_size=4)
     assert len(dm.train_dataloader()) == 3
+
+
+def _eager_backend_compile(monkeypatch):
+    """``nn.Module.compile`` with dynamo's ``eager`` backend: the tracing (graph breaks, guards, recompiles) without
+    inductor's code generation, fast enough for the CPU suite."""
+    orig = torch.nn.Module.compile
+
+    def compile_eager(self, *args, **kwargs):
+        kwargs.setdefault("backend", "eager")
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eager)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_compile_regional_with_flex_traces_without_breaks_or_per_step_recompiles(monkeypatch, dynamic):
+    """``compile: regional`` + the FlexAttention prefix path: no graph break, and ragged rollouts of new lengths stop
+    recompiling after the first (dynamic) graph; the loss equals the uncompiled task's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    _eager_backend_compile(monkeypatch)
+    torch._dynamo.reset()
+    counters.clear()
+    kw = dict(model="llama", model_kwargs=dict(TINY, vocab_size=40), prefix_grouper=True, prefix_mode="flex")
+    task = GRPOTask(compile="regional", compile_dynamic=dynamic, **kw)
+    plain = GRPOTask(**kw)
+    plain.policy.load_state_dict(task.policy.state_dict())
+    for seed in range(4):
+        ro = _rollout(task, 3, seed=seed, kl=False)
+        if seed == 2:
+            before = sum(counters["stats"].values()), counters["stats"]["unique_graphs"]
+        loss = task.policy_loss(ro)[0]
+        loss.backward()
+        torch.testing.assert_close(loss, plain.policy_loss(ro)[0], atol=1e-6, rtol=1e-5)
+    assert not counters["graph_break"]
+    assert before[1] > 0 and counters["stats"]["unique_graphs"] == before[1]  # steps 3 and 4 (new lengths) compiled nothing new
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compile_regional_with_flex_inductor_one_step():
+    """The real compiler (inductor on CPU): the switch builds and a tiny GRPO step runs (~1 min per compile)."""
+    task = GRPOTask(model="llama", model_kwargs=dict(TINY, vocab_size=40), compile="regional", prefix_grouper=True,
+                    prefix_mode="flex", compile_dynamic=True)
+    loss = task.policy_loss(_rollout(task, 2, kl=False))[0]
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in task.policy.parameters())

@@ -274,3 +274,29 @@ def test_task_candidate_format_follows_datamodule_and_configs(tmp_path):
         header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
         assert "not wrapped" not in header and "no token_type_ids" not in header, path.name
         assert yaml.safe_load(text)["data"]["init_args"].get("candidate_format", "official") == "official", path.name
+
+
+@pytest.mark.parametrize("backbone", ["bert", "llama"])
+def test_compile_regional_dynamic_switch_runs_a_step(monkeypatch, backbone):
+    """``compile: regional`` with ``compile_dynamic``: the blocks are armed with dynamo (``eager`` backend here, the
+    tracing without inductor's code generation), and ragged batches of new lengths give the uncompiled scores with no
+    graph break."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    orig = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: orig(self, *a, **{"backend": "eager", **k}))
+    torch._dynamo.reset()
+    counters.clear()
+    spec = dict(BERT if backbone == "bert" else LLAMA, vocab_size=40)
+    kw = dict(model_kwargs=dict(backbone={k: v for k, v in spec.items() if k != "vocab_size"}, vocab_size=40))
+    task = UniEncoderTask(compile="regional", compile_dynamic=True, **kw)
+    plain = UniEncoderTask(**kw)
+    plain.net.load_state_dict(task.net.state_dict())
+    for seed in range(3):
+        ctx, cands = _data(seed)
+        scores, valid = task(ctx, cands)
+        torch.testing.assert_close(scores[valid], plain(ctx, cands)[0][valid], atol=1e-5, rtol=1e-5)
+        scores[valid].sum().backward()
+    assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
+    torch._dynamo.reset()

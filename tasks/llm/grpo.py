@@ -17,7 +17,16 @@ from tasks.llm.rewards import resolve_reward
 from tasks.llm.sharding import clip_sharded_grad_norm_, fsdp_kind, shard_units
 from zoo.llm import enable_activation_checkpointing, enable_prefix_attention
 
-__all__ = ["GRPOTask", "Rollout", "completion_logps", "group_advantages", "grpo_loss"]
+__all__ = ["GRPOTask", "Rollout", "completion_logps", "group_advantages", "grpo_loss", "recompile_regions"]
+
+
+def recompile_regions(task: LLMTask, dynamic: bool | None) -> None:
+    """Re-arm ``compile: regional``'s in-place compiled regions with ``torch.compile(dynamic=dynamic)`` (None: keep
+    PyTorch's default). Nothing is compiled until the next call."""
+    if dynamic is None or task.compile_mode != "regional":
+        return
+    for m in task._regions:
+        m.compile(dynamic=dynamic)
 
 
 class GRPOTask(LLMTask):
@@ -28,7 +37,12 @@ class GRPOTask(LLMTask):
             fields in ``model_kwargs``) or a local Hugging Face model folder to start from (offline).
         model_kwargs: config fields of the policy (``hidden_size``, ...); ``vocab_size`` is taken from the datamodule
             when left out.
-        compile: False or 'regional' (each decoder layer compiled in place).
+        compile: False or 'regional' (each decoder layer compiled in place; with ``prefix_mode`` ``auto``/``flex``
+            the FlexAttention kernel is traced into every layer's graph, and the block mask is built once per step
+            outside the compiled regions).
+        compile_dynamic: ``torch.compile``'s ``dynamic`` for ``compile: regional``: None (PyTorch's default: the
+            first packed length compiles statically, the second recompiles once with dynamic lengths, then no more
+            recompiles), True (dynamic from the first step) or False (one graph per packed length).
         init_from: an earlier stage's checkpoint (a sharezoo ``.ckpt`` or safetensors) loaded into the policy.
         group_size: completions sampled per prompt (G).
         max_new_tokens: completion length cap.
@@ -59,6 +73,7 @@ class GRPOTask(LLMTask):
         model_kwargs: dict[str, Any] | None = None,
         compile: bool | str = False,
         init_from: str | None = None,
+        compile_dynamic: bool | None = None,
         group_size: int = 4,
         max_new_tokens: int = 8,
         temperature: float = 1.0,
@@ -80,6 +95,7 @@ class GRPOTask(LLMTask):
     ) -> None:
         # plain attributes read by on_net_built(), which runs inside ZooTask.__init__ when vocab_size is given
         self.gradient_checkpointing = gradient_checkpointing
+        self.compile_dynamic = compile_dynamic
         self.tokenizer = None
         super().__init__(model, False, model_kwargs, compile, init_from)
         self.reward_fn = resolve_reward(reward)
@@ -93,6 +109,7 @@ class GRPOTask(LLMTask):
         enable_prefix_attention(self.net)  # ordinary calls stay SDPA; packed calls use the shared prefix
         if self.gradient_checkpointing:
             enable_activation_checkpointing(self.net)
+        recompile_regions(self, self.compile_dynamic)
 
     @property
     def policy(self) -> nn.Module:

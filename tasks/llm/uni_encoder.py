@@ -35,7 +35,10 @@ class UniEncoderTask(LLMTask):
         model_kwargs: ranker overrides: ``backbone`` (a partial spec, ``{'family': 'bert'|'llama'|'qwen2', ...config
             fields}``), ``attn_map`` (``arrow``, ``arrow_context_masked`` or ``causal``); ``vocab_size`` is taken
             from the datamodule when left out.
-        compile: compile the ranker: False, True, a mode, or 'regional' (each backbone block).
+        compile: compile the ranker: False, True, a mode, or 'regional' (each backbone block; the one to use with
+            ragged batches: the packing runs eagerly, the blocks see tensors only).
+        compile_dynamic: ``torch.compile``'s ``dynamic`` for ``compile: regional`` (None: PyTorch's default, one
+            static compile then one dynamic recompile; True: dynamic from the start; False: one graph per length).
         init_from: an earlier stage's checkpoint loaded into the ranker when it is built.
         lr: AdamW learning rate (the peak learning rate with ``scheduler='noam'``).
         weight_decay: AdamW weight decay.
@@ -65,18 +68,24 @@ class UniEncoderTask(LLMTask):
         warmup_steps: int = 3500,
         betas: tuple[float, float] = (0.9, 0.999),
         candidate_format: str | None = None,
+        compile_dynamic: bool | None = None,
     ) -> None:
         if scheduler not in (None, "noam"):
             raise ValueError(f"unknown scheduler {scheduler!r} (None or 'noam')")
         if candidate_format not in (None, "official", "plain"):
             raise ValueError(f"unknown candidate_format {candidate_format!r} (None, 'official' or 'plain')")
         self.candidate_format = candidate_format  # read by on_net_built(), which may run inside ZooTask.__init__
+        self.compile_dynamic = compile_dynamic
         super().__init__(model, pretrained, model_kwargs, compile, init_from)
         self.save_hyperparameters()
 
     def on_net_built(self) -> None:
         """The ranker's input layout follows ``candidate_format`` (token types only in the ``official`` layout)."""
         self.net.token_types = (self.candidate_format or "official") == "official"
+        if self.compile_dynamic is not None and self.compile_mode == "regional" and not getattr(self, "_armed", False):
+            for m in self._regions:  # re-armed with the dynamic setting; nothing compiles until the next call
+                m.compile(dynamic=self.compile_dynamic)
+            self._armed = True
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .attention import prefix_grouped_attention
+from .attention import prefix_grouped_attention, resolve_mode
 from .layout import PrefixLayout
 
 ATTN_NAME = "sharezoo_prefix"
@@ -136,11 +137,20 @@ def placeholder_mask(device: torch.device) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------- specs
 @dataclass
 class GroupedAttention:
-    """Attention spec of a packed Prefix Grouper batch (see :func:`prefix_grouped_attention`)."""
+    """Attention spec of a packed Prefix Grouper batch (see :func:`prefix_grouped_attention`).
+
+    ``mode="auto"`` is resolved here from the layout's device (``flex`` on CUDA, ``split`` elsewhere); the ``flex``
+    block mask is built here, once per batch, outside any compiled region, and shared by every layer.
+    """
 
     layout: PrefixLayout
     mode: str = "auto"
     fast_masks: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = resolve_mode(self.mode, self.layout.device)
+        if self.mode == "flex":
+            self.layout.block_mask("causal")
 
     @property
     def max_position(self) -> int:
@@ -155,13 +165,26 @@ class GroupedAttention:
 class MaskedAttention:
     """Attention with an explicit ``[b, 1, L, L]`` boolean mask (e.g. Uni-Encoder's arrow mask).
 
-    ``max_position``: the largest position index of the batch (checked against sliding windows).
+    ``max_position``: the largest position index of the batch (checked against sliding windows). ``block_mask``: the
+    FlexAttention block mask of the same mask (then one fused kernel runs; :meth:`for_layout` builds both).
     """
 
     mask: torch.Tensor
     max_position: int = 0
+    block_mask: Any = None
+
+    @classmethod
+    def for_layout(cls, layout: PrefixLayout, kind: str, mode: str = "auto") -> MaskedAttention:
+        """The spec of ``layout.dense_mask(kind)``; with ``mode`` ``flex`` (``auto``: on CUDA) also its block mask."""
+        flex = resolve_mode(mode, layout.device) == "flex"
+        return cls(layout.dense_mask(kind), layout.max_position, layout.block_mask(kind) if flex else None)
 
     def __call__(self, module, q, k, v, scaling, softcap=None):
+        if self.block_mask is not None:
+            from .flex import flex_attention_call
+
+            out = flex_attention_call(q, k, v, self.block_mask, scaling, softcap, dense_mask=lambda: self.mask)
+            return out.transpose(1, 2).contiguous()
         from .attention import masked_attention
 
         return masked_attention(q, k, v, self.mask, scaling, softcap).transpose(1, 2).contiguous()

@@ -1,7 +1,7 @@
 """CronusVLA at paper shapes: control-step latency (one VLM pass on the current frame + the cached past features +
 DDIM 10 / CFG 1.5 decoding) and the post-training step, eager vs compiled, random weights.
 
-    python3 benchmarks/bench_cronusvla.py --benches step --model cronusvla_7b        # GPU (benchmarks/cronusvla_h200.sh)
+    python3 benchmarks/bench_cronusvla.py --benches step --model cronusvla_7b   # GPU (benchmarks/cronusvla_h200.sh)
     python3 benchmarks/bench_cronusvla.py --benches train --model cronusvla_0_5b
     python3 benchmarks/bench_cronusvla.py --device cpu --tiny                         # smoke test on a CPU
 
@@ -79,7 +79,8 @@ def _provenance(args: argparse.Namespace, argv: list[str] | None) -> dict:
     import timm
     import transformers
 
-    return {"command": "python3 benchmarks/bench_cronusvla.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    cmd = shlex.join(argv if argv is not None else sys.argv[1:])
+    return {"command": f"python3 benchmarks/bench_cronusvla.py {cmd}",
             "git_commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
             "timm": timm.__version__, "python": platform.python_version(), "machine": platform.node(),
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"}

@@ -25,7 +25,7 @@ from .libero import Episode, LiberoDataModule, gripper_to_unit
 __all__ = ["read_tfrecord", "parse_example", "encode_example", "write_tfrecord", "read_rlds_episodes",
            "RLDSDataModule"]
 
-RLDS_TREE = """<root>/                                  a TFDS dataset version folder, e.g. libero_spatial_no_noops/1.0.0
+RLDS_TREE = """<root>/                                  a TFDS dataset version folder (libero_spatial_no_noops/1.0.0)
   dataset_info.json, features.json
   <name>-train.tfrecord-00000-of-000NN   one tf.train.Example per episode (steps/observation/image, steps/action,
   ...                                    steps/language_instruction, steps/is_first, ...)"""

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate", "run_episode", "load_policy_model", "main"]
+__all__ = ["evaluate", "run_episode", "load_policy_model", "to_env_action", "main"]
+
+
+def to_env_action(action: np.ndarray) -> np.ndarray:
+    """A post-processed policy action (gripper in [0, 1], 1 = open) -> the environment's (-1 open / +1 close)."""
+    out = np.asarray(action, dtype=np.float64).copy()
+    out[-1] = -1.0 if out[-1] > 0.5 else 1.0
+    return out
 
 
 def load_policy_model(path: str) -> torch.nn.Module:
@@ -65,9 +72,7 @@ def run_episode(model: torch.nn.Module, env: Any, task: str, seed: int, prompt: 
             action = buffer[min(t % execute_horizon, len(buffer) - 1)]
         if record:
             frames.append(obs["agentview_rgb"])
-        env_action = np.asarray(action, dtype=np.float64).copy()
-        env_action[-1] = -1.0 if env_action[-1] > 0.5 else 1.0  # [0, 1] (1 = open) -> -1 open / +1 close
-        obs, ok = env.step(env_action)
+        obs, ok = env.step(to_env_action(action))
         if ok:
             break
     out: dict[str, Any] = {"success": bool(ok), "steps": t + 1, "vlm_passes": policy.vlm_passes}

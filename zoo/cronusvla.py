@@ -177,9 +177,9 @@ class CronusVLA(nn.Module):
     """
 
     def __init__(self, llm: dict[str, Any] | None = None, dino: dict[str, Any] | None = None,
-                 siglip: dict[str, Any] | None = None, image_size: int = 224, patch_size: int | None = None, num_frames: int = 7,
-                 chunk_len: int = 16, action_dim: int = 7, decoder_size: str | None = "B", decoder_depth: int = 12,
-                 decoder_hidden: int = 768, decoder_heads: int = 12, extend_num: int = 6,
+                 siglip: dict[str, Any] | None = None, image_size: int = 224, patch_size: int | None = None,
+                 num_frames: int = 7, chunk_len: int = 16, action_dim: int = 7, decoder_size: str | None = "B",
+                 decoder_depth: int = 12, decoder_hidden: int = 768, decoder_heads: int = 12, extend_num: int = 6,
                  cfg_dropout_prob: float = 0.1, retrieval_prior: bool = False, action_bins: int = 256,
                  action_stats_dims: int | None = None) -> None:
         super().__init__()
@@ -187,7 +187,8 @@ class CronusVLA(nn.Module):
 
         llm = dict(llm or LLAMA2_7B)
         self.llm_family = llm["model_type"]
-        self.image_size, self.num_frames, self.chunk_len, self.action_dim = image_size, num_frames, chunk_len, action_dim
+        self.image_size, self.num_frames = image_size, num_frames
+        self.chunk_len, self.action_dim = chunk_len, action_dim
         size = dict(img_size=image_size) | (dict(patch_size=patch_size) if patch_size else {})
         self.vision = PrismaticVision(dict(dino or DINO_L14_REG4) | size, dict(siglip or SIGLIP_SO400M) | size)
         self.llm = build_causal_lm(llm)

@@ -60,3 +60,42 @@ def test_temperature_sharpens_and_scale_raises_context_mass():
     oc, oo = torch.ones(1, 1), torch.zeros(1, 1)
     w = [merge_partials([oc, oo], [lc, lo], [s, 1.0])[0].item() for s in (0.8, 1.0, 1.2)]
     assert w[0] < w[1] < w[2]
+
+
+@pytest.mark.parametrize("family,t,s", [("qwen2", 0.9, 0.9), ("llama", 1.0, 1.0), ("gemma2", 0.8, 1.1)])
+def test_flex_backend_equals_eager_reference(family, t, s):
+    """One FlexAttention call per segment (LSE returned, T / soft-cap as score_mod) gives the eager LSE-merge
+    reference's query logits and the same greedy generation (own K/V growing per step)."""
+    kw = {"attn_logit_softcapping": 1.0, "initializer_range": 0.2} if family == "gemma2" else {}
+    model = tiny_causal_lm(family, vocab_size=50, **kw)
+    prefix, query = torch.randint(0, 50, (4,)), torch.randint(0, 50, (3,))
+    ctxs = [torch.randint(0, 50, (n,)) for n in (5, 2, 7)]
+    ref, flex = APE(model, t, s, backend="eager"), APE(model, t, s, backend="flex")
+    pre = ref.encode_prefix(prefix)
+    cached = ref.encode_contexts(ctxs, pre)
+    torch.testing.assert_close(flex.query_logits(query, pre, cached), ref.query_logits(query, pre, cached),
+                               atol=1e-5, rtol=1e-5)
+    assert flex.generate(query, pre, cached, 4).tolist() == ref.generate(query, pre, cached, 4).tolist()
+    if t == s == 1.0:  # and both equal sequential encoding with one context
+        one = ref.encode_contexts(ctxs[:1], pre)
+        torch.testing.assert_close(flex.query_logits(query, pre, one), sequential_logits(model, prefix, ctxs[:1], query),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_segment_flex_masks_padded_segment_rows():
+    """A segment with padded (invalid) keys and rows reading entries through ``row_index``: flex equals eager."""
+    from zoo.llm.prefix.segments import KVSegment, SegmentAttention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    valid = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    q, kk, vv = torch.randn(3, 4, 2, 8), torch.randn(3, 2, 2, 8), torch.randn(3, 2, 2, 8)
+    outs = []
+    for backend in ("eager", "flex"):
+        seg = KVSegment([k], [v], valid, 0.9, 0.8).select(torch.tensor([1, 0, 1]))
+        spec = SegmentAttention([seg], record=False, merge=True, backend=backend)
+        spec.begin(torch.tensor([[1, 1], [1, 0], [1, 1]], dtype=torch.bool))
+        outs.append(spec(module, q, kk, vv, 8**-0.5))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)

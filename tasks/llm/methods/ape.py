@@ -49,12 +49,17 @@ class APE:
         model: the causal LM (switched to the ``sharezoo_prefix`` attention; ordinary calls are unchanged).
         temperature: attention temperature ``T`` on the context keys (paper demo default 0.9).
         scale: scaling factor ``S`` of the context block's attention mass (paper demo default 0.9).
+        backend: kernel of the query-time attention: ``flex`` (one fused FlexAttention call per segment returning its
+            log-sum-exp, ``T`` and soft-cap as score modifiers; compiled on CUDA), ``eager`` (materialised scores) or
+            ``auto`` (``flex`` on CUDA, else ``eager``). The segments are merged by log-sum-exp either way (``S``
+            weights the context block's LSE: no single-call score modifier expresses it unless ``S * T = 1``).
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 0.9, scale: float = 0.9) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.9, scale: float = 0.9, backend: str = "auto") -> None:
         self.model = enable_prefix_attention(model)
         self.temperature = temperature
         self.scale = scale
+        self.backend = backend
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +111,7 @@ class APE:
 
     def _query_spec(self, prefix: KVSegment, contexts: list[ContextKV]) -> SegmentAttention:
         segs = [self.context_segment(contexts)] + ([prefix] if prefix.length else [])
-        return SegmentAttention(segs, merge=True)  # step 4: the LSE combine
+        return SegmentAttention(segs, merge=True, backend=self.backend)  # step 4: the LSE combine
 
     @torch.no_grad()
     def query_logits(self, query_ids: torch.Tensor, prefix: KVSegment, contexts: list[ContextKV]) -> torch.Tensor:

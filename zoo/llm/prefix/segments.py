@@ -96,7 +96,22 @@ class KVSegment:
         return self._slots[0], self._slots[1]
 
 
-def _segment_partial(q, seg: KVSegment, li: int, scaling, softcap):
+def _valid_block_mask(valid: torch.Tensor, tq: int, offset: int | None = None):
+    """FlexAttention block mask of key validity ``[nb, Tk]`` (and, with ``offset``, causality ``k <= q + offset``)."""
+    from .flex import BLOCK, block_mask_from_fn
+
+    nb, tk = valid.shape
+    tail = -tk % BLOCK
+    vp = torch.cat([valid, valid.new_zeros(nb, tail)], 1) if tail else valid
+
+    def allowed(b, q, k):
+        m = vp[b, k]
+        return m if offset is None else m & (k <= q + offset)
+
+    return block_mask_from_fn(allowed, nb, tq, tk, valid.device)
+
+
+def _segment_partial(q, seg: KVSegment, li: int, scaling, softcap, flex_masks: dict | None = None):
     """Partial attention of queries ``[n, H, T, d]`` over one segment, the segment's K/V read without row copies.
 
     Rows are regrouped per segment entry into ``[nb, H, m * T, d]`` query blocks (a copy of the queries, not of the
@@ -106,12 +121,27 @@ def _segment_partial(q, seg: KVSegment, li: int, scaling, softcap):
     n, h, t, d = q.shape
     nb = ks.shape[0]
     smask = None if sv is None else sv[:, None, None, :]
+
+    def attend(qq):
+        if flex_masks is None:
+            return attention_with_lse(qq, ks, vs, smask, scaling, temperature=seg.temperature, softcap=softcap)
+        from .flex import flex_attention_call
+
+        bm = None
+        if sv is not None and not bool(sv.all()):
+            key = (id(seg), qq.shape[2])
+            if key not in flex_masks:
+                flex_masks[key] = _valid_block_mask(sv, qq.shape[2])
+            bm = flex_masks[key]
+        return flex_attention_call(qq, ks, vs, bm, scaling, softcap, seg.temperature, return_lse=True,
+                                   dense_mask=lambda: smask)
+
     if seg.row_index is None and nb == n:
-        return attention_with_lse(q, ks, vs, smask, scaling, temperature=seg.temperature, softcap=softcap)
+        return attend(q)
     slot, m = seg.query_slots(n)
     buf = q.new_zeros(nb * m, h, t, d).index_copy(0, slot, q)
     qg = buf.view(nb, m, h, t, d).transpose(1, 2).reshape(nb, h, m * t, d)
-    o, lse = attention_with_lse(qg, ks, vs, smask, scaling, temperature=seg.temperature, softcap=softcap)
+    o, lse = attend(qg)
     o = o.view(nb, h, m, t, d).transpose(1, 2).reshape(nb * m, h, t, d)[slot]
     lse = lse.view(nb, h, m, t).transpose(1, 2).reshape(nb * m, h, t)[slot]
     return o, lse
@@ -125,12 +155,20 @@ class SegmentAttention:
         record: keep the own K/V per layer (they become a segment / a cache for later calls).
         merge: True: partial attentions per segment merged by log-sum-exp (always exact; needed for APE's T and S);
             False/None: one SDPA call over ``[segments ; own]`` when every segment has T = S = 1 (None: automatic).
+        backend: kernel of the LSE path's partial attentions: ``flex`` (one fused FlexAttention call per segment
+            returning its log-sum-exp; temperature and soft-cap as ``score_mod``; compiled on CUDA), ``eager`` (the
+            materialised-score :func:`attention_with_lse`) or ``auto`` (``flex`` on CUDA, else ``eager``).
     """
 
-    def __init__(self, segments: list[KVSegment] | None = None, record: bool = True, merge: bool | None = None) -> None:
+    def __init__(self, segments: list[KVSegment] | None = None, record: bool = True, merge: bool | None = None,
+                 backend: str = "auto") -> None:
+        if backend not in ("auto", "flex", "eager"):
+            raise ValueError(f"unknown backend {backend!r} (auto, flex or eager)")
         self.segments = list(segments or [])
         self.record = record
         self.merge = merge
+        self.backend = backend
+        self._flex_masks: dict = {}  # block masks of the current forward, shared by every layer
         self.own_keys: dict[int, torch.Tensor] = {}
         self.own_values: dict[int, torch.Tensor] = {}
         self.own_valid: torch.Tensor | None = None  # [n, T_own]
@@ -144,6 +182,11 @@ class SegmentAttention:
         """Declare the validity ``[n, T_new]`` of the tokens of the next forward (padding = False)."""
         self._valid = new_valid if self.own_valid is None else torch.cat([self.own_valid, new_valid], dim=1)
         self.max_position = max_position
+        self._flex_masks = {key: bm for key, bm in self._flex_masks.items() if key[0] != "own"}
+
+    def use_flex(self, device: torch.device) -> bool:
+        """Whether the LSE path runs FlexAttention on ``device`` (``backend``; ``auto``: CUDA)."""
+        return self.backend == "flex" or (self.backend == "auto" and device.type == "cuda")
 
     def __call__(self, module, q, k, v, scaling, softcap=None):
         li = module.layer_idx
@@ -169,12 +212,23 @@ class SegmentAttention:
         if joint:
             return self._joint(q, k, v, mask, li, scaling)
         outs, lses, weights = [], [], []
+        flex = self.use_flex(q.device)
+        masks = self._flex_masks if flex else None
         for seg in self.segments:  # every segment's K/V read in place (queries regrouped per entry)
-            o, lse = _segment_partial(q, seg, li, scaling, softcap)
+            o, lse = _segment_partial(q, seg, li, scaling, softcap, masks)
             outs.append(o)
             lses.append(lse)
             weights.append(seg.weight)
-        o, lse = attention_with_lse(q, k, v, mask, scaling, softcap=softcap)
+        if flex:
+            from .flex import flex_attention_call
+
+            key = ("own", t_new, t_old)
+            if key not in self._flex_masks:
+                self._flex_masks[key] = _valid_block_mask(valid, t_new, offset=t_old)
+            o, lse = flex_attention_call(q, k, v, self._flex_masks[key], scaling, softcap, return_lse=True,
+                                         dense_mask=lambda: mask)
+        else:
+            o, lse = attention_with_lse(q, k, v, mask, scaling, softcap=softcap)
         outs.append(o)
         lses.append(lse)
         weights.append(1.0)
@@ -230,6 +284,7 @@ class SegmentAttention:
             for li, t in store.items():
                 t = t[idx]
                 store[li] = t if cols is None else t[:, :, cols]
+        self._flex_masks = {}
         segs = [seg.keep_rows(idx, n) for seg in self.segments]
         self.segments = [seg for seg in segs if seg is not None]
 

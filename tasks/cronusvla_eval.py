@@ -44,17 +44,19 @@ def load_policy_model(path: str) -> torch.nn.Module:
 
 def run_episode(model: torch.nn.Module, env: Any, task: str, seed: int, prompt: Any, execute_horizon: int = 4,
                 ensemble_horizon: int | None = None, num_steps: int = 10, cfg_scale: float = 1.5,
-                time_axis_cfg_quirk: bool = True, max_steps: int | None = None, record: bool = False
-                ) -> dict[str, Any]:
-    """One seeded closed-loop episode; returns success, steps and (``record``) frames and predicted chunks."""
+                time_axis_cfg_quirk: bool = True, max_steps: int | None = None, record: bool = False,
+                sticky_gripper: int = 0) -> dict[str, Any]:
+    """One seeded closed-loop episode; returns success, steps and (``record``) frames and predicted chunks.
+    ``sticky_gripper`` > 0 holds a changed gripper command that many steps (the released Google-robot policy: 10)."""
     from datamodules.robot_sim import TASKS
-    from zoo.cronusvla_policy import AdaptiveEnsembler, CronusVLAPolicy
+    from zoo.cronusvla_policy import AdaptiveEnsembler, CronusVLAPolicy, StickyGripper
 
     spec = TASKS[task]
     ids = torch.tensor([prompt(spec.instruction)])
     policy = CronusVLAPolicy(model, ids, num_steps=num_steps, cfg_scale=cfg_scale,
                              time_axis_cfg_quirk=time_axis_cfg_quirk, seed=seed)
     ens = AdaptiveEnsembler(ensemble_horizon) if ensemble_horizon else None
+    sticky = StickyGripper(sticky_gripper) if sticky_gripper else None
     obs = env.reset(task, seed)
     size = model.image_size
     frames, chunks, ok, buffer, t = [], [], False, None, 0
@@ -72,6 +74,8 @@ def run_episode(model: torch.nn.Module, env: Any, task: str, seed: int, prompt: 
             action = buffer[min(t % execute_horizon, len(buffer) - 1)]
         if record:
             frames.append(obs["agentview_rgb"])
+        if sticky is not None:
+            action = np.concatenate([action[:-1], [sticky(float(action[-1]))]])
         obs, ok = env.step(to_env_action(action))
         if ok:
             break
@@ -122,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--execute-horizon", type=int, default=4)
     ap.add_argument("--ensemble-horizon", type=int, default=None)
+    ap.add_argument("--sticky-gripper", type=int, default=0, help="hold a changed gripper command N steps")
     ap.add_argument("--ddim-steps", type=int, default=10)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
     ap.add_argument("--no-quirk", action="store_true", help="guide the whole chunk (not the released time-axis CFG)")
@@ -131,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_policy_model(a.ckpt)
     res = evaluate(model, a.tasks, a.episodes, a.seed, execute_horizon=a.execute_horizon,
                    ensemble_horizon=a.ensemble_horizon, num_steps=a.ddim_steps, cfg_scale=a.cfg_scale,
-                   time_axis_cfg_quirk=not a.no_quirk)
+                   time_axis_cfg_quirk=not a.no_quirk, sticky_gripper=a.sticky_gripper)
     res |= {"ckpt": a.ckpt, "num_frames": model.num_frames}
     text = json.dumps(res, indent=1)
     print(text)

@@ -126,7 +126,10 @@ def test_cli_fit_test_and_closed_loop_eval(demos, tmp_path, capsys):
 
     env = TabletopEnv(image_size=32)
     ep = run_episode(net, env, "push_block_left", 3, BytePrompt(), execute_horizon=2, num_steps=2, max_steps=5,
-                     record=True)
+                     record=True, sticky_gripper=3)
+    ens = run_episode(net, env, "push_block_left", 3, BytePrompt(), ensemble_horizon=2, num_steps=2, max_steps=3,
+                      record=True)
+    assert len(ens["chunks"]) == ens["steps"]  # ensemble mode: a chunk every step
     env.close()
     assert ep["frames"].shape[0] == ep["steps"] and ep["vlm_passes"] == ep["steps"]  # one VLM pass per step
     assert [t for t, _ in ep["chunks"]] == list(range(0, ep["steps"], 2)) and ep["chunks"][0][1].shape == (8, 7)

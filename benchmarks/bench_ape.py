@@ -6,7 +6,10 @@
 For m contexts of L_c tokens after a shared prefix and before a query: ``sequential`` is one causal forward over
 ``[P ; C_1..C_m ; Q]`` (SDPA flash) up to the query logits; ``ape_encode`` is the one-off parallel encoding of the m
 contexts after the cached prefix (cacheable); ``ape_query`` is the query-time cost when the context KV is cached
-(load only, the paper's 28x prefill claim). One JSON line per point to benchmarks/results/ape.jsonl.
+(load only, the paper's 28x prefill claim), once per ``--backends`` entry side by side: ``eager`` (materialised scores
+per segment, LSE merge) and ``flex`` (one compiled FlexAttention call per segment returning its LSE, then the merge).
+``speedup_analytic`` is the forward-FLOP ratio sequential / cached query (token-wise FLOPs + attention pairs + LM head
+on the query tokens). One JSON line per point to benchmarks/results/ape.jsonl.
 """
 from __future__ import annotations
 
@@ -23,6 +26,19 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
 
 import torch  # noqa: E402
 from bench_prefix_grouper import QWEN_05B, TINY, environment, is_oom  # noqa: E402
+
+
+def analytic_speedup(cfg, lp: int, m: int, lc: int, lq: int) -> float:
+    """Forward FLOPs of the sequential prompt over those of the cached-context query (same model, same head)."""
+    d, h, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * hd
+    tok = 2 * (d * (d + 2 * kv) + d * d + 3 * d * cfg.intermediate_size) * cfg.num_hidden_layers
+    att = 4 * h * hd * cfg.num_hidden_layers
+    head = 2 * d * cfg.vocab_size * lq
+    n = lp + m * lc + lq
+    seq = tok * n + att * n * (n + 1) / 2 + head
+    query = tok * lq + att * (lq * (lp + m * lc) + lq * (lq + 1) / 2) + head
+    return seq / query
 
 
 def timed(fn, device, iters):
@@ -54,11 +70,17 @@ def main(argv=None) -> int:
     ap.add_argument("--prefix", type=int, default=None)
     ap.add_argument("--query", type=int, default=None)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--backends", default="eager,flex", help="query-time attention kernels (eager, flex)")
+    ap.add_argument("--flex-dynamic", default="true", choices=["true", "false", "auto"],
+                    help="torch.compile dynamic of the FlexAttention kernel (true: one compile for the whole sweep)")
     ap.add_argument("--time-budget", type=float, default=90.0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     tiny = a.tiny
+    from zoo.llm.prefix.flex import configure_flex
+
+    configure_flex({"true": True, "false": False, "auto": None}[a.flex_dynamic])
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     ints = lambda x, d: [int(v) for v in (x or d).split(",")]  # noqa: E731
     ms, lcs = ints(a.m, "2,4" if tiny else "8,32,64"), ints(a.Lc, "16,32" if tiny else "512,2048")
@@ -69,7 +91,7 @@ def main(argv=None) -> int:
     shape = TINY if tiny else QWEN_05B
     model = build_causal_lm("qwen2", **shape).to(device=device, dtype=dtype).eval()
     enable_prefix_attention(model)
-    common = {"bench": "ape", **environment(device), "dtype": str(dtype).replace("torch.", ""), "shape": shape,
+    common = {"bench": "ape", **environment(device), "flex_dynamic": a.flex_dynamic, "dtype": str(dtype).replace("torch.", ""), "shape": shape,
               "prefix_len": lp, "query_len": lq}
     t0 = time.perf_counter()
 
@@ -95,9 +117,18 @@ def main(argv=None) -> int:
               "argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean())})
         ape = APE(model, 0.9, 0.9)
         pre = ape.encode_prefix(prefix)
+        backends = [b for b in a.backends.split(",") if b]
+        apes = {b: APE(model, 0.9, 0.9, backend=b) for b in backends}
+        if "flex" in apes:  # parity of the fused kernel against the eager LSE merge on this device/dtype
+            c2 = apes["flex"].encode_contexts([ctx, ctx[: max(1, lcs[0] // 2)]], pre)
+            lf = apes["flex"].query_logits(query, pre, c2).float()
+            le = APE(model, 0.9, 0.9, backend="eager").query_logits(query, pre, c2).float()
+            emit({"kind": "parity_flex", "max_abs_logit_diff": float((lf - le).abs().max()),
+                  "argmax_agreement": float((lf.argmax(-1) == le.argmax(-1)).float().mean())})
         for m in ms:
             for lc in lcs:
-                rec = {"kind": "point", "m": m, "Lc": lc, "total_tokens": lp + m * lc + lq}
+                rec = {"kind": "point", "m": m, "Lc": lc, "total_tokens": lp + m * lc + lq,
+                       "speedup_analytic": analytic_speedup(model.config, lp, m, lc, lq)}
                 if time.perf_counter() - t0 > a.time_budget:
                     emit({**rec, "status": "skipped_time_budget"})
                     continue
@@ -111,11 +142,19 @@ def main(argv=None) -> int:
 
                     t_seq, _ = timed(sequential, device, a.iters)
                     t_enc, cached = timed(lambda: ape.encode_contexts(ctxs, pre), device, a.iters)
-                    t_q, _ = timed(lambda: ape.query_logits(query, pre, cached), device, a.iters)
-                    rec.update(status="ok", sequential_s=t_seq, ape_encode_s=t_enc, ape_query_s=t_q,
-                               speedup_cached=t_seq / t_q, speedup_uncached=t_seq / (t_enc + t_q))
+                    rec.update(status="ok", sequential_s=t_seq, ape_encode_s=t_enc)
                     if device.type == "cuda":
                         rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    for b, runner in apes.items():
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats(device)
+                        t_q, _ = timed(lambda: runner.query_logits(query, pre, cached), device, a.iters)
+                        tag = "" if b == "eager" else f"_{b}"
+                        rec.update({f"ape_query{tag}_s": t_q, f"speedup_cached{tag}": t_seq / t_q,
+                                    f"speedup_uncached{tag}": t_seq / (t_enc + t_q),
+                                    f"fraction_of_analytic{tag}": t_seq / t_q / rec["speedup_analytic"]})
+                        if device.type == "cuda":
+                            rec[f"peak_mem_query{tag}_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 except Exception as e:  # noqa: BLE001
                     if not is_oom(e):
                         raise

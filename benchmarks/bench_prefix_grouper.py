@@ -1,5 +1,9 @@
 """Prefix Grouper vs the repeated-prefix baseline: GRPO forward+backward step time, peak memory, tokens/s.
 
+Methods (``--methods``, side by side in one run): ``baseline`` (every prompt repeated G times, the model's SDPA),
+``prefix_grouper`` (the packed layout, ``split`` path: SDPA prefix call + suffix call with gathers) and
+``prefix_grouper_flex`` (the packed layout, one compiled FlexAttention kernel per layer with the layout's block mask).
+
     python3 benchmarks/bench_prefix_grouper.py                      # H200 sweep (< 8 min), bf16, Qwen2.5-0.5B shape
     python3 benchmarks/bench_prefix_grouper.py --device cpu --tiny  # CPU smoke run (tiny model, seconds)
 
@@ -94,6 +98,10 @@ def analytic_flops(cfg, p: int, s: int, g: int) -> dict:
     }
 
 
+METHODS = ("baseline", "prefix_grouper", "prefix_grouper_flex")
+MODE = {"baseline": None, "prefix_grouper": "split", "prefix_grouper_flex": "flex"}
+
+
 def make_step(model, method: str, p: int, s: int, g: int, device: torch.device):
     """A GRPO fwd+bwd step on one prompt of length P with G completions of length S (on-policy surrogate)."""
     from tasks.llm.methods.grpo import completion_logps, grpo_loss
@@ -105,7 +113,8 @@ def make_step(model, method: str, p: int, s: int, g: int, device: torch.device):
     adv = torch.randn(g, generator=gen).to(device)
 
     def step():
-        logp, valid, _ = completion_logps(model, [prompt], comps, prefix_grouper=(method == "prefix_grouper"))
+        logp, valid, _ = completion_logps(model, [prompt], comps, prefix_grouper=method != "baseline",
+                                          mode=MODE[method] or "split")
         loss, _ = grpo_loss(logp, valid, adv)
         loss.backward()
         return loss.detach()
@@ -141,18 +150,26 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def parity(model, device, p: int, s: int, g: int) -> dict:
-    """Loss and gradient-norm agreement of the two methods on the real-size model (bf16: ~1e-2 noise expected)."""
+def parity(model, device, p: int, s: int, g: int, methods=METHODS) -> dict:
+    """Loss and gradient-norm agreement of the methods on the real-size model (bf16: ~1e-2 noise expected)."""
     res = {}
-    for method in ("baseline", "prefix_grouper"):
+    for method in methods:
         model.zero_grad(set_to_none=True)
         loss = make_step(model, method, p, s, g, device)()
         sq = sum(float(x.grad.float().pow(2).sum()) for x in model.parameters() if x.grad is not None)
         res[method] = (float(loss), sq**0.5)
     model.zero_grad(set_to_none=True)
-    (lb, gb), (lp, gp) = res["baseline"], res["prefix_grouper"]
-    return {"loss_baseline": lb, "loss_prefix_grouper": lp, "loss_rel_diff": abs(lp - lb) / max(abs(lb), 1e-12),
-            "grad_norm_baseline": gb, "grad_norm_prefix_grouper": gp, "grad_norm_rel_diff": abs(gp - gb) / gb}
+    lb, gb = res["baseline"]
+    out = {"loss_baseline": lb, "grad_norm_baseline": gb}
+    for method in methods:
+        if method == "baseline":
+            continue
+        lp, gp = res[method]
+        tag = "" if method == "prefix_grouper" else method[len("prefix_grouper"):]
+        out.update({f"loss_{method}": lp, f"grad_norm_{method}": gp,
+                    f"loss_rel_diff{tag}": abs(lp - lb) / max(abs(lb), 1e-12),
+                    f"grad_norm_rel_diff{tag}": abs(gp - gb) / gb})
+    return out
 
 
 def main(argv=None) -> int:
@@ -166,6 +183,9 @@ def main(argv=None) -> int:
     ap.add_argument("--G", default=None, help="group sizes (default 4,8,16)")
     ap.add_argument("--probe-G", default=None, help="extra group sizes tried for the largest G that fits (32,64)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (on by default)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma separated, from {','.join(METHODS)}")
+    ap.add_argument("--flex-dynamic", default="true", choices=["true", "false", "auto"],
+                    help="torch.compile dynamic of the FlexAttention kernel (true: one compile for the whole sweep)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--time-budget", type=float, default=330.0, help="seconds; later points are skipped")
@@ -186,14 +206,21 @@ def main(argv=None) -> int:
     out = Path(a.out or default_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grad_ckpt = not a.no_grad_ckpt
+    from zoo.llm.prefix.flex import configure_flex
+
+    configure_flex({"true": True, "false": False, "auto": None}[a.flex_dynamic])
+    methods = [m for m in a.methods.split(",") if m]
+    if "baseline" not in methods or any(m not in METHODS for m in methods):
+        ap.error(f"--methods: 'baseline' and any of {METHODS}")
     env = environment(device)
     t_start = time.perf_counter()
     model = build_model(a.family, TINY if tiny else QWEN_05B, dtype, device, grad_ckpt)
     cfg = model.config
     n_params = sum(x.numel() for x in model.parameters())
-    common = {"bench": "prefix_grouper", **env, "family": a.family, "dtype": str(dtype).replace("torch.", ""),
+    common = {"bench": "prefix_grouper", **env, "flex_dynamic": a.flex_dynamic, "family": a.family, "dtype": str(dtype).replace("torch.", ""),
               "grad_ckpt": grad_ckpt, "params_m": round(n_params / 1e6, 1), "shape": TINY if tiny else QWEN_05B,
-              "attention": "sdpa (flash-eligible causal / bottom-right causal blocks)"}
+              "attention": "baseline/prefix_grouper: sdpa (flash-eligible causal / bottom-right causal blocks); "
+                           "prefix_grouper_flex: compiled FlexAttention with the packed block mask"}
 
     def emit(rec: dict) -> None:
         line = json.dumps({**common, **rec})
@@ -203,7 +230,8 @@ def main(argv=None) -> int:
         print(json.dumps(short), flush=True)
 
     try:
-        emit({"kind": "parity", "P": ps[0], "S": ss[0], "G": gs[0], **parity(model, device, ps[0], ss[0], gs[0])})
+        emit({"kind": "parity", "P": ps[0], "S": ss[0], "G": gs[0],
+              **parity(model, device, ps[0], ss[0], gs[0], methods)})
     except Exception as e:  # noqa: BLE001
         if not is_oom(e):
             raise
@@ -217,7 +245,7 @@ def main(argv=None) -> int:
     for p, s, g, is_probe in plan:
         rec_pair = {"P": p, "S": s, "G": g, **analytic_flops(cfg, p, s, g)}
         results = {}
-        for method in ("baseline", "prefix_grouper"):
+        for method in methods:
             key = (p, s, method)
             rec = {"kind": "point", "method": method, "P": p, "S": s, "G": g, "probe": is_probe}
             if time.perf_counter() - t_start > a.time_budget:
@@ -232,7 +260,7 @@ def main(argv=None) -> int:
                 m = measure(step, device, 0 if is_probe else a.warmup, 1 if is_probe else a.iters)
                 logical_tokens = g * (p + s)
                 rec.update(status="ok", **m, logical_tokens_per_s=logical_tokens / m["step_time_s"],
-                           computed_tokens=(p + g * s) if method == "prefix_grouper" else logical_tokens)
+                           computed_tokens=(p + g * s) if method != "baseline" else logical_tokens)
                 results[method] = m
                 fits[key] = max(fits.get(key, 0), g)
             except Exception as e:  # noqa: BLE001
@@ -245,23 +273,29 @@ def main(argv=None) -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             emit(rec)
-        if len(results) == 2:
-            b, q = results["baseline"], results["prefix_grouper"]
-            summ = {"kind": "summary", **rec_pair, "probe": is_probe,
-                    "speedup_measured": b["step_time_s"] / q["step_time_s"]}
-            if "peak_mem_gb" in b:
-                summ["peak_mem_ratio"] = q["peak_mem_gb"] / b["peak_mem_gb"]
+        for method in methods:
+            if method == "baseline" or method not in results:
+                continue
+            q = results[method]
+            summ = {"kind": "summary", "method": method, **rec_pair, "probe": is_probe, "speedup_measured": None}
+            if "baseline" in results:
+                b = results["baseline"]
+                summ["speedup_measured"] = b["step_time_s"] / q["step_time_s"]
+                summ["fraction_of_analytic"] = summ["speedup_measured"] / rec_pair["speedup_bound_analytic"]
+                if "peak_mem_gb" in b:
+                    summ["peak_mem_ratio"] = q["peak_mem_gb"] / b["peak_mem_gb"]
+            else:
+                summ["note"] = "baseline did not fit or was skipped"
+            if "peak_mem_gb" in q:
+                summ["peak_mem_gb"] = q["peak_mem_gb"]
             emit(summ)
-        elif "prefix_grouper" in results:
-            emit({"kind": "summary", **rec_pair, "probe": is_probe, "speedup_measured": None,
-                  "note": "baseline did not fit or was skipped"})
     for p in ps:
         for s in ss:
-            emit({"kind": "max_group_size", "P": p, "S": s, "tried_G": gs + probe,
-                  "max_G_baseline": fits.get((p, s, "baseline")),
-                  "max_G_prefix_grouper": fits.get((p, s, "prefix_grouper")),
-                  "oom_G_baseline": oom_at.get((p, s, "baseline")),
-                  "oom_G_prefix_grouper": oom_at.get((p, s, "prefix_grouper"))})
+            rec = {"kind": "max_group_size", "P": p, "S": s, "tried_G": gs + probe}
+            for method in methods:
+                rec[f"max_G_{method}"] = fits.get((p, s, method))
+                rec[f"oom_G_{method}"] = oom_at.get((p, s, method))
+            emit(rec)
     emit({"kind": "done", "wall_s": time.perf_counter() - t_start})
     print(f"results appended to {out}")
     return 0

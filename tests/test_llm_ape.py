@@ -78,8 +78,8 @@ def test_flex_backend_equals_eager_reference(family, t, s):
     assert flex.generate(query, pre, cached, 4).tolist() == ref.generate(query, pre, cached, 4).tolist()
     if t == s == 1.0:  # and both equal sequential encoding with one context
         one = ref.encode_contexts(ctxs[:1], pre)
-        torch.testing.assert_close(flex.query_logits(query, pre, one), sequential_logits(model, prefix, ctxs[:1], query),
-                                   atol=1e-5, rtol=1e-5)
+        seq = sequential_logits(model, prefix, ctxs[:1], query)
+        torch.testing.assert_close(flex.query_logits(query, pre, one), seq, atol=1e-5, rtol=1e-5)
 
 
 def test_segment_flex_masks_padded_segment_rows():

@@ -62,7 +62,8 @@ def test_prefix_grouper_equals_repeated_prefix(family, g):
 
 
 def test_merge_path_equals_split_path_in_grpo():
-    """The LSE-merge and FlexAttention paths at model level: loss and every parameter gradient equal the split path and no grouping."""
+    """The LSE-merge and FlexAttention paths at model level: loss and every parameter gradient equal the split path
+    and no grouping."""
     task = GRPOTask(model="llama", model_kwargs=dict(TINY, vocab_size=40), kl_coef=0.0, prefix_grouper=True)
     ro = _rollout(task, 4, kl=False)
     results = {}
@@ -207,7 +208,8 @@ def test_compile_regional_with_flex_traces_without_breaks_or_per_step_recompiles
         loss.backward()
         torch.testing.assert_close(loss, plain.policy_loss(ro)[0], atol=1e-6, rtol=1e-5)
     assert not counters["graph_break"]
-    assert before[1] > 0 and counters["stats"]["unique_graphs"] == before[1]  # steps 3 and 4 (new lengths) compiled nothing new
+    # steps 3 and 4 (new lengths) compiled nothing new
+    assert before[1] > 0 and counters["stats"]["unique_graphs"] == before[1]
     torch._dynamo.reset()
 
 

@@ -21,6 +21,13 @@ import torch.nn.functional as F
 
 BLOCK = 128  # FlexAttention's default block size (the block mask is built at this granularity)
 _COMPILED: dict[bool | None, Callable] = {}
+_DEFAULTS: dict[str, bool | None] = {"dynamic": None}
+
+
+def configure_flex(dynamic: bool | None = None) -> None:
+    """The ``dynamic`` setting the compiled kernel uses when a call does not give one (None: PyTorch's default;
+    True: one compile for every length, e.g. a benchmark sweeping many shapes)."""
+    _DEFAULTS["dynamic"] = dynamic
 
 
 def flex_supported() -> bool:
@@ -179,6 +186,7 @@ def flex_attention_call(
     from torch.nn.attention.flex_attention import flex_attention
 
     use_compiled = q.is_cuda if compile is None else compile
+    dynamic = _DEFAULTS["dynamic"] if dynamic is None else dynamic
     fn = compiled_flex(dynamic) if use_compiled else _eager_flex(flex_attention)
     if softcap is None and temperature != 1.0:  # exact: s * scale / T
         scale, temperature = scale / temperature, 1.0

@@ -128,10 +128,10 @@ def _segment_partial(q, seg: KVSegment, li: int, scaling, softcap, flex_masks: d
         from .flex import flex_attention_call
 
         bm = None
-        if sv is not None and not bool(sv.all()):
+        if sv is not None:
             key = (id(seg), qq.shape[2])
-            if key not in flex_masks:
-                flex_masks[key] = _valid_block_mask(sv, qq.shape[2])
+            if key not in flex_masks:  # None: every key valid (no mask; checked once per forward, not per layer)
+                flex_masks[key] = None if bool(sv.all()) else _valid_block_mask(sv, qq.shape[2])
             bm = flex_masks[key]
         return flex_attention_call(qq, ks, vs, bm, scaling, softcap, seg.temperature, return_lse=True,
                                    dense_mask=lambda: smask)

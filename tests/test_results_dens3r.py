@@ -30,7 +30,7 @@ CONFIGS = ["configs/dens3r/results_cpu.yaml", "configs/dens3r/results.yaml"]
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_split_rule(path):
     cfg = load_config(ROOT / path)
-    s = check_split(cfg["data"])
+    s = check_split(cfg["dataset"])
     assert s["train_seeds"][1] <= s["test_seeds"][0]
     assert set(s["train_textures"]).isdisjoint(s["heldout_textures"])
 

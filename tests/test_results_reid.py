@@ -39,7 +39,7 @@ def photo_data(tmp_path_factory) -> Path:
 def test_config_split_rule(path):
     """The shipped recipes: training and test photographs disjoint, every photograph one the writer knows."""
     cfg = load_config(ROOT / path)
-    d = cfg["data"]
+    d = cfg["dataset"]
     assert set(d["train_photos"]).isdisjoint(d["test_photos"])
     assert tuple(d["train_photos"]) == PHOTO_SPLIT["train"] and tuple(d["test_photos"]) == PHOTO_SPLIT["test"]
     assert {"fused", "cnn_branch", "vit_branch", "timm_resnet", "raw_pixels"} <= set(cfg["models"])

@@ -334,7 +334,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     tables and figures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data, t = cfg["data"], cfg["train"]
+    data, t = cfg["dataset"], cfg["train"]
     split = check_split(data)
     pl.seed_everything(cfg.get("seed", 0), workers=True)
     dm = SyntheticGeometryDataModule(num_train=data["num_train"], num_val=data.get("num_val", 16),
@@ -345,7 +345,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     prerender(dm.train_set, int(t.get("render_workers", 1)))
     render_s = time.perf_counter() - t0
-    task = GeometryTask(model=cfg["model"], model_kwargs=cfg.get("model_kwargs") or None, stage=1,
+    task = GeometryTask(model=cfg["network"], model_kwargs=cfg.get("network_kwargs") or None, stage=1,
                         conf_alpha=t.get("conf_alpha", 0.2), lr=t["lr"], weight_decay=t.get("weight_decay", 0.05),
                         warmup_steps=t.get("warmup_steps", 20), max_matches=t.get("max_matches", 256),
                         compile=t.get("compile", False))
@@ -373,7 +373,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
                out / "depth.png", [f"held-out {i}" for i in range(n_fig)] + ["real (Middlebury)"])
     plot_pose_cdf(res["pose_errors"], out / "pose_cdf.png")
     result = {"family": "dens3r", **stamp("tasks.results.dens3r"), "split": split,
-              "split_rule": data.get("split_rule", ""), "data": data, "train": t, "model": cfg["model"],
+              "split_rule": data.get("split_rule", ""), "dataset": data, "train": t, "network": cfg["network"],
               "params_m": sum(p.numel() for p in task.net.parameters()) / 1e6, "render_s": render_s, "train_s": train_s,
               "eval_s": eval_s,
               "train_median_depth": med, "heldout": {"depth": res["depth"], "pose": res["pose"]},
@@ -383,7 +383,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     write_json(out / "results.json", result)
     real_pose = [{"method": _LABELS[k], "err": v} for k, v in result["real_pair"]["pose_err_deg"].items()]
     md = [f"# Dens3R results ({result['machine']})", "",
-          f"Command: `{result['command']}` — commit {result['commit']}, torch {result['torch']}; {cfg['model']} "
+          f"Command: `{result['command']}` — commit {result['commit']}, torch {result['torch']}; {cfg['network']} "
           f"({result['params_m']:.2f} M params) trained {train_s:.0f} s (+ {render_s:.0f} s rendering), evaluated "
           f"{eval_s:.0f} s.", "",
           f"Held-out SYNTHETIC pairs ({data['num_test']} scenes, seeds {split['test_seeds']}, textures "
@@ -398,8 +398,8 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
 
 def tiny_overrides() -> dict[str, Any]:
     """A seconds-long smoke run of a config (tests, ``--tiny``)."""
-    return {"model": "dens3r_tiny", "model_kwargs": {}, "real_width": 64,
-            "data": {"num_train": 4, "num_val": 2, "num_test": 3, "size": 32},
+    return {"network": "dens3r_tiny", "network_kwargs": {}, "real_width": 64,
+            "dataset": {"num_train": 4, "num_val": 2, "num_test": 3, "size": 32},
             "train": {"max_epochs": 1, "batch_size": 2, "accelerator": "cpu", "precision": "32-true",
                       "compile": False, "num_workers": 0, "warmup_steps": 1}}
 

@@ -210,7 +210,7 @@ def rank_metrics(d: dict[str, torch.Tensor], max_rank: int = 10) -> tuple[dict[s
 # ----------------------------------------------------------------------------------------------- training
 def _datamodule(data_dir: Path, cfg: dict[str, Any]) -> ReIDDataModule:
     t = cfg["train"]
-    return ReIDDataModule(str(data_dir), "market1501", image_size=tuple(cfg["data"]["image_size"]),
+    return ReIDDataModule(str(data_dir), "market1501", image_size=tuple(cfg["dataset"]["image_size"]),
                           batch_size=t["batch_size"], num_instances=t["num_instances"],
                           test_batch_size=t.get("test_batch_size", 128), num_workers=t.get("num_workers", 0),
                           seed=cfg.get("seed", 0))
@@ -258,7 +258,7 @@ def _denorm(x: torch.Tensor) -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1)
 
 
-def plot_ranklist(dm: ReIDDataModule, d: dict[str, torch.Tensor], path: Path, n_query: int = 6, top: int = 8,
+def plot_ranklist(dm: ReIDDataModule, d: dict[str, torch.Tensor], path: Path, n_query: int = 5, top: int = 7,
                   title: str = "") -> None:
     """Query + top-``top`` gallery images (green = same identity, red = other; same-camera matches removed)."""
     import matplotlib
@@ -292,7 +292,7 @@ def plot_ranklist(dm: ReIDDataModule, d: dict[str, torch.Tensor], path: Path, n_
             ax.set_yticks([])
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=70)
+    fig.savefig(path, dpi=55)
     plt.close(fig)
 
 
@@ -339,7 +339,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     """Write the data (first use), train and evaluate every configured model, write the table and figures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = build_data(cfg["data"])
+    data_dir = build_data(cfg["dataset"])
     split = check_split(data_dir)
     t0 = time.perf_counter()
     rows, embs = [], {}
@@ -360,7 +360,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     plot_curves(rows, out / "curves.png")
     plot_data(data_dir, out / "data.png")
     result = {"family": "fusionreid", **stamp("tasks.results.fusionreid"), "split": split,
-              "split_rule": cfg["data"].get("split_rule", ""), "data": {k: v for k, v in cfg["data"].items()},
+              "split_rule": cfg["dataset"].get("split_rule", ""), "dataset": dict(cfg["dataset"]),
               "train": cfg["train"], "rows": rows, "total_s": time.perf_counter() - t0}
     write_json(out / "results.json", result)
     md = [f"# FusionReID results ({result['machine']})", "",
@@ -377,7 +377,7 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
 
 def tiny_overrides() -> dict[str, Any]:
     """A seconds-long smoke run of a config (tests, ``--tiny``): 2 + 2 photos, few identities, one epoch."""
-    return {"data": {"train_photos": ["astronaut", "coffee"], "test_photos": ["gravel", "coins"],
+    return {"dataset": {"train_photos": ["astronaut", "coffee"], "test_photos": ["gravel", "coins"],
                      "train_ids_per_photo": 4, "test_ids_per_photo": 3, "train_images_per_id": 4,
                      "gallery_images_per_id": 3, "num_distractors": 2, "image_size": [64, 32]},
             "train": {"max_epochs": 1, "eval_every": 1, "batch_size": 16, "num_instances": 4, "warmup_epochs": 1,
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     over: dict[str, Any] = tiny_overrides() if a.tiny else {}
     if a.data_root:
-        over.setdefault("data", {})["root"] = a.data_root
+        over.setdefault("dataset", {})["root"] = a.data_root
     cfg = load_config(a.config, over)
     if a.tiny:
         cfg["models"] = tiny_models(cfg["models"])

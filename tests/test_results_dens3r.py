@@ -138,3 +138,13 @@ def test_h200_script_is_the_recipe():
     assert "-m tasks.results.dens3r" in text and "configs/dens3r/results.yaml" in text
     assert "benchmarks/results/issue16/dens3r" in text
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks/results_dens3r_h200.sh")]).returncode == 0
+
+
+def test_prerender_in_processes_equals_rendering_here():
+    from tasks.results.dens3r import prerender
+
+    a, b = SyntheticPairs(3, 32, seed=9, textures=("gravel",)), SyntheticPairs(3, 32, seed=9, textures=("gravel",))
+    prerender(a, workers=2)
+    assert sorted(a._cache) == [0, 1, 2]
+    for i in range(3):
+        assert np.array_equal(a[i]["img1"], b[i]["img1"]) and np.array_equal(a[i]["pose2to1"], b[i]["pose2to1"])

@@ -343,7 +343,10 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
                                      train_textures=data["train_textures"], heldout_textures=data["heldout_textures"])
     dm.setup("fit")
     t0 = time.perf_counter()
-    prerender(dm.train_set, int(t.get("render_workers", 1)))
+    test = SyntheticPairs(data["num_test"], data["size"], data.get("seed", 0) + 2_000_000,
+                          textures=data["heldout_textures"])
+    for ds in (dm.train_set, test):  # before CUDA is initialised: the render workers are forked
+        prerender(ds, int(t.get("render_workers", 1)))
     render_s = time.perf_counter() - t0
     task = GeometryTask(model=cfg["network"], model_kwargs=cfg.get("network_kwargs") or None, stage=1,
                         conf_alpha=t.get("conf_alpha", 0.2), lr=t["lr"], weight_decay=t.get("weight_decay", 0.05),
@@ -359,9 +362,6 @@ def run(cfg: dict[str, Any], out: str | Path) -> dict[str, Any]:
     net = task.network.eval()
     device = next(task.net.parameters()).device
     med = train_median_depth(dm)
-    test = SyntheticPairs(data["num_test"], data["size"], data.get("seed", 0) + 2_000_000,
-                          textures=data["heldout_textures"])
-    prerender(test, int(t.get("render_workers", 1)))
     pairs = [test[i] for i in range(len(test))]
     t1 = time.perf_counter()
     res = evaluate(net, pairs, med, device, cfg)

@@ -20,7 +20,6 @@ from tasks.results.fusionreid import (
     build_baseline,
     check_split,
     rank_metrics,
-    tiny_overrides,
 )
 from zoo.fusionreid import FusionReIDOutput
 

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from datamodules.geometry import SyntheticGeometryDataModule, SyntheticPairs
 from tasks.geometry import GeometryTask

@@ -305,7 +305,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     for r in rows:
         if r["curve"]:
-            ax.plot([p["epoch"] for p in r["curve"]], [100 * p["mAP"] for p in r["curve"]], marker="o", label=r["label"])
+            ax.plot([p["epoch"] for p in r["curve"]], [100 * p["mAP"] for p in r["curve"]], marker="o",
+                    label=r["label"])
         elif r["kind"] == "raw_pixels":
             ax.axhline(100 * r["mAP"], color="grey", ls="--", label=r["label"])
     ax.set_xlabel("epoch")

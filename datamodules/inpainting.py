@@ -41,7 +41,8 @@ MaskKind = Literal["free_form", "square_center", "square_random", "square_list",
 
 __all__ = [
     "CelebAHQInpaintingDataModule", "InpaintingDataError", "InpaintingDataModule", "InpaintingImageDataset",
-    "MaskGenerator", "Places2InpaintingDataModule", "free_form_mask", "load_image", "load_mask_image",
+    "MaskGenerator", "PhotoCropsDataset", "PhotoCropsInpaintingDataModule", "Places2InpaintingDataModule",
+    "free_form_mask", "load_image", "load_mask_image", "load_photo",
     "read_square_list", "square_mask",
 ]
 
@@ -703,3 +704,183 @@ class SkimagePhotosInpaintingDataModule(CelebAHQInpaintingDataModule):
         if not (self.root / "test_fh256.txt").is_file():
             write_skimage_photos(self.root, "celebahq", self.image_size, self.crops_per_photo)
         return super().split_paths(split)
+
+
+# ------------------------------------------------------------------------------------- held-out photographs
+def load_photo(name: str) -> np.ndarray:
+    """A real photograph shipped with scikit-image (``skimage.data.<name>``, e.g. 'astronaut') or scikit-learn
+    ('china', 'flower': ``sklearn.datasets.load_sample_image``) as (H, W, 3) uint8 RGB (grey photos repeated)."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        img = load_sample_image(f"{name}.jpg")
+    else:
+        import skimage.data
+
+        fn = getattr(skimage.data, name, None)
+        if fn is None or not callable(fn):
+            raise InpaintingDataError(f"unknown photograph {name!r}: a scikit-image `skimage.data` image name or "
+                                      f"'china' / 'flower' (scikit-learn)")
+        img = np.asarray(fn())
+    if img.dtype != np.uint8:
+        raise InpaintingDataError(f"photograph {name!r} is {img.dtype}, not an 8-bit photograph")
+    return np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+
+
+def _crop_resize(img: np.ndarray, y: int, x: int, side: int, size: int, flip: bool = False) -> torch.Tensor:
+    """Square crop → ``size x size`` (area-averaged) → (3, S, S) float in [-1, 1]."""
+    from PIL import Image
+
+    crop = Image.fromarray(np.ascontiguousarray(img[y:y + side, x:x + side])).resize((size, size), Image.BOX)
+    arr = np.asarray(crop, np.float32) / 127.5 - 1.0
+    if flip:
+        arr = arr[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class PhotoCropsDataset(Dataset):
+    """Square crops of whole photographs with hole masks.
+
+    Training (``seed`` None): each item is a fresh random crop (side a random fraction ``crop_scale`` of the
+    photo's short side, random position, random flip) of a random photo. Evaluation (``seed`` set): item ``i`` is a
+    fixed crop of photo ``i % len(photos)`` drawn from ``(seed, i)`` with a fixed mask: every pass sees the same.
+
+    Args:
+        photos: {name: (H, W, 3) uint8}.
+        size: output side.
+        length: items per epoch.
+        masks: the mask generator.
+        crop_scale: (min, max) crop side as a fraction of the photo's short side.
+        seed: None for training, else the evaluation seed.
+        hflip: random horizontal flips (training only).
+    """
+
+    def __init__(self, photos: dict[str, np.ndarray], size: int, length: int, masks: MaskGenerator,
+                 crop_scale: tuple[float, float] = (0.3, 1.0), seed: int | None = None, hflip: bool = True) -> None:
+        self.photos, self.names = photos, sorted(photos)
+        self.size, self.length, self.masks, self.crop_scale, self.seed, self.hflip = (
+            size, length, masks, tuple(crop_scale), seed, hflip)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.seed is not None:
+            return np.random.default_rng((self.seed, index))
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def crop_box(self, index: int, rng: np.random.Generator) -> tuple[str, int, int, int]:
+        """(photo, top, left, side) of item ``index``."""
+        name = self.names[index % len(self.names)] if self.seed is not None else self.names[
+            int(rng.integers(len(self.names)))]
+        h, w = self.photos[name].shape[:2]
+        short = min(h, w)
+        side = max(self.size, int(round(short * rng.uniform(*self.crop_scale))))
+        side = min(side, short)
+        return name, int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1)), side
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = self._rng(index)
+        name, y, x, side = self.crop_box(index, rng)
+        flip = self.seed is None and self.hflip and bool(rng.integers(2))
+        image = _crop_resize(self.photos[name], y, x, side, self.size, flip)
+        mask = torch.from_numpy(self.masks(index, rng))[None]
+        return {"image": image, "mask": mask, "path": f"{name}[{y}:{y + side},{x}:{x + side}]"}
+
+
+class PhotoCropsInpaintingDataModule(SplitDataModule):
+    """Inpainting on real photographs split BY PHOTOGRAPH (scikit-image / scikit-learn sample photos): the model
+    trains on random crops of the training photos and is judged on fixed crops of photos it never saw.
+
+    The three photo lists must be disjoint, by name and by content (``skimage.data.cat`` and ``chelsea`` are the
+    same picture: a split holding both under two names is an error). Real photographs, not the papers' datasets.
+
+    Args:
+        train_photos: photographs of the training split (``skimage.data`` names, 'china', 'flower').
+        val_photos: photographs of the validation split (checkpoint monitoring).
+        test_photos: held-out photographs of the test split.
+        image_size: side S of the crops.
+        batch_size: images per batch.
+        num_workers: DataLoader workers.
+        train_mask: training masks ('free_form' as the paper, or 'square_random').
+        eval_mask: evaluation masks (fixed per item).
+        crop_scale: (min, max) side of a training crop as a fraction of the photo's short side.
+        train_samples: training crops per epoch.
+        eval_crops_per_photo: fixed crops per validation/test photo.
+        hflip: random horizontal flips in training.
+        seed: seed of the evaluation crops and masks.
+    """
+
+    def __init__(
+        self,
+        train_photos: Sequence[str] = ("astronaut", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
+                                       "camera", "brick", "grass", "coins"),
+        val_photos: Sequence[str] = ("moon", "gravel"),
+        test_photos: Sequence[str] = ("coffee", "china", "flower"),
+        image_size: int = 64,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_mask: MaskKind = "free_form",
+        eval_mask: MaskKind = "free_form",
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        train_samples: int = 1024,
+        eval_crops_per_photo: int = 8,
+        hflip: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.photo_lists = {"train": list(train_photos), "val": list(val_photos), "test": list(test_photos)}
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.train_mask, self.eval_mask, self.crop_scale = train_mask, eval_mask, tuple(crop_scale)
+        self.train_samples, self.eval_crops_per_photo, self.hflip, self.seed = (
+            train_samples, eval_crops_per_photo, hflip, seed)
+        self.photos: dict[str, dict[str, np.ndarray]] = {}
+        self.datasets: dict[str, PhotoCropsDataset] = {}
+        names = [n for v in self.photo_lists.values() for n in v]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"photographs in more than one split (or twice): {dup}")
+
+    @property
+    def in_chans(self) -> int:
+        return 3
+
+    def load(self) -> dict[str, dict[str, np.ndarray]]:
+        """{split: {name: photo}}, checked for identical pictures across names."""
+        if not self.photos:
+            import hashlib
+
+            seen: dict[str, str] = {}
+            for split, names in self.photo_lists.items():
+                self.photos[split] = {}
+                for n in names:
+                    img = load_photo(n)
+                    digest = hashlib.sha1(img.tobytes()).hexdigest()
+                    if digest in seen:
+                        raise ValueError(f"photograph {n!r} ({split}) is the same picture as {seen[digest]}")
+                    seen[digest] = f"{n!r}"
+                    self.photos[split][n] = img
+        return self.photos
+
+    def eval_dataset(self, split: str, mask: MaskKind | None = None, seed: int | None = None) -> PhotoCropsDataset:
+        """The fixed crops of ``split`` ('val' or 'test') with ``mask`` holes (default ``eval_mask``)."""
+        photos = self.load()[split]
+        gen = MaskGenerator(mask or self.eval_mask, self.image_size)
+        return PhotoCropsDataset(photos, self.image_size, self.eval_crops_per_photo * len(photos), gen,
+                                 self.crop_scale, self.seed if seed is None else seed, False)
+
+    def setup(self, stage: str | None = None) -> None:
+        photos = self.load()
+        if "train" not in self.datasets:
+            self.datasets["train"] = PhotoCropsDataset(photos["train"], self.image_size, self.train_samples,
+                                                       MaskGenerator(self.train_mask, self.image_size),
+                                                       self.crop_scale, None, self.hflip)
+            self.datasets["val"] = self.eval_dataset("val")
+            self.datasets["test"] = self.eval_dataset("test")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        ds = self.datasets[split]
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=shuffle, persistent_workers=self.num_workers > 0)

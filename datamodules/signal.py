@@ -566,6 +566,12 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         on_bad_record: 'raise' (clear error naming the record) or 'skip' (counted in ``screening``).
         split_by: 'subject' (layout rule), 'record', or 'time' (contiguous blocks within each record; only for
             single-record demos).
+        window_hop_s: start-to-start spacing of the windows in seconds (None: ``window_s``, non-overlapping). A
+            shorter hop gives overlapping windows (more training windows from a short record). With
+            ``split_by='time'`` the fractions then cut each record's TIME SPAN, a window belongs to a split only when
+            it lies wholly inside that split's span (windows straddling a cut are dropped), and the val/test windows
+            are thinned to non-overlapping ones: no sample of a val/test window is in any training window
+            (:meth:`window_spans`). ``ecg_polarity='window'`` is not allowed with overlap.
         split_fractions: train/val/test fractions.
         split_seed: seed of the subject permutation.
         splits: explicit {'train': [...], 'val': [...], 'test': [...]} record (or subject) lists; overrides the above.
@@ -618,6 +624,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         savgol_order: int = 2,
         on_bad_record: str = "raise",
         split_by: str = "subject",
+        window_hop_s: float | None = None,
         split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         splits: dict[str, list[str]] | None = None,
@@ -671,6 +678,12 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.savgol_ppg_window, self.savgol_ecg_window = int(savgol_ppg_window), int(savgol_ecg_window)
         self.savgol_order = int(savgol_order)
         self.on_bad_record, self.split_by = on_bad_record, split_by
+        self.window_hop_s = None if window_hop_s is None else float(window_hop_s)
+        if self.window_hop_s is not None and not 0 < self.window_hop_s * self.target_fs:
+            raise ValueError(f"window_hop_s ({window_hop_s}) must be positive")
+        if self.window_hop_s is not None and ecg_polarity == "window":
+            raise ValueError("ecg_polarity='window' flips window by window and cannot be used with overlapping "
+                             "windows (window_hop_s): use 'record' or None")
         self.split_fractions, self.split_seed, self.splits = tuple(split_fractions), split_seed, splits
         self.subject_regex = subject_regex
         self.subject_table, self.subject_table_columns = subject_table, tuple(subject_table_columns)
@@ -688,6 +701,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self.pair_separate_records = pair_separate_records
         self.screening = Screening()
         self.window_records: list[str] = []
+        self.window_starts: list[int] | None = None
         self.split_indices: dict[str, np.ndarray] = {}
         self.cache_path: Path | None = None
 
@@ -699,6 +713,11 @@ class WFDBPairedSignalDataModule(SplitDataModule):
     @property
     def fs(self) -> float:
         return self.target_fs
+
+    @property
+    def hop(self) -> int:
+        """Start-to-start spacing of the windows in samples at ``fs`` (``seq_len`` unless ``window_hop_s``)."""
+        return self.seq_len if self.window_hop_s is None else max(1, int(round(self.window_hop_s * self.target_fs)))
 
     @property
     def num_leads(self) -> int:
@@ -742,6 +761,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         meta = json.loads((cache / "meta.json").read_text())
         self.cache_path = cache
         self.window_records = meta["window_records"]
+        self.window_starts = meta.get("window_starts")
         self.screening = Screening(Counter(meta["screening"]["windows"]), Counter(meta["screening"]["records"]),
                                    meta["screening"]["skipped_records"])
         self.split_indices = self._split(meta)
@@ -755,7 +775,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             "ecg_sqi_fraction", "step2_smooth", "savgol_ppg_window",
             "savgol_ecg_window", "savgol_order", "label_source",
             "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
-        } | {"version": 3}
+        } | {"version": 3} | ({} if self.window_hop_s is None else {"window_hop_s": self.window_hop_s, "starts": 1})
 
     def _cache_key(self, recs: list[str]) -> str:
         h = hashlib.sha1(json.dumps(self._config(), sort_keys=True, default=str).encode())
@@ -775,7 +795,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         """Windows (z-scored float32 (n, 1, W)) and labels of one record; raises SignalDataError on bad input."""
         sources, comments = self._read_sources(rec)
         sigs = {m: x for m, (x, _) in sources.items()}
-        win = self.seq_len
+        win, hop = self.seq_len, self.hop
         out: dict[str, np.ndarray] = {}
         bad = None
         for mod, (x, fs) in sources.items():
@@ -799,45 +819,48 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                     y = notch_filter(y, self.target_fs, self.ecg_notch)
             out[mod], out[f"{mod}_raw"], out[f"{mod}_nan"], out[f"{mod}_src"] = y, raw, m, (x, fs)
             bad = m if bad is None else bad
-        n = min(len(out[m]) for m in sigs) // win
+        length = min(len(out[m]) for m in sigs)
+        n = (length - win) // hop + 1 if length >= win else 0
         if self.max_windows_per_record:
             n = min(n, self.max_windows_per_record)
         cand, reasons = [], Counter()
         for i in range(n):
-            s = slice(i * win, (i + 1) * win)
+            s = slice(i * hop, i * hop + win)
             if any(out[f"{m}_nan"][s].any() for m in sigs):
                 reasons["rejected_nan"] += 1
                 continue
-            flat = [m for m in sigs if self._flat(out, m, i, win) > self.max_flat_fraction or out[m][s].std() < 1e-8]
+            flat = [m for m in sigs
+                    if self._flat(out, m, i, win, hop) > self.max_flat_fraction or out[m][s].std() < 1e-8]
             if flat:
                 for m in flat:
                     reasons[f"rejected_flat_{m}"] += 1
                 continue
             cand.append(i)
-        flipped = self._fix_polarity(out, cand, win) if self.ecg_polarity else 0
+        flipped = self._fix_polarity(out, cand, win, hop) if self.ecg_polarity else 0
         if flipped:
             reasons["flipped_ecg"] += flipped
         keep = []
         for i in cand:
-            if self.ecg_sqi and not ecg_sqi_ok(out["ecg"][i * win:(i + 1) * win], self.target_fs, self.ecg_sqi,
+            if self.ecg_sqi and not ecg_sqi_ok(out["ecg"][i * hop:i * hop + win], self.target_fs, self.ecg_sqi,
                                                self.ecg_sqi_approach, self.ecg_sqi_threshold, self.ecg_sqi_fraction):
                 reasons["rejected_sqi_ecg"] += 1
                 continue
             keep.append(i)
         wins = {}
         for m in sigs:
-            w = np.stack([out[m][i * win:(i + 1) * win] for i in keep]) if keep else np.zeros((0, win))
+            w = np.stack([out[m][i * hop:i * hop + win] for i in keep]) if keep else np.zeros((0, win))
             wins[m] = (w - w.mean(1, keepdims=True)) / w.std(1, keepdims=True).clip(1e-8)
             if self.step2_smooth:
                 sg = self.savgol_ppg_window if m == "ppg" else self.savgol_ecg_window
                 wins[m] = np.stack([savgol_smooth(x, sg, self.savgol_order) for x in wins[m]]) if keep else wins[m]
         reasons["kept"] += len(keep)
         reasons["total"] += n
-        res: dict[str, Any] = {"n": len(keep), "reasons": reasons, "flipped_ecg": flipped}
+        res: dict[str, Any] = {"n": len(keep), "reasons": reasons, "flipped_ecg": flipped,
+                               "starts": [i * hop for i in keep]}
         for m in sigs:
             res[m] = wins[m][:, None].astype(np.float32)
         if self.label_source:
-            res["labels"] = self._labels(rec.split("+")[0], comments, keep, win)
+            res["labels"] = self._labels(rec.split("+")[0], comments, keep, win, hop)
         return res
 
     def _check_neurokit(self) -> None:
@@ -850,7 +873,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             raise ImportError("the ECG SQI gate (ecg_sqi) needs neurokit2: pip install neurokit2, or set "
                               "ecg_sqi: null") from e
 
-    def _fix_polarity(self, out: dict[str, Any], cand: list[int], win: int) -> int:
+    def _fix_polarity(self, out: dict[str, Any], cand: list[int], win: int, hop: int | None = None) -> int:
         """Flip inverted ECG (``ecg_polarity``) in ``out['ecg']``; returns the number of candidate windows flipped.
 
         Each candidate window (passed the NaN and flat screening) is tested with :func:`ecg_inverted` on the
@@ -858,8 +881,9 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         record at once)."""
         if not cand or "ecg" not in out:
             return 0
+        hop = win if hop is None else hop
         clean = ecg_clean_for_polarity(out["ecg_raw"], self.target_fs)
-        inv = np.asarray([ecg_inverted(clean[i * win:(i + 1) * win], self.target_fs) for i in cand])
+        inv = np.asarray([ecg_inverted(clean[i * hop:i * hop + win], self.target_fs) for i in cand])
         if self.ecg_polarity == "record":
             if inv.mean() <= self.ecg_polarity_threshold:
                 return 0
@@ -867,16 +891,17 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             return len(cand)
         y = out["ecg"].copy()
         for i in np.asarray(cand)[inv]:
-            y[i * win:(i + 1) * win] *= -1
+            y[i * hop:i * hop + win] *= -1
         out["ecg"] = y
         return int(inv.sum())
 
-    def _flat(self, out: dict[str, Any], mod: str, i: int, win: int) -> float:
+    def _flat(self, out: dict[str, Any], mod: str, i: int, win: int, hop: int | None = None) -> float:
         """Flat fraction of window ``i`` of modality ``mod`` under ``flat_method``."""
+        hop = win if hop is None else hop
         if self.flat_method == "ptp":
-            return flat_fraction(out[f"{mod}_raw"][i * win:(i + 1) * win], self.target_fs, 0.1, self.flat_threshold)
+            return flat_fraction(out[f"{mod}_raw"][i * hop:i * hop + win], self.target_fs, 0.1, self.flat_threshold)
         x, fs = out[f"{mod}_src"]  # the same span at the source rate, unfiltered (as the reference tests it)
-        a, b = (int(round(j * win * fs / self.target_fs)) for j in (i, i + 1))
+        a, b = (int(round(j * fs / self.target_fs)) for j in (i * hop, i * hop + win))
         return flat_fraction_diff(x[a:b], fs, 0.1, self.flat_threshold)
 
     @property
@@ -911,14 +936,15 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             out[mod] = (x[a: a + int(round((t1 - t0) * fs))], fs)
         return out, comments
 
-    def _labels(self, rec: str, comments: list[str], keep: list[int], win: int) -> np.ndarray:
+    def _labels(self, rec: str, comments: list[str], keep: list[int], win: int, hop: int | None = None) -> np.ndarray:
         k = len(self.label_names)
+        hop = win if hop is None else hop
         if self.label_source == "annotations":
             ann = read_beat_annotations(self.root / rec, self.annotation_extension)
             t = ann["sample"] / ann["fs"] * self.target_fs
             lab = np.zeros((len(keep), k), np.float32)
             for j, i in enumerate(keep):
-                sym = {s for s, tt in zip(ann["symbol"], t) if i * win <= tt < (i + 1) * win}
+                sym = {s for s, tt in zip(ann["symbol"], t) if i * hop <= tt < i * hop + win}
                 lab[j] = [float(n in sym) for n in self.label_names]
             return lab
         if self.label_source == "header":
@@ -948,6 +974,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
     def _build_cache(self, recs: list[str], cache: Path) -> None:
         parts: dict[str, list[np.ndarray]] = {"ecg": [], "ppg": [], "labels": []}
         window_records: list[str] = []
+        window_starts: list[int] = []
         scr = Screening()
         for rec in recs:
             try:
@@ -970,6 +997,7 @@ class WFDBPairedSignalDataModule(SplitDataModule):
                 if m in r:
                     parts[m].append(r[m])
             window_records += [rec] * r["n"]
+            window_starts += [int(v) for v in r["starts"]]
         if getattr(self, "_unpaired", None):
             scr.records["unpaired"] = len(self._unpaired)
             scr.skipped_records.update({r: "no record of the other modality overlaps it" for r in self._unpaired})
@@ -981,7 +1009,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             if arrs:
                 np.save(tmp / f"{m}.npy", np.concatenate(arrs))
         (tmp / "meta.json").write_text(json.dumps(
-            {"window_records": window_records, "screening": scr.to_dict(), "config": self._config()}, default=str))
+            {"window_records": window_records, "window_starts": window_starts, "screening": scr.to_dict(),
+             "config": self._config()}, default=str))
         try:
             tmp.rename(cache)
         except OSError:  # another process wrote it first
@@ -993,6 +1022,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
     def _split(self, meta: dict[str, Any]) -> dict[str, np.ndarray]:
         recs = np.asarray(meta["window_records"])
         names = ("train", "val", "test")
+        if self.split_by == "time" and not self.splits and self.window_hop_s is not None:
+            return self._split_time_spans(recs, np.asarray(meta["window_starts"]))
         if self.split_by == "time" and not self.splits:
             out = {n: [] for n in names}
             for r in dict.fromkeys(recs):
@@ -1023,6 +1054,38 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         for rank, j in enumerate(perm):
             assign[uniq[j]] = "train" if rank < n_tr else ("val" if rank < n_tr + n_va else "test")
         return {n: np.flatnonzero(np.asarray([assign[g] == n for g in groups])) for n in names}
+
+    def _split_time_spans(self, recs: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+        """``split_by='time'`` with overlapping windows: the fractions cut each record's span [0, last start + W) at
+        sample positions; a window joins the split whose span holds it wholly (a window across a cut is dropped);
+        val/test keep non-overlapping windows only (greedy from the first)."""
+        win = self.seq_len
+        out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+        for r in dict.fromkeys(recs):
+            idx = np.flatnonzero(recs == r)
+            idx = idx[np.argsort(starts[idx], kind="stable")]
+            total = int(starts[idx].max()) + win
+            cuts = [0, *(int(round(c * total)) for c in np.cumsum(self.split_fractions)[:2]), total]
+            for k, name in enumerate(("train", "val", "test")):
+                lo, hi, last = cuts[k], cuts[k + 1], None
+                for i in idx:
+                    s = int(starts[i])
+                    if s < lo or s + win > hi:
+                        continue
+                    if name != "train" and last is not None and s < last + win:
+                        continue
+                    out[name].append(int(i))
+                    last = s
+        return {n: np.asarray(v, dtype=np.int64) for n, v in out.items()}
+
+    def window_spans(self, split: str) -> list[tuple[str, int, int]]:
+        """``(record, first sample, end sample)`` at ``fs`` of every window of ``split`` (after :meth:`setup`)."""
+        if self.cache_path is None:
+            self.setup()
+        if self.window_starts is None:  # a cache written before starts were stored: non-overlapping windows
+            raise RuntimeError("this window cache holds no window starts; rebuild it (delete it)")
+        return [(self.window_records[i], int(self.window_starts[i]), int(self.window_starts[i]) + self.seq_len)
+                for i in self.split_indices[split]]
 
     def split_subjects(self, split: str) -> set[str]:
         """Subjects (layout rule) whose windows are in ``split``."""

@@ -121,7 +121,7 @@ def test_cli_classifier_end_to_end(tmp_path):
     main(["test", "--config", str(cfg)])
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("results")))
 def test_shipped_configs_parse(name, capsys):
     from tasks.cli import main
 

@@ -168,8 +168,13 @@ def _plot(path: Path, samples: dict[str, dict[str, np.ndarray]], k: int = 3) -> 
             axes[a * n + i, 0].set_ylabel(kind, fontsize=6)
     fig.tight_layout(pad=0.2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+    from PIL import Image  # a 256-colour palette keeps the photo grid small enough to commit
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256)
+    small.save(path, optimize=True)
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any], extra: dict[str, Any]) -> str:

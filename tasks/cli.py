@@ -27,6 +27,8 @@ COMMANDS = {
     "bench": "measure a model's training / inference speed (append to benchmarks/results)",
     "demo": "list the demos, or run one: sharezoo demo fusionreid",
     "rag": "CMRAG page retrieval: sharezoo rag index PATH --out INDEX; sharezoo rag query INDEX 'question'",
+    "generate": "UniPic: prompt -> PNG, or --image + instruction -> PNG (sharezoo generate --help)",
+    "ask": "NEO image question answering: sharezoo ask --ckpt last.ckpt --image a.png --question '...'",
 }
 LIGHTNING = ("fit", "validate", "test", "predict")
 USAGE = "usage: sharezoo [--debug] <command> [options]     sharezoo <command> --help"
@@ -120,6 +122,20 @@ def _rag(argv: Sequence[str]) -> int:
     return rag_main(list(argv))
 
 
+def _generate(argv: Sequence[str]) -> int:
+    from tasks.unipic_generate import main as generate_main
+
+    rc = generate_main(list(argv))
+    return int(rc or 0)
+
+
+def _ask(argv: Sequence[str]) -> int:
+    from tasks.neo_chat import main as ask_main
+
+    ask_main(list(argv))
+    return 0
+
+
 def _demo(argv: Sequence[str]) -> int:
     from tasks.demos import list_demos
 
@@ -151,6 +167,8 @@ EXTRA: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": _bench,
     "demo": _demo,
     "rag": _rag,
+    "generate": _generate,
+    "ask": _ask,
 }
 
 

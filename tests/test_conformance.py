@@ -57,8 +57,17 @@ def test_every_family_module_is_registered_in_zoo_init():
 
 
 @pytest.mark.parametrize("name", MODELS)
+def _needs_optional_package(e: ImportError) -> None:
+    """A model whose weights ship in a separate package (CMRAG's MiniLM towers) skips where it is not installed (the
+    GPU image); the default CI installs every dependency, so it runs there."""
+    pytest.skip(f"a model dependency is not installed here: {e}")
+
+
 def test_model_card(name):
-    card = zoo.model_card_dict(name)  # also counts the parameters on the meta device
+    try:
+        card = zoo.model_card_dict(name)  # also counts the parameters on the meta device
+    except ImportError as e:
+        _needs_optional_package(e)
     assert card["params"] > 0
     for key in ("paper", "url"):
         assert isinstance(card.get(key), str) and card[key].strip(), f"{name}: MODEL_CARD[{key!r}] missing"
@@ -68,8 +77,11 @@ def test_model_card(name):
 
 @pytest.mark.parametrize("name", [n for n in MODELS if not _is_tiny(n)])
 def test_large_model_builds_on_meta_and_has_a_tiny_sibling(name):
-    with torch.device("meta"):
-        model = zoo.create_model(name)
+    try:
+        with torch.device("meta"):
+            model = zoo.create_model(name)
+    except ImportError as e:
+        _needs_optional_package(e)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert any(_is_tiny(n) for n in FAMILIES[FAMILY_OF[name]]), f"{name}: family {FAMILY_OF[name]} has no *_tiny"
 

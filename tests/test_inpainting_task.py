@@ -262,8 +262,8 @@ def test_bench_train_step_matches_one_trainer_iteration(tmp_path):
 
     loader = torch.utils.data.DataLoader([{"image": batch["image"][i], "mask": batch["mask"][i]} for i in range(2)],
                                          batch_size=2)
-    pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, default_root_dir=tmp_path).fit(task, loader)
+    pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path).fit(task, loader)  # the bench step runs here
     assert int(task.iterations) == 1
 
     before = {k: v.clone() for k, v in bench_task.state_dict().items()}

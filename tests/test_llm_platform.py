@@ -72,7 +72,7 @@ def test_build_causal_lm_folder_refuses_another_vocabulary(tmp_path):
 def test_uni_encoder_registered_with_card_and_local_dir_roundtrip(tmp_path, capsys):
     from tasks.cli import main
 
-    assert zoo.list_models("uni*") == ["uni_encoder_bert_base", "uni_encoder_tiny"]
+    assert zoo.list_models("uni_encoder*") == ["uni_encoder_bert_base", "uni_encoder_tiny"]
     card = zoo.model_card("uni_encoder_bert_base")
     assert "arXiv 2106.01263" in card and "dll-wu/Uni-Encoder" in card and "masked-LM" in card
     assert 108e6 < zoo.count_params("uni_encoder_bert_base") < 111e6  # BERT-base without the pooler + the scorer

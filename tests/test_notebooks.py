@@ -34,6 +34,9 @@ SHORT: dict[str, dict] = {
                              expect=("stage 2 loss", "mean paired latent distance", "generated, seed 2")),
     "dens3r.ipynb": dict(expect=("weights:",), images=3),
     "uni_encoder.ipynb": dict(expect=("packed scores", "max difference")),
+    "neo.ipynb": dict(env={"NEO_NB_STEPS": "5"}, images=2, expect=("token            t h w", "exact match on these")),
+    "cronusvla.ipynb": dict(env={"CRONUSVLA_NB_STEPS": "5"}, expect=("VLM passes",)),
+    "unipic.ipynb": dict(env={"UNIPIC_NB_STEPS": "4"}),
 }
 
 

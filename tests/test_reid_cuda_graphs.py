@@ -209,7 +209,9 @@ def test_graphed_training_matches_eager(market, precision, compile):
     assert counts["captures"] == 2 and counts["infer_replays"] > 0, counts  # the training step and one eval shape
     for a, b in zip(tg.optimizers[0].param_groups, tp.optimizers[0].param_groups):
         assert float(a["lr"]) == pytest.approx(b["lr"], rel=1e-6)
-        assert isinstance(a["lr"], torch.Tensor)  # the captured step reads the lr from this tensor
+    # (the groups may hold floats here: timm's scheduler assigns one at each epoch end and the next replay copies it
+    # into the tensor the captured step reads; after the last epoch there is no next replay. The equal lr schedules
+    # above and the equal states below show that the replays read the scheduled lr.)
     # GPU training is not bitwise reproducible (atomics in the SIE gather and attention backward, cuDNN) and these
     # 12 steps at lr 0.02 amplify that: the graphed run may differ from the eager one about as much as two eager runs
     # differ from each other (test_graphed_steps_equal_eager_steps compares with deterministic kernels)

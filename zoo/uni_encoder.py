@@ -132,7 +132,7 @@ class UniEncoder(nn.Module):
         if self.attn_map == "causal":
             spec = GroupedAttention(layout)
         else:
-            spec = MaskedAttention(layout.dense_mask(self.attn_map), layout.max_position)
+            spec = MaskedAttention.for_layout(layout, self.attn_map)  # FlexAttention block mask on CUDA
         extra = {} if types is None else {"token_type_ids": types}
         out = self.backbone(
             input_ids=ids, position_ids=layout.position_ids, attention_mask=placeholder_mask(device),

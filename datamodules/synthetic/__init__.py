@@ -32,10 +32,22 @@ from .geometry import (
 from .fmri import write_openfmri_subjects
 from .inpainting import write_skimage_photos
 from .scenes import write_scene_dataset
-from .reid import DEMO_REID, ensure_demo_reid, person_image, write_reid_dataset
+from .reid import (
+    DEMO_PHOTO_REID,
+    DEMO_REID,
+    PHOTO_SPLIT,
+    PHOTOS,
+    ensure_demo_reid,
+    load_photo,
+    person_image,
+    photo_view,
+    write_photo_reid_dataset,
+    write_reid_dataset,
+)
 from .signal import paired_signal, write_wfdb_record
 
 __all__ = [
+    "DEMO_PHOTO_REID", "PHOTO_SPLIT", "PHOTOS", "load_photo", "photo_view", "write_photo_reid_dataset",
     "DEMO_REID", "MARKER", "SyntheticDataError", "claim", "ensure_demo_reid", "fresh", "intrinsics", "is_synthetic",
     "look_at", "nyu_mask_holes", "nyu_raw_holes", "owned_or_empty", "pair_sample", "paired_signal", "person_image",
     "random_cameras", "random_scene", "render", "render_views", "write_dsine", "write_nyuv2_labeled",

@@ -48,7 +48,7 @@ def completion_logps(
     prompts: list[torch.Tensor],
     completions: list[list[torch.Tensor]],
     prefix_grouper: bool,
-    mode: str = "split",
+    mode: str = "auto",
     pad_id: int = 0,
     chunk_elements: int = 1 << 28,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

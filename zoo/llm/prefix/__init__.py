@@ -3,7 +3,8 @@
 Public API: :func:`shared_prefix_logits`, :class:`PrefixLayout`, :func:`prefix_grouped_attention`,
 :func:`attention_with_lse`, :func:`merge_partials`, :func:`enable_prefix_attention`.
 """
-from .attention import attention_with_lse, merge_partials, prefix_grouped_attention, repeat_kv
+from .attention import merge_partials, prefix_grouped_attention
+from .eager import attention_with_lse, repeat_kv
 from .hf import (
     ATTN_NAME,
     GroupedAttention,

@@ -175,7 +175,7 @@ def flex_attention_call(
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if needs_dense_fallback(q, k, v):
-        from .attention import attention_with_lse
+        from .eager import attention_with_lse
 
         mask = dense_mask() if dense_mask is not None else None
         if return_lse or softcap is not None or temperature != 1.0:

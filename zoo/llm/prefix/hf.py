@@ -49,7 +49,7 @@ def _sdpa_forward(module, query, key, value, attention_mask, **kwargs):
 def _eager_softcap_forward(module, query, key, value, attention_mask, softcap, dropout=0.0, scaling=None,
                            is_causal=None, **kwargs):
     """HF's eager attention with logit soft-capping, for masks built by ``sdpa_mask`` (boolean, or None = causal)."""
-    from .attention import attention_with_lse
+    from .eager import attention_with_lse
 
     mask = attention_mask
     if mask is None:

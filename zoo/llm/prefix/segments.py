@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import attention_with_lse, merge_partials, repeat_kv
+from .attention import merge_partials
+from .eager import attention_with_lse, repeat_kv
 
 
 @dataclass

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 16 results recipe on one H200 (< 9 min wall from a fresh checkout, wheels on PYTHONPATH):
-#   PEPSI + Diet-PEPSI (paper-size generators, 128x128 crops of real photographs, held-out photographs; vs OpenCV Telea / Navier-Stokes and mean fill)
+#   PEPSI + Diet-PEPSI (paper-size generators, 256x256 crops of real photographs, held-out photographs; vs OpenCV Telea / Navier-Stokes and mean fill)
 #   bash benchmarks/results_pepsi_h200.sh              -> benchmarks/results/issue16/pepsi/{results.md,results.json,inpainted_vs_opencv.png,run.log}
 #   TINY=1 bash benchmarks/results_pepsi_h200.sh       (a CPU smoke run of the same config: tests/test_results_*.py)
 # Environment: PYTHON (default python), OUT (output folder), TINY=1, LIMIT_S (timeout, default 540).

@@ -245,7 +245,8 @@ def run(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     masks = ev.get("masks", ["free_form", "square_random"])
     rows, samples = evaluate(models, dm, masks, int(ev.get("cv2_radius", 3)))
     _plot(out / "inpainted_vs_opencv.png", samples, int(ev.get("num_plot", 3)))
-    meta = {"command": f"python -m tasks.results.pepsi --config {a.config}", "machine": _machine(),
+    command = f"python -m tasks.results.pepsi --config {a.config}" + (" --tiny" if a.tiny else "")
+    meta = {"command": command, "machine": _machine(),
             "commit": _commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "held-out photographs"),
             "image_size": dm.image_size, "config": cfg}
     print(write_table(rows, out, meta, {"val_curves": curves, "checkpoints": best}))

@@ -316,7 +316,8 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
                              "best": str(s2)}}
     res = evaluate(s2, dm, cfg, out)
     res["val_curves"] = curves
-    meta = {"command": f"python -m tasks.results.ppgflowecg --config {a.config}", "machine": _machine(),
+    command = f"python -m tasks.results.ppgflowecg --config {a.config}" + (" --tiny" if a.tiny else "")
+    meta = {"command": command, "machine": _machine(),
             "commit": _commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "time split"),
             "config": cfg}
     print(write_table(res, out, meta))

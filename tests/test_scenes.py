@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import re
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from datamodules.scenes import (
     ADD_ANCHORS,
@@ -33,7 +34,7 @@ from datamodules.scenes import (
 )
 from datamodules.synthetic import MARKER, SyntheticDataError
 from datamodules.synthetic.scenes import write_scene_dataset
-from tasks.metrics.scene_judge import SceneJudgeScore, detect_objects, judge, judge_edit
+from tasks.metrics.scene_judge import SceneJudgeScore, detect_objects, judge, judge_edit, judge_spec, read_scene
 
 SIZES = (64, (64, 96), (96, 64), 48, (56, 128), 128)
 
@@ -182,6 +183,76 @@ def test_detect_accepts_arrays_and_tensors():
     assert detect_objects(arr) == ref
     assert detect_objects(arr / 255.0) == ref
     assert detect_objects(torch.from_numpy(arr).permute(2, 0, 1).float() / 255) == ref
+
+
+# --- the judge rejects what is not a clean scene ---------------------------------------------------------------
+
+def _junk(rng: np.random.Generator, scene: Scene) -> dict[str, np.ndarray]:
+    """Images that are not clean scenes, some of them drawn over a correct render of ``scene``."""
+    clean = np.asarray(render_scene(scene, 64)).astype(float)
+    background = np.full((64, 64, 3), 245.0)
+    salt_pepper = clean.copy()
+    hit = rng.random((64, 64)) < 0.1
+    salt_pepper[hit] = rng.choice([0.0, 255.0], (hit.sum(), 1))
+    confetti = clean.copy()  # 40 specks of palette colours, each below an object's least area
+    for color in rng.choice(list(COLORS), 40):
+        y, x = rng.integers(0, 62, 2)
+        confetti[y:y + 2, x:x + 2] = COLORS[color]
+    crowd = background.copy()  # 16 solid squares: more objects than a scene of the set holds
+    for i in range(16):
+        y, x = 2 + 16 * (i // 4), 2 + 16 * (i % 4)
+        crowd[y:y + 10, x:x + 10] = list(COLORS.values())[i % 6]
+    return {"uniform noise": rng.integers(0, 256, (64, 64, 3)).astype(float),
+            "uniform noise, 32 px": rng.integers(0, 256, (32, 32, 3)).astype(float),
+            "gaussian noise on the background": background + rng.normal(0, 20, background.shape),
+            "gaussian noise on the scene": clean + rng.normal(0, 20, clean.shape),
+            "salt and pepper on the scene": salt_pepper,
+            "random colour blocks": np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((8, 8, 1))),
+            "large random colour blocks": np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((16, 16, 1))),
+            "palette confetti on the scene": confetti, "sixteen squares": crowd}
+
+
+def test_judge_rejects_noise_blank_and_clutter():
+    rng = np.random.default_rng(5)
+    every = {c: [parse_prompt(p) for p in prompts(c)] for c in CATEGORIES}
+    reasons = set()
+    for i in range(12):
+        category = CATEGORIES[i % 6]
+        scene, prompt = sample_scene(rng, category)
+        blank = np.full((64, 64, 3), 245, np.uint8)
+        assert read_scene(blank).rejected is None and detect_objects(blank) == []  # a clean scene of nothing
+        for name, arr in {**_junk(rng, scene), "blank": blank}.items():
+            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+            reading = read_scene(img)
+            assert name == "blank" or reading.rejected, (name, reading.detections)
+            reasons.add((reading.rejected or "").split(" (")[0].split(":")[0])
+            dets = detect_objects(img)
+            assert dets == [], name
+            assert not judge(img, scene, category) and not judge(img, None, category, prompt=prompt), name
+            assert not judge_edit(img, scene), name
+            assert not any(judge_spec(dets, spec) for specs in every.values() for spec in specs), name
+    assert {"no uniform background", "clutter", "16 objects"} <= reasons, reasons
+
+
+def _jpeg(img: Image.Image, quality: int, subsampling: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality, subsampling=subsampling)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize("distort", ["jpeg 90 (4:4:4)", "gaussian blur 0.5"])
+def test_judge_tolerates_mild_jpeg_and_blur(distort):
+    """Clean renders stay clean under mild JPEG and blur (limits: chroma subsampling, more blur; docs/scenes.md)."""
+    f = {"jpeg 90 (4:4:4)": lambda im: _jpeg(im, 90, 0),
+         "gaussian blur 0.5": lambda im: im.filter(ImageFilter.GaussianBlur(0.5))}[distort]
+    for seed in range(60):
+        category = CATEGORIES[seed % 6]
+        scene, _ = sample_scene(seed, category)
+        img = f(render_scene(scene, SIZES[seed % len(SIZES)]))
+        assert read_scene(img).rejected is None, (seed, read_scene(img).rejected)
+        assert judge(img, scene, category), (seed, detect_objects(img))
+        if seed % 6 == 0:
+            assert judge_edit(img, scene)
 
 
 # --- edits -----------------------------------------------------------------------------------------------------

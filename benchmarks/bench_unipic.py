@@ -101,19 +101,55 @@ def bench_train(args: argparse.Namespace) -> dict:
     return {"model": args.model, "batch": args.batch, "results": results}
 
 
+def _judge_references(dm, size: int) -> dict:
+    """The judge on two reference rows of the same held-out test set: the real rendered images (the ground truth, at
+    the models' ``size`` as the models see them, and at their native size) and uniform-noise images (seeded)."""
+    import numpy as np
+    from PIL import Image
+
+    from datamodules.scenes import Scene
+    from tasks.metrics.scene_judge import SceneJudgeScore, judge_edit
+
+    t2i, edit = dm.sets["test"]["t2i"], dm.sets["test"].get("edit")
+    rng = np.random.default_rng(0)
+
+    def pil(t: torch.Tensor) -> Image.Image:
+        return Image.fromarray(((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+
+    sources = {"ground_truth": lambda ds, i, key: pil(ds[i][key]),
+               "ground_truth_native": lambda ds, i, key: Image.open(ds.folder / ds.rows[i][key]).convert("RGB"),
+               "noise": lambda ds, i, key: Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))}
+    out = {}
+    for name, image in sources.items():
+        metric = SceneJudgeScore()
+        for i, r in enumerate(t2i.rows):
+            metric.update([image(t2i, i, "image")], [r["category"]], prompts=[r["caption"]])
+        row = {f"test/geneval_{k}": float(v) for k, v in metric.compute().items()}
+        if edit is not None:
+            ok = [judge_edit(image(edit, i, "target"), Scene.from_dict(r["target_scene"])) for i, r in
+                  enumerate(edit.rows)]
+            row["test/edit_acc"] = sum(ok) / len(ok)
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    return out
+
+
 def bench_compare(args: argparse.Namespace) -> dict:
-    """Generation with the LLM bridge vs MAR-only ('bag' conditioning) on the same steps; GenEval-style judge on the
-    held-out prompts of the scene set, edit accuracy, understanding exact-match (LLM only)."""
+    """Generation with the LLM bridge vs MAR-only ('bag' conditioning) on the same optimiser steps; GenEval-style judge
+    on the held-out prompts of the scene set, edit accuracy, understanding exact-match (LLM only); the judge on the
+    ground-truth test images and on uniform noise as reference rows."""
     import pytorch_lightning as pl
 
     from datamodules.unipic import UniPicDataModule
     from tasks.unipic import UniPicTask
 
     n_train, n_val, n_test = args.scenes, max(12, args.scenes // 10), args.test_scenes
+    # the set's counts in the folder name: a folder written earlier with other counts is never silently reused
+    root = Path(args.root or f"runs/unipic_bench/scenes_{n_train}-{n_val}-{n_test}_{args.scene_size}px")
     out = {}
     for cond in ("llm", "bag"):
         pl.seed_everything(0)
-        dm = UniPicDataModule(root=str(Path(args.root)), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
+        dm = UniPicDataModule(root=str(root), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
                               image_size=args.image_size, batch_size=args.batch, scene_image_size=args.scene_size,
                               tasks=("t2i", "edit", "vqa") if cond == "llm" else ("t2i", "edit"))
         kw = {} if cond == "llm" else {"conditioning": "bag", "understanding": "none"}
@@ -133,6 +169,7 @@ def bench_compare(args: argparse.Namespace) -> dict:
             merged.update(r)
         out[cond] = merged
         print(cond, json.dumps(merged), flush=True)
+    out.update(_judge_references(dm, args.image_size))
     return out
 
 
@@ -155,7 +192,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--model-kwargs", default="{}", help="JSON model_kwargs for compare (a larger model on the GPU)")
-    p.add_argument("--root", default="runs/unipic_bench/scenes")
+    p.add_argument("--root", default=None, help="compare: the scene set's folder (default: one named by its counts)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.tiny:

@@ -111,8 +111,8 @@ MIN_SHAPE_IOU = 0.55
 #: more objects than this is not a scene of the set (a scene holds at most five: four counted plus one added)
 MAX_OBJECTS = 8
 #: non-background pixels farther than a few pixels (``EDGE_MARGIN`` x shorter side, at least 2) from every object
-#: may cover at most this fraction of the image; the set's renders leave 0.006 or less under JPEG 75 / blur, specks,
-#: salt-and-pepper or dark / grey marks leave more
+#: may cover at most this fraction of the image; the set's renders leave 0.001 or less under JPEG 75, blur or a 2x
+#: down-sampling; specks, salt-and-pepper or dark / grey marks leave more
 MAX_CLUTTER = 0.02
 EDGE_MARGIN = 0.03
 

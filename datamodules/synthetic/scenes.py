@@ -15,8 +15,8 @@ Layout (paths in the JSONL files are relative to the split folder)::
 **Split rule.** Captions are held out: every split draws its prompts only from its own part of the fixed prompt
 partition (:func:`datamodules.scenes.prompt_split`), so no test (or val) caption occurs in train, and each split
 samples its scenes, colours, positions, edits and questions from its own seed (``[seed, split index]``), so no image
-repeats across splits. The categories take turns. Train and val images are ``size`` x ``size``; every third test
-scene is rendered at one of ``aspect_sizes`` (default ``size`` x 1.5 ``size`` and 1.5 ``size`` x ``size``), aspect
+repeats across splits. The categories take turns. Train and val images are ``size`` x ``size``; every third round
+of the six categories in test is rendered at one of ``aspect_sizes`` (default ``size`` x 1.5 ``size`` and 1.5 ``size`` x ``size``), aspect
 ratios never seen in training.
 """
 from __future__ import annotations
@@ -69,7 +69,9 @@ def write_scene_dataset(root: str | os.PathLike, n_train: int = 240, n_val: int 
         for i in range(n):
             category = CATEGORIES[i % len(CATEGORIES)]
             scene, prompt = sample_scene(rng, category, split=split)
-            hw = aspect_sizes[(i // 3) % len(aspect_sizes)] if split == "test" and i % 3 == 2 else (size, size)
+            # every third round of the categories is non-square, so each category has both shapes of image
+            rnd = i // len(CATEGORIES)
+            hw = aspect_sizes[(i + rnd // 3) % len(aspect_sizes)] if split == "test" and rnd % 3 == 2 else (size, size)
             image = f"images/{i:06d}.png"
             render_scene(scene, hw).save(fresh(folder / image, _W))
             t2i.append({"image": image, "caption": prompt, "category": category, "scene": scene.to_dict()})

@@ -7,6 +7,10 @@ Layouts (``root`` is the folder holding the dataset folder, or the dataset folde
 - ``occluded_duke``: ``Occluded_Duke/{bounding_box_train,query,bounding_box_test}/`` named as DukeMTMC-reID
 - ``msmt17``: ``msmt17/{train,test}/PPPP/PPPP_NNN_CC_*.jpg`` + ``list_{train,val,query,gallery}.txt`` ("relpath pid")
 
+Image files may be ``.jpg``/``.jpeg``/``.png``/``.bmp`` (mixed in one split too); 16-bit images are rescaled to 8 bits
+(:func:`datamodules._image.open_rgb8`), not clipped. ``setup`` checks every file of every split first
+(:mod:`datamodules._verify`): all bad files are reported at once, or skipped and counted (``on_bad_file='skip'``).
+
 pid -1 (junk) is dropped, pid 0 (distractors) is kept in the gallery, camera ids become 0-based, training pids are
 relabelled 0..N-1, and MSMT17's training set is list_train + list_val (as the official FusionReID code does).
 """
@@ -28,7 +32,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
 
+from ._image import open_rgb8  # noqa: E402
 from ._reid_layout import LAYOUTS, find_dataset_dir  # noqa: E402
+from ._verify import OnBadFile, VerifyMode, verify_files  # noqa: E402
 from .synthetic import is_synthetic  # noqa: E402
 
 _logger = logging.getLogger(__name__)
@@ -39,11 +45,13 @@ __all__ = ["LAYOUTS", "PILResize", "ReIDDataModule", "ReIDImageDataset", "Random
 Item = tuple[str, int, int]
 
 _PID_CAM = re.compile(r"([-\d]+)_c(\d+)")
+#: image files of a split folder (the releases hold .jpg; converted or re-saved copies may hold .png, even mixed)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _parse_folder(folder: Path, drop_junk: bool = True) -> list[Item]:
     items = []
-    for p in sorted(folder.glob("*.jpg")):
+    for p in sorted(q for q in folder.iterdir() if q.suffix.lower() in IMAGE_EXTS and q.is_file()):
         m = _PID_CAM.search(p.name)
         if m is None:
             raise ValueError(f"{p}: file name does not match '<pid>_c<camera>...'")
@@ -247,14 +255,8 @@ class ReIDImageDataset(Dataset):
             self.transform.set_random_seed(seed % (2 ** 32))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
         path, pid, cam = self.items[i]
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001 - name the file instead of a bare worker traceback
-            raise RuntimeError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        img = open_rgb8(path)  # errors name the file; 16-bit images rescaled, not clipped
         out = {"image": self.transform(image=img)["image"], "pid": pid, "camid": cam, "index": i}
         if self.num_query is not None:
             out["is_query"] = i < self.num_query
@@ -366,6 +368,10 @@ class ReIDDataModule(pl.LightningDataModule):
             input size, mean/std, resize interpolation) fills ``image_size``, ``mean``, ``std`` and ``interpolation``
             left None; ``sharezoo`` fills it with the task's ``model`` when the config leaves it out.
         interpolation: PIL resize filter for both splits (None: the model's, else bicubic train / bilinear test).
+        verify: check every image of every split before training: 'header' (cheap: opens, size, file end),
+            'decode' (full decode, slow on big sets) or 'off'.
+        on_bad_file: 'error' (one error listing every bad file) or 'skip' (leave them out, logged and counted in
+            ``skipped_files``).
     """
 
     def __init__(
@@ -387,10 +393,15 @@ class ReIDDataModule(pl.LightningDataModule):
         synthetic_if_missing: bool | str = False,
         preprocessing_model: str | None = None,
         interpolation: str | None = None,
+        verify: VerifyMode = "header",
+        on_bad_file: OnBadFile = "error",
     ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown ReID layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if verify not in ("header", "decode", "off") or on_bad_file not in ("error", "skip"):
+            raise ValueError(f"verify must be 'header', 'decode' or 'off' (got {verify!r}) and on_bad_file 'error' or "
+                             f"'skip' (got {on_bad_file!r})")
         self.save_hyperparameters()
         self.root, self.layout = root, layout
         from zoo import resolve_data_config
@@ -402,16 +413,33 @@ class ReIDDataModule(pl.LightningDataModule):
         self.std = tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5)))
         self.interpolation: str | None = cfg.get("interpolation")
         self._splits: dict[str, list[Item]] | None = None
+        self.skipped_files: list[str] = []
         self.train_set: ReIDImageDataset | None = None
         self.eval_set: ReIDImageDataset | None = None
 
-    # lazily parsed, so the CLI can link num_classes / num_cameras into the model before setup()
+    # lazily parsed (and verified), so the CLI can link num_classes / num_cameras into the model before setup()
     @property
     def splits(self) -> dict[str, list[Item]]:
         if self._splits is None:
             self._ensure_present()
-            self._splits = parse_layout(self.root, self.layout)
+            self._splits = self._verified(parse_layout(self.root, self.layout))
         return self._splits
+
+    def _verified(self, splits: dict[str, list[Item]]) -> dict[str, list[Item]]:
+        """Every split's files checked up front (``verify``); bad ones raise, or are left out and counted."""
+        hp = self.hparams
+        paths = [p for items in splits.values() for p, _, _ in items]
+        bad = verify_files(paths, verify=hp.verify, on_bad_file=hp.on_bad_file,
+                           what=f"{self.layout} at {self.root} (train/query/gallery)")
+        if not bad:
+            return splits
+        self.skipped_files = sorted(bad)
+        out = {k: [it for it in v if it[0] not in bad] for k, v in splits.items()}
+        out["train"] = _relabel(out["train"])  # an identity whose images were all skipped leaves no label gap
+        for split, items in out.items():
+            if not items:
+                raise ValueError(f"{self.layout} at {self.root}: every file of the {split} split is bad")
+        return out
 
     @property
     def num_classes(self) -> int:

@@ -141,3 +141,36 @@ class SigtermCheckpoint(pl.Callback):
         trainer.save_checkpoint(path)
         rank_zero_info(f"SIGTERM: wrote {path} (epoch {trainer.current_epoch}, step {trainer.global_step}); "
                        f"resume with --ckpt_path last")
+
+
+class EpochEndLastCheckpoint(pl.Callback):
+    """``last.ckpt`` at every training epoch end, written BEFORE that epoch's validation runs.
+
+    Lightning runs an epoch-end validation before ``on_train_epoch_end``, and its ``ModelCheckpoint`` saves after it
+    (and, when ``check_val_every_n_epoch != 1``, only after a validation): a run of the paper config (validation
+    every 30 epochs) that died in its first validation (a bad file) had no checkpoint at all. This writes the
+    ``last`` checkpoint of every ``ModelCheckpoint(save_last=...)`` when an epoch's training is done: as the
+    epoch-end validation starts, and at the epoch end of an epoch without validation; through that callback (same
+    folder and name, so ``--ckpt_path last`` resumes from it with the next epoch; Lightning does not repeat the
+    interrupted validation: ``sharezoo validate --ckpt_path`` runs it). Its top-k and monitored saves stay where they
+    were (validation end); mid-epoch validations (``val_check_interval``) are left alone.
+    """
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if not trainer.sanity_checking and loop._num_ready_batches_reached():
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_last(trainer)
+
+    @staticmethod
+    def _save_last(trainer: pl.Trainer) -> None:
+        from pytorch_lightning.callbacks import ModelCheckpoint
+
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or not cb.save_last or cb._should_skip_saving_checkpoint(trainer):
+                continue  # also: this step is saved already (e.g. at this epoch's validation end)
+            saved_step = cb._last_global_step_saved
+            cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+            cb._last_global_step_saved = saved_step  # its own saves of this step (validation / epoch end) still happen

@@ -134,9 +134,15 @@ class ZooCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         callbacks = list(trainer_cfg.get("callbacks") or [])
         wants_bar = trainer_cfg.get("enable_progress_bar") is not False
-        from tasks._cli_callbacks import ExactResume, SigtermCheckpoint, ZooProgressBar
+        from pytorch_lightning.callbacks import ModelCheckpoint
 
-        extra = [cb() for cb in (ExactResume, SigtermCheckpoint) if not any(isinstance(c, cb) for c in callbacks)]
+        from tasks._cli_callbacks import EpochEndLastCheckpoint, ExactResume, SigtermCheckpoint, ZooProgressBar
+
+        extra = [cb() for cb in (ExactResume, SigtermCheckpoint, EpochEndLastCheckpoint)
+                 if not any(isinstance(c, cb) for c in callbacks)]
+        if trainer_cfg.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint)
+                                                                            for c in callbacks):
+            extra.append(ModelCheckpoint(save_last=True))  # Lightning's default one + last.ckpt at every epoch end
         if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks) and _rich_available():
             extra.append(ZooProgressBar())
         kwargs["callbacks"] = [*callbacks, *extra]

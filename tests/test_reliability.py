@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -358,3 +360,139 @@ def test_a_pickle_payload_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
     with pytest.raises(zoo.PretrainedWeightsError, match="evil.pth"):
         load_state_dict_file(p)
     assert not target.exists()
+
+
+# --- item 2: one bad file does not cost a run; item 3/6 (part): mixed extensions, 16-bit images in a ReID split ---
+
+
+def _small_reid(root):
+    from datamodules.synthetic import write_reid_dataset
+
+    write_reid_dataset(root, "market1501", num_train_ids=4, num_test_ids=3, train_images_per_id=4,
+                       gallery_images_per_id=3, num_junk=0, num_distractors=0, size=(32, 16))
+    return root / "market1501"
+
+
+def _break_files(d):
+    """A truncated query JPEG, a gallery 'JPEG' of junk bytes and an empty training file."""
+    q = sorted((d / "query").glob("*.jpg"))[0]
+    q.write_bytes(q.read_bytes()[: len(q.read_bytes()) // 2])
+    g = sorted((d / "bounding_box_test").glob("*.jpg"))[1]
+    g.write_bytes(b"not an image at all")
+    t = sorted((d / "bounding_box_train").glob("*.jpg"))[2]
+    t.write_bytes(b"")
+    return [q, g, t]
+
+
+def test_reid_setup_reports_every_bad_file_at_once(tmp_path):
+    from datamodules._verify import BadFilesError
+    from datamodules.reid import ReIDDataModule
+
+    bad = _break_files(_small_reid(tmp_path))
+    with pytest.raises(BadFilesError) as e:
+        ReIDDataModule(str(tmp_path), num_workers=0).setup("fit")  # before any epoch: no validation needed
+    msg = str(e.value)
+    assert all(str(p) in msg for p in bad) and "3 of " in msg and "on_bad_file='skip'" in msg
+
+
+def test_reid_on_bad_file_skip_leaves_them_out_and_counts_them(tmp_path, caplog):
+    from datamodules.reid import ReIDDataModule
+
+    d = _small_reid(tmp_path)
+    whole = ReIDDataModule(str(tmp_path), num_workers=0)
+    n_query, n_gallery = whole.num_query, len(whole.splits["gallery"])
+    bad = _break_files(d)
+    dm = ReIDDataModule(str(tmp_path), num_workers=0, on_bad_file="skip")
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    assert dm.skipped_files == sorted(str(p) for p in bad)
+    assert "3 of " in caplog.text and "skipping them" in caplog.text  # counted and logged, never silent
+    assert dm.num_query == n_query - 1 and len(dm.splits["gallery"]) == n_gallery - 1
+    assert sorted({pid for _, pid, _ in dm.splits["train"]}) == list(range(dm.num_classes))  # no label gap
+    assert all(dm.eval_set[i]["image"].isfinite().all() for i in range(len(dm.eval_set)))
+
+
+def test_image_header_check_finds_truncation_without_false_alarms(tmp_path):
+    from PIL import Image
+
+    from datamodules._verify import check_image
+
+    arr = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    for ext in ("png", "jpg"):
+        good = tmp_path / f"good.{ext}"
+        Image.fromarray(arr).save(good)
+        assert check_image(good) is None and check_image(good, "decode") is None
+        padded = tmp_path / f"padded.{ext}"
+        padded.write_bytes(good.read_bytes() + b"trailing bytes some writers leave")  # decodes fine
+        assert check_image(padded) is None
+        cut = tmp_path / f"cut.{ext}"
+        cut.write_bytes(good.read_bytes()[:-200])
+        assert check_image(cut) is not None and check_image(cut, "off") is None
+
+
+def test_reid_split_with_mixed_png_and_jpg_reads_both(tmp_path):
+    from PIL import Image
+
+    from datamodules.reid import ReIDDataModule
+
+    d = _small_reid(tmp_path)
+    n = ReIDDataModule(str(tmp_path)).num_query
+    for p in sorted((d / "query").glob("*.jpg"))[::2]:  # every other query re-saved as PNG
+        with Image.open(p) as im:
+            im.save(p.with_suffix(".png"))
+        p.unlink()
+    dm = ReIDDataModule(str(tmp_path))
+    assert dm.num_query == n and {Path(p).suffix for p, _, _ in dm.splits["query"]} == {".png", ".jpg"}
+
+
+def test_a_sixteen_bit_png_in_a_reid_split_loads_rescaled_not_white(tmp_path):
+    from PIL import Image
+
+    from datamodules.reid import ReIDDataModule
+
+    d = _small_reid(tmp_path)
+    q = sorted((d / "query").glob("*.jpg"))[0]
+    Image.fromarray(np.full((32, 16), 32896, np.uint16)).save(q.with_suffix(".png"))  # 16-bit mid grey
+    q.unlink()
+    dm = ReIDDataModule(str(tmp_path), image_size=(32, 16), num_workers=0)
+    dm.setup("test")
+    i = [k for k, (p, _, _) in enumerate(dm.eval_set.items) if p.endswith(".png")][0]
+    expected = (round(32896 * 255 / 65535) / 255 - 0.5) / 0.5  # 128 of 255, normalised with mean = std = 0.5
+    assert torch.allclose(dm.eval_set[i]["image"], torch.full((3, 32, 16), expected), atol=1e-6)
+
+
+class _ValidationFails(__import__("pytorch_lightning").Callback):
+    def on_validation_start(self, trainer, pl_module) -> None:  # noqa: ARG002
+        raise RuntimeError("test: a bad file found at the first validation")
+
+
+@pytest.mark.parametrize("own_checkpoint", [True, False])
+def test_a_run_that_dies_at_its_first_validation_keeps_an_epoch_end_checkpoint(tmp_path, monkeypatch,
+                                                                               own_checkpoint):
+    """check_val_every_n_epoch > 1 (the paper config: 30): Lightning's ModelCheckpoint waits for validation, so a
+    run killed there had no checkpoint; now last.ckpt is written at every training epoch end, with the config's own
+    ModelCheckpoint(save_last) or, when the config has none, the one the CLI adds."""
+    import tasks._lightning_cli as lcli
+
+    original = lcli.ZooCLI.instantiate_trainer
+
+    def failing_validation(self, **kwargs):
+        trainer = original(self, **kwargs)
+        trainer.callbacks.append(_ValidationFails())
+        return trainer
+
+    monkeypatch.setattr(lcli.ZooCLI, "instantiate_trainer", failing_validation)
+    args = _resume_args(tmp_path / "run", tmp_path / "data", 3)
+    args[args.index("--trainer.check_val_every_n_epoch") + 1] = "2"
+    if not own_checkpoint:
+        args += ["--trainer.callbacks", "[]"]
+    with pytest.raises(RuntimeError, match="first validation"):
+        lcli.lightning_cli(args)
+    ckpts = list((tmp_path / "run").rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+    assert state["epoch"] == 1 and state["global_step"] == 4  # both epochs trained, saved before the validation
+    monkeypatch.setattr(lcli.ZooCLI, "instantiate_trainer", original)  # the bad file fixed: resume from it
+    resumed = lcli.lightning_cli([*args, "--ckpt_path", "last"])
+    assert resumed.trainer.ckpt_path and resumed.trainer.global_step == 6
+    assert resumed.trainer.current_epoch == 3  # training goes on (the interrupted validation is not repeated)

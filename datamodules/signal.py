@@ -240,12 +240,42 @@ def subject_of(record: str, layout: str = "wfdb", subject_regex: str | None = No
 
 
 # ------------------------------------------------------------------------------------------------ record reading
+_NUMBER = r"\d*\.?\d+(?:[eE][-+]?\d+)?"
+#: the record line's sampling frequency field: ``fs[/counter_freq[(base_counter)]]``
+_FS_FIELD = re.compile(rf"{_NUMBER}(?:/{_NUMBER}(?:\({_NUMBER}\))?)?")
+
+
+def _check_record_line(header: Path, rec: str) -> None:
+    """The header's record line ``name[/segments] n_signals [fs [n_samples ...]]`` holds numbers where numbers go.
+
+    ``wfdb`` reads a negative or non-numeric sample count as "absent" (and then reads whatever the file holds), and a
+    non-numeric rate as its default 250 Hz: both are errors naming the record here.
+    """
+    for line in header.read_text(errors="replace").splitlines():
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        fields = dict(zip(("signals", "fs", "samples"), tokens[1:4]))
+        problems = []
+        if "signals" in fields and not fields["signals"].isdigit():
+            problems.append(f"signal count {fields['signals']!r}")
+        if "fs" in fields and not _FS_FIELD.fullmatch(fields["fs"]):
+            problems.append(f"sampling frequency {fields['fs']!r}")
+        if "samples" in fields and not fields["samples"].isdigit():
+            problems.append(f"sample count {fields['samples']!r}")
+        if problems:
+            raise SignalDataError(f"record {rec}: its header {header} has an invalid {' and '.join(problems)} in "
+                                  f"its record line {line.strip()!r} (non-negative numbers expected)")
+        return
+
+
 def _check_files(path: Path, rec: str) -> None:
-    """Clear errors for a missing header / data file and for a truncated signal file."""
+    """Clear errors for a missing header / data file, an invalid record line and a truncated signal file."""
     import wfdb
 
     if not path.with_suffix(".hea").is_file():
         raise SignalDataError(f"record {rec}: header {path.with_suffix('.hea')} not found")
+    _check_record_line(path.with_suffix(".hea"), rec)
     try:
         hdr = wfdb.rdheader(str(path))
     except Exception as e:  # noqa: BLE001
@@ -494,6 +524,52 @@ class Screening:
         return {"windows": dict(self.windows), "records": dict(self.records), "skipped_records": self.skipped_records}
 
 
+# ------------------------------------------------------------------------------------------------ window cache
+def _load_cached(path: str | os.PathLike) -> np.ndarray:
+    """A cached window array, memory-mapped; a missing, truncated or corrupt file is an error naming it."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except Exception as e:  # noqa: BLE001 - numpy says "mmap length is greater than file size", naming nothing
+        raise SignalDataError(f"signal window cache file {path} cannot be read ({type(e).__name__}: {e}); delete "
+                              f"its folder to rebuild it") from e
+
+
+def _digest(path: str | os.PathLike) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_problem(cache: Path, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What is wrong with the window cache folder ``cache`` (None when it is sound).
+
+    ``shapes``: the arrays it must hold and their shape (``-1``: the number of windows in ``meta.json``). Each array
+    must load, have that shape, hold only finite values and match the checksum stored when the cache was built.
+    """
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+        n, stored = len(meta["window_records"]), meta["files"]
+    except Exception as e:  # noqa: BLE001
+        return f"{cache / 'meta.json'} is unreadable or lacks its file checksums ({type(e).__name__}: {e})"
+    for name, shape in shapes.items():
+        path = cache / f"{name}.npy"
+        want = tuple(n if d == -1 else d for d in shape)
+        try:
+            arr = _load_cached(path)
+        except SignalDataError as e:
+            return str(e)
+        if arr.shape != want:
+            return f"{path} has shape {arr.shape}, expected {want}"
+        if name not in stored or _digest(path) != stored[name]:
+            return f"{path} does not match the checksum stored when the cache was built (changed or corrupt)"
+        for i in range(0, len(arr), 4096):
+            if not np.isfinite(arr[i:i + 4096]).all():
+                return f"{path} holds NaN or infinite values"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ dataset
 class WindowDataset(Dataset):
     """Windows from the memory-mapped cache: dict(ecg=(1,W), [ppg=(1,W)], [labels=(K,)], index=int)."""
@@ -505,7 +581,7 @@ class WindowDataset(Dataset):
     def _open(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             names = ["ecg"] + (["ppg"] if self.paired else []) + (["labels"] if self.has_labels else [])
-            self._arrays = {n: np.load(os.path.join(self.cache, f"{n}.npy"), mmap_mode="r") for n in names}
+            self._arrays = {n: _load_cached(os.path.join(self.cache, f"{n}.npy")) for n in names}
         return self._arrays
 
     def __getstate__(self) -> dict[str, Any]:
@@ -537,7 +613,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         paired: read PPG too (False: ECG-only windows, e.g. MIT-BIH for classification).
         fs: target sampling rate in Hz (128 in the paper).
         window_s: window length in seconds (10 in the paper; non-overlapping).
-        expected_fs: source rates the records must have (a record at another rate is bad input); empty: any.
+        expected_fs: source rates the records must have (a record at another rate is bad input); None: the
+            layout's (cinc2015 250 Hz, bidmc and mimic3 125 Hz, wfdb/mcmed any); []: any.
         ppg_band: PPG band-pass in Hz (Butterworth order 3); None disables.
         ecg_highpass: ECG high-pass in Hz (Butterworth order 5); None disables.
         ecg_notch: ECG notch frequency in Hz (50 in the reference code); None disables.
@@ -668,7 +745,8 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         if not (self.target_fs > 0 and self.window_s > 0) or self.window_s * self.target_fs < 1:
             raise ValueError(f"fs ({fs}) and window_s ({window_s}) must be positive, and a window at least one sample "
                              f"(window_s * fs = {self.window_s * self.target_fs:g})")
-        self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None else ()))
+        self.expected_fs = tuple(float(f) for f in (expected_fs if expected_fs is not None
+                                                    else LAYOUTS[layout].expected_fs))
         self.ppg_band, self.ecg_highpass, self.ecg_notch = ppg_band, ecg_highpass, ecg_notch
         self.flat_threshold, self.max_flat_fraction, self.flat_method = flat_threshold, max_flat_fraction, flat_method
         self.ecg_polarity, self.ecg_polarity_threshold = ecg_polarity, float(ecg_polarity_threshold)
@@ -755,9 +833,18 @@ class WFDBPairedSignalDataModule(SplitDataModule):
         self._unpaired = unpaired
         key = self._cache_key(recs)
         cache = self.cache_root / key
-        if not (cache / "meta.json").is_file():
+        problem = cache_problem(cache, self._cache_shapes()) if (cache / "meta.json").is_file() else "absent"
+        if problem is not None:
+            if problem != "absent":
+                import shutil
+
+                _logger.warning("signal window cache %s is bad: %s. Rebuilding it.", cache, problem)
+                shutil.rmtree(cache)
             self._check_neurokit()
             self._build_cache(recs, cache)
+            problem = cache_problem(cache, self._cache_shapes())
+            if problem is not None:
+                raise SignalDataError(f"signal window cache {cache} is bad right after it was built: {problem}")
         meta = json.loads((cache / "meta.json").read_text())
         self.cache_path = cache
         self.window_records = meta["window_records"]
@@ -775,7 +862,13 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             "ecg_sqi_fraction", "step2_smooth", "savgol_ppg_window",
             "savgol_ecg_window", "savgol_order", "label_source",
             "label_names", "labels_csv", "annotation_extension", "max_windows_per_record", "pair_separate_records")
-        } | {"version": 3} | ({} if self.window_hop_s is None else {"window_hop_s": self.window_hop_s, "starts": 1})
+        } | {"version": 4} | ({} if self.window_hop_s is None else {"window_hop_s": self.window_hop_s, "starts": 1})
+
+    def _cache_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The arrays of a window cache and their shapes (-1: the number of windows)."""
+        win = (-1, 1, self.seq_len)
+        return {"ecg": win} | ({"ppg": win} if self.paired else {}) | (
+            {"labels": (-1, len(self.label_names))} if self.label_source else {})
 
     def _cache_key(self, recs: list[str]) -> str:
         h = hashlib.sha1(json.dumps(self._config(), sort_keys=True, default=str).encode())
@@ -1005,12 +1098,14 @@ class WFDBPairedSignalDataModule(SplitDataModule):
             raise SignalDataError(f"no usable windows under {self.root}: {scr.to_dict()}")
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
+        files = {}
         for m, arrs in parts.items():
             if arrs:
                 np.save(tmp / f"{m}.npy", np.concatenate(arrs))
+                files[m] = _digest(tmp / f"{m}.npy")  # checked on every load (cache_problem)
         (tmp / "meta.json").write_text(json.dumps(
             {"window_records": window_records, "window_starts": window_starts, "screening": scr.to_dict(),
-             "config": self._config()}, default=str))
+             "config": self._config(), "files": files}, default=str))
         try:
             tmp.rename(cache)
         except OSError:  # another process wrote it first

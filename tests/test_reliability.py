@@ -496,3 +496,82 @@ def test_a_run_that_dies_at_its_first_validation_keeps_an_epoch_end_checkpoint(t
     resumed = lcli.lightning_cli([*args, "--ckpt_path", "last"])
     assert resumed.trainer.ckpt_path and resumed.trainer.global_step == 6
     assert resumed.trainer.current_epoch == 3  # training goes on (the interrupted validation is not repeated)
+
+
+# --- item 3: window cache validated on load, every layout's rate, header numbers -----------------------------------
+
+
+def _damage(path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+        return
+    arr = np.load(path, mmap_mode="r+")
+    if how == "zeroed":
+        arr[:] = 0
+    else:
+        arr[3, 0, 5] = np.nan
+    arr.flush()
+    del arr
+
+
+@pytest.mark.parametrize("how", ["zeroed", "nan", "truncated"])
+def test_a_bad_signal_cache_file_is_named_and_rebuilt(tmp_path, caplog, how):
+    from datamodules.signal import WFDBPairedSignalDataModule
+
+    kwargs = dict(records=["a103l"], window_s=10, cache_dir=str(tmp_path / "c"), ecg_sqi=None)
+    first = WFDBPairedSignalDataModule(**kwargs)
+    first.setup()
+    before = first.dataset("train")[3]["ppg"].clone()
+    bad = first.cache_path / "ppg.npy"
+    _damage(bad, how)
+    again = WFDBPairedSignalDataModule(**kwargs)
+    with caplog.at_level("WARNING"):
+        again.setup()
+    assert str(bad) in caplog.text and "Rebuilding it" in caplog.text
+    after = again.dataset("train")[3]["ppg"]
+    assert torch.equal(after, before) and after.isfinite().all()
+
+
+def test_a_truncated_cache_file_read_after_setup_names_the_file(tmp_path):
+    from datamodules.signal import SignalDataError, WFDBPairedSignalDataModule
+
+    dm = WFDBPairedSignalDataModule(records=["a103l"], window_s=10, cache_dir=str(tmp_path / "c"), ecg_sqi=None)
+    dm.setup()
+    _damage(dm.cache_path / "ecg.npy", "truncated")
+    with pytest.raises(SignalDataError, match="ecg.npy cannot be read") as e:
+        dm.dataset("train")[0]
+    assert str(dm.cache_path / "ecg.npy") in str(e.value)
+
+
+def _header_edit(root, field: int, value: str) -> None:
+    hea = root / "a103l.hea"
+    lines = hea.read_text().splitlines()
+    tokens = lines[0].split()
+    tokens[field] = value
+    hea.write_text("\n".join([" ".join(tokens), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("layout, claimed", [("cinc2015", "125"), ("bidmc", None)])
+def test_every_layout_enforces_its_sampling_rate(tmp_path, layout, claimed):
+    """No expected_fs given: the layout's own rate applies (cinc2015 250 Hz; bidmc 125 Hz)."""
+    from datamodules.signal import SignalDataError, WFDBPairedSignalDataModule
+
+    root = tmp_path / "data"
+    _signal_copy(root)
+    if claimed:
+        _header_edit(root, 2, claimed)  # a header claiming 125 Hz for 250 Hz data
+    with pytest.raises(SignalDataError, match=r"record a103l: sampling rate .* Hz, expected"):
+        WFDBPairedSignalDataModule(str(root), layout=layout, records=["a103l"], window_s=10,
+                                   cache_dir=str(tmp_path / "c")).setup()
+
+
+@pytest.mark.parametrize("field, value, what", [(3, "-82500", "sample count"), (3, "lots", "sample count"),
+                                                (2, "fast", "sampling frequency")])
+def test_invalid_numbers_in_a_header_name_the_record(tmp_path, field, value, what):
+    from datamodules.signal import SignalDataError, WFDBPairedSignalDataModule
+
+    root = tmp_path / "data"
+    _signal_copy(root)
+    _header_edit(root, field, value)
+    with pytest.raises(SignalDataError, match=f"record a103l: .*invalid {what} '{value}'"):
+        WFDBPairedSignalDataModule(str(root), records=["a103l"], window_s=10, cache_dir=str(tmp_path / "c")).setup()

@@ -31,7 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._base import SplitDataModule
+from ._image import open_rgb8, to_8bit
 from ._layout import DatasetLayoutError, layout_error, require_dataset
+from ._verify import VerifyMode, verify_files
 from .synthetic import is_synthetic, write_skimage_photos
 
 _logger = logging.getLogger(__name__)
@@ -139,7 +141,7 @@ def load_mask_image(path: str | os.PathLike, size: int, holes_are: Literal["blac
     try:
         with Image.open(path) as im:
             im.load()
-            arr = np.asarray(im.convert("L"))
+            arr = np.asarray(to_8bit(im, "L", path))  # 16-bit masks rescaled, not clipped
     except Exception as e:
         raise InpaintingDataError(f"cannot read mask image {path}: {type(e).__name__}: {e}") from e
     if arr.shape != (size, size):
@@ -278,14 +280,11 @@ class MaskGenerator:
 # ----------------------------------------------------------------------------------------------------- images
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB. Raises :class:`InpaintingDataError` naming the file."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
+        return open_rgb8(path)  # 16-bit images rescaled to 8 bits, not clipped to white
     except Exception as e:
-        raise InpaintingDataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        cause = e.__cause__ or e
+        raise InpaintingDataError(f"cannot read image {path}: {type(cause).__name__}: {cause}") from e
 
 
 def build_transform(size: int, train: bool, hflip: bool) -> Callable[..., dict[str, Any]]:
@@ -398,7 +397,8 @@ class InpaintingDataModule(SplitDataModule):
         mask_holes_are: colour of the holes in mask images: 'black' (PEPSI's test masks) or 'white'.
         mask_threshold: binarise non-binary mask images at this fraction of white (None: they are an error).
         hflip: random horizontal flips in training (the paper uses no augmentation).
-        on_bad_image: 'raise' a clear error naming an unreadable image, or 'skip' it (logged and counted).
+        on_bad_image: 'raise' a clear error naming an unreadable image, or 'skip' it (logged and counted); with
+            ``verify`` on, every bad file of a split is found in ``setup`` and listed in one error (or left out).
         train_list: training split list, relative to root (None: every image under train_dir).
         val_list: validation split list.
         test_list: test split list.
@@ -407,6 +407,8 @@ class InpaintingDataModule(SplitDataModule):
         test_dir: test image folder.
         limit_val_images: use only the first N validation images (None: all).
         seed: seed of the evaluation masks.
+        verify: check every image of the used splits in ``setup``: 'header' (cheap: opens, size, file end),
+            'decode' (full decode; slow on big sets such as Places2) or 'off'.
     """
 
     #: printed when the layout is missing; subclasses fill it in
@@ -435,6 +437,7 @@ class InpaintingDataModule(SplitDataModule):
         limit_val_images: int | None = None,
         seed: int = 0,
         mask_list: str | None = None,
+        verify: VerifyMode = "header",
     ) -> None:
         super().__init__()
         if train_mask == "square_list":
@@ -450,7 +453,8 @@ class InpaintingDataModule(SplitDataModule):
         self.options = {"train_mask": train_mask, "eval_mask": eval_mask, "mask_dir": mask_dir,
                         "mask_holes_are": mask_holes_are, "mask_threshold": mask_threshold, "hflip": hflip,
                         "on_bad_image": on_bad_image, "limit_val_images": limit_val_images, "seed": seed,
-                        "mask_list": mask_list}
+                        "mask_list": mask_list, "verify": verify}
+        self.skipped_files: list[str] = []
         self.datasets: dict[str, InpaintingImageDataset] = {}
 
     @property
@@ -508,16 +512,30 @@ class InpaintingDataModule(SplitDataModule):
             if split in self.datasets:
                 continue
             paths = self.split_paths(split)
+            if split == "val" and hp.limit_val_images:
+                paths = paths[: hp.limit_val_images]
+            paths = self._verified(paths, split)
             if split == "train":
                 masks = MaskGenerator(hp.train_mask, s, hp.mask_dir, hp.mask_holes_are, hp.mask_threshold)
                 self.datasets[split] = InpaintingImageDataset(paths, build_transform(s, True, hp.hflip), masks, None,
                                                               hp.on_bad_image)
             else:
-                if split == "val" and hp.limit_val_images:
-                    paths = paths[: hp.limit_val_images]
                 eval_masks.check_count(len(paths), split)
                 self.datasets[split] = InpaintingImageDataset(paths, build_transform(s, False, False), eval_masks,
                                                               hp.seed, hp.on_bad_image)
+
+    def _verified(self, paths: list[Path], split: str) -> list[Path]:
+        """``paths`` checked up front (``verify``): every bad file in one error, or left out and counted."""
+        on_bad = "skip" if self.options["on_bad_image"] == "skip" else "error"
+        bad = verify_files(paths, verify=self.options["verify"], on_bad_file=on_bad,
+                           what=f"{type(self).__name__} {split} split at {self.root}")
+        if not bad:
+            return paths
+        self.skipped_files += sorted(bad)
+        kept = [p for p in paths if str(p) not in bad]
+        if not kept:
+            raise InpaintingDataError(f"every image of the {split} split under {self.root} is unreadable")
+        return kept
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
@@ -555,6 +573,8 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
         test_dir: test image folder.
         limit_val_images: validate on the first N images only.
         seed: seed of the evaluation masks.
+        verify: check every image of the used splits in ``setup``: 'header' (cheap: opens, size, file end),
+            'decode' (full decode; slow on big sets such as Places2) or 'off'.
     """
 
     expected_tree = """<root>/
@@ -595,10 +615,11 @@ class CelebAHQInpaintingDataModule(InpaintingDataModule):
         test_dir: str = "test_fh256",
         limit_val_images: int | None = None,
         seed: int = 0,
+        verify: VerifyMode = "header",
     ) -> None:
         super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
                          mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
-                         test_dir, limit_val_images, seed, mask_list=mask_list)
+                         test_dir, limit_val_images, seed, mask_list=mask_list, verify=verify)
 
 
 class Places2InpaintingDataModule(InpaintingDataModule):
@@ -625,6 +646,8 @@ class Places2InpaintingDataModule(InpaintingDataModule):
         test_dir: test image folder.
         limit_val_images: validate on the first N images only (36,500 in the full val set).
         seed: seed of the evaluation masks.
+        verify: check every image of the used splits in ``setup``: 'header' (cheap: opens, size, file end),
+            'decode' (full decode; slow on big sets such as Places2) or 'off'.
     """
 
     expected_tree = """<root>/
@@ -659,10 +682,11 @@ class Places2InpaintingDataModule(InpaintingDataModule):
         test_dir: str = "val_256",
         limit_val_images: int | None = None,
         seed: int = 0,
+        verify: VerifyMode = "header",
     ) -> None:
         super().__init__(root, image_size, batch_size, num_workers, train_mask, eval_mask, mask_dir, mask_holes_are,
                          mask_threshold, hflip, on_bad_image, train_list, val_list, test_list, train_dir, val_dir,
-                         test_dir, limit_val_images, seed, mask_list=mask_list)
+                         test_dir, limit_val_images, seed, mask_list=mask_list, verify=verify)
 
 
 class SkimagePhotosInpaintingDataModule(CelebAHQInpaintingDataModule):

@@ -575,3 +575,35 @@ def test_invalid_numbers_in_a_header_name_the_record(tmp_path, field, value, wha
     _header_edit(root, field, value)
     with pytest.raises(SignalDataError, match=f"record a103l: .*invalid {what} '{value}'"):
         WFDBPairedSignalDataModule(str(root), records=["a103l"], window_s=10, cache_dir=str(tmp_path / "c")).setup()
+
+
+def test_inpainting_setup_reports_every_bad_image_at_once_or_skips_them(tmp_path, caplog):
+    from datamodules._verify import BadFilesError
+    from datamodules.inpainting import CelebAHQInpaintingDataModule
+    from datamodules.synthetic import write_skimage_photos
+
+    root = write_skimage_photos(tmp_path / "c", "celebahq", image_size=32, crops_per_photo=1)
+    tests = sorted((root / "test_fh256").glob("*.png"))
+    tests[0].write_bytes(tests[0].read_bytes()[:-40])  # truncated
+    tests[2].write_bytes(b"\x89PNG\r\n junk")
+    with pytest.raises(BadFilesError) as e:
+        CelebAHQInpaintingDataModule(str(root), image_size=32, num_workers=0).setup("test")
+    assert str(tests[0]) in str(e.value) and str(tests[2]) in str(e.value)
+    dm = CelebAHQInpaintingDataModule(str(root), image_size=32, num_workers=0, on_bad_image="skip")
+    with caplog.at_level("WARNING"):
+        dm.setup("test")
+    assert dm.skipped_files == [str(tests[0]), str(tests[2])] and "2 of " in caplog.text
+    assert len(dm.datasets["test"]) == len(tests) - 2
+
+
+def test_a_sixteen_bit_image_for_inpainting_is_rescaled(tmp_path):
+    from PIL import Image
+
+    from datamodules.inpainting import load_image, load_mask_image
+
+    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(tmp_path / "g16.png")
+    assert (load_image(tmp_path / "g16.png") == 128).all()
+    mask = np.zeros((8, 8), np.uint16)
+    mask[2:5, 2:5] = 65535
+    Image.fromarray(mask).save(tmp_path / "m16.png")  # 16-bit binary mask: white = 65535
+    np.testing.assert_array_equal(load_mask_image(tmp_path / "m16.png", 8, holes_are="white"), mask > 0)

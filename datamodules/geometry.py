@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from zoo.layers.geometry import normals_from_pointmap
 
+from ._image import open_rgb8
 from ._layout import DatasetLayoutError, layout_error, require_dataset
 from .synthetic.geometry import pair_sample, render_views
 
@@ -351,7 +352,7 @@ class ScanNetPairs(Dataset):
 
         cpath, dpath = scene / "color" / f"{f}.jpg", scene / "depth" / f"{f}.png"
         try:
-            img = np.asarray(Image.open(cpath).convert("RGB"))
+            img = open_rgb8(cpath)  # 16-bit images rescaled, not clipped
             depth = np.asarray(Image.open(dpath)).astype(np.float32) / 1000.0
         except Exception as e:  # noqa: BLE001
             raise BadSampleError(f"{scene.name}/{f}: cannot read {cpath.name}/{dpath.name}: {e}") from e
@@ -475,12 +476,10 @@ class DSINENormals(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
         ip, npth = self.items[i]
         try:
-            img = np.asarray(Image.open(ip).convert("RGB"))
-            raw = np.asarray(Image.open(npth).convert("RGB")).astype(np.float32)
+            img = open_rgb8(ip)  # 16-bit images rescaled, not clipped
+            raw = open_rgb8(npth).astype(np.float32)
         except Exception as e:  # noqa: BLE001
             raise BadSampleError(f"cannot read {ip} / {npth}: {e}") from e
         if img.shape[:2] != raw.shape[:2]:
@@ -569,14 +568,12 @@ class PairList(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        from PIL import Image
-
         n0, n1, K0, K1, T01 = self.rows[i]
         out: dict[str, np.ndarray] = {}
         for k, (name, K) in enumerate(((n0, K0), (n1, K1)), 1):
             p = self.root / name
             try:
-                img = np.asarray(Image.open(p).convert("RGB"))
+                img = open_rgb8(p)  # 16-bit images rescaled, not clipped
             except Exception as e:  # noqa: BLE001
                 raise BadSampleError(f"cannot read image {p}: {e}") from e
             h, w = img.shape[:2]

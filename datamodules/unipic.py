@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ._image import open_rgb8
 from ._layout import layout_error, require_dataset
 
 __all__ = ["UniPicDataModule", "UniPicT2IDataset", "UniPicEditDataset", "UniPicVQADataset", "read_records",
@@ -104,10 +105,9 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     import cv2
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        arr = open_rgb8(path)  # 16-bit images rescaled, not clipped
+    except (OSError, RuntimeError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e.__cause__ or e}") from e
     arr = A.Resize(size, size, interpolation=cv2.INTER_AREA)(image=arr)["image"]
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
 

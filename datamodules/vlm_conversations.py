@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.neo import IMAGENET_MEAN, IMAGENET_STD, PIXEL_BOUNDS, smart_resize
 
 from ._base import SplitDataModule
+from ._image import open_rgb8
 from ._layout import layout_error, require_dataset
 from .stdlib_text import ReferenceTokenizer
 
@@ -166,9 +167,9 @@ def load_image(path: str | os.PathLike, token_px: int, min_pixels: int, max_pixe
         max_pixels: upper bound of the area.
     """
     try:
-        im = Image.open(path).convert("RGB")
-    except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        im = Image.fromarray(open_rgb8(path))  # 16-bit images rescaled, not clipped
+    except (OSError, RuntimeError, ValueError) as e:
+        raise OSError(f"cannot read image {path}: {e.__cause__ or e}") from e
     h, w = smart_resize(im.height, im.width, token_px, min_pixels, max_pixels)
     if (h, w) != (im.height, im.width):
         im = im.resize((w, h), Image.BICUBIC)

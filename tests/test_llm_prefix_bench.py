@@ -1,6 +1,8 @@
 """The round-2 speed benchmarks in their CPU smoke mode: flex backends side by side with the existing paths."""
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 from bench_loader import load_benchmark
@@ -44,7 +46,8 @@ def test_speed2_script_tiny_mode(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "benchmarks/speed2_h200.sh"), "tiny", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600,
                        env={"PATH": f"{ROOT / '.venv/bin'}:/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                            "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path)})
+                            "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path), "PYTHON": sys.executable,
+                            **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}})
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("prefix_grouper_speed2.jsonl", "ape_speed2.jsonl"):
         recs = _recs(tmp_path / name)

@@ -133,7 +133,9 @@ def test_flex_logps_loss_and_grads_equal_split_and_repeated(family):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("family", ["qwen2", "gemma2"])
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("gemma2", marks=pytest.mark.xfail(
+    strict=False, reason="H200, torch 2.11 (2026-12-03): the compiled backward with the soft-capping score_mod raises "
+    "'all unwrapped values must be FakeTensor, int, or SymInt'; mode='auto' keeps soft-capped models on 'split'"))])
 def test_flex_kernel_backward_on_cuda_equals_repeated(family):
     """The compiled FlexAttention kernel, forward and backward, in fp32 on CUDA: loss and every gradient."""
     torch.manual_seed(3)

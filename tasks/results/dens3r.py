@@ -55,10 +55,14 @@ def _normalise(xy: np.ndarray, K: np.ndarray) -> np.ndarray:
 def essential_pose(xy1: np.ndarray, xy2: np.ndarray, K1: np.ndarray, K2: np.ndarray, px_thresh: float = 1.0,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """Pose of camera 2 in camera 1 (``x1 = R x2 + t``, t unit) from pixel matches, by ``cv2.findEssentialMat``
-    (RANSAC, 0.999) + ``cv2.recoverPose`` on intrinsics-normalised points; None when it fails (< 5 matches)."""
+    (RANSAC, 0.999) + ``cv2.recoverPose`` on intrinsics-normalised points; None when it fails (< 5 distinct
+    matches, or OpenCV finds no solution)."""
     import cv2
 
     if len(xy1) < 5:
+        return None
+    pairs = np.unique(np.concatenate([np.asarray(xy1, np.float64), np.asarray(xy2, np.float64)], 1), axis=0)
+    if len(pairs) < 5:  # repeated points: OpenCV's answer to this differs by version (an error, or an arbitrary pose)
         return None
     cv2.setRNGSeed(seed)
     n1 = _normalise(np.asarray(xy1, np.float64), K1)

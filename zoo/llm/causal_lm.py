@@ -135,6 +135,8 @@ def _from_folder(spec: str, attn_implementation: str | None, **kwargs: Any) -> n
     else:
         where = spec  # a hub id: only its snapshot already in the local HF cache
     try:
+        if not folder.is_dir() and not _hub_cached(spec):  # decided here: some library versions still open a connection
+            raise OSError(f"{spec}: config.json is not in the local Hugging Face cache")
         config = AutoConfig.from_pretrained(where, local_files_only=True)
     except OSError as e:
         raise FileNotFoundError(
@@ -149,6 +151,16 @@ def _from_folder(spec: str, attn_implementation: str | None, **kwargs: Any) -> n
         setattr(config, k, v)
     attn = attn_implementation or _default_attn(config)
     return AutoModelForCausalLM.from_pretrained(where, config=config, local_files_only=True, attn_implementation=attn)
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id``'s ``config.json`` (a file lookup, no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the hub library rejects is not cached
+        return False
 
 
 def tiny_causal_lm(family: str = "llama", vocab_size: int = 128, seed: int = 0, **overrides: Any) -> nn.Module:

@@ -180,7 +180,7 @@ class MaskedAttention:
         return cls(layout.dense_mask(kind), layout.max_position, layout.block_mask(kind) if flex else None)
 
     def __call__(self, module, q, k, v, scaling, softcap=None):
-        if self.block_mask is not None:
+        if self.block_mask is not None and softcap is None:  # soft-capped: see prefix_grouped_attention's `auto`
             from .flex import flex_attention_call
 
             out = flex_attention_call(q, k, v, self.block_mask, scaling, softcap, dense_mask=lambda: self.mask)

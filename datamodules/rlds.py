@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._image import to_8bit
 from ._layout import layout_error, require_dataset
 from .libero import Episode, LiberoDataModule, gripper_to_unit
 
@@ -166,7 +167,7 @@ def write_tfrecord(path: str | Path, records: list[bytes]) -> Path:
 def _decode_image(b: bytes) -> np.ndarray:
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+    return np.asarray(to_8bit(Image.open(io.BytesIO(b)), "RGB", "an RLDS image"))
 
 
 def read_rlds_episodes(root: str | Path, split: str = "train", image_key: str = "steps/observation/image",

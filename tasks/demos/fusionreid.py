@@ -1,5 +1,6 @@
-"""``sharezoo demo fusionreid`` (``make demo``): train the tiny FusionReID on the synthetic demo ReID data
-(Market-1501 layout), then evaluate it and print mAP and Rank-1/5/10 as a table.
+"""``sharezoo demo fusionreid`` (``make demo``): train the tiny FusionReID on the photo-patch demo ReID data (regions
+of real photographs seen through synthetic cameras, Market-1501 layout; held-out photos for query/gallery), then
+evaluate it and print mAP and Rank-1/5/10 as a table.
 
     sharezoo demo fusionreid [--out runs/demo] [LightningCLI options, e.g. --trainer.max_epochs 5]
 """
@@ -45,5 +46,5 @@ def run(argv: Sequence[str] = ()) -> int:
     return 0
 
 
-DEMO = Demo("fusionreid", "tiny FusionReID on synthetic Market-1501-layout data, then the mAP / Rank-k table "
-            "(CPU, about a minute)", run, configs=(CONFIG,))
+DEMO = Demo("fusionreid", "tiny FusionReID on real photo regions seen through synthetic cameras (held-out photos), "
+            "then the mAP / Rank-k table (CPU, a few minutes)", run, configs=(CONFIG,))

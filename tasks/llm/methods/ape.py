@@ -53,13 +53,33 @@ class APE:
             log-sum-exp, ``T`` and soft-cap as score modifiers; compiled on CUDA), ``eager`` (materialised scores) or
             ``auto`` (``flex`` on CUDA, else ``eager``). The segments are merged by log-sum-exp either way (``S``
             weights the context block's LSE: no single-call score modifier expresses it unless ``S * T = 1``).
+        cuda_graphs: :meth:`query_logits` and :meth:`generate` run with fixed shapes (the query's own K/V in a
+            fixed-size buffer, its length a device tensor; :mod:`tasks.llm.methods.ape_graphs`), the prefill and the
+            decode step each captured once per shape as a CUDA graph and replayed (on CUDA; elsewhere the same
+            static-buffer code runs eagerly). Same tokens as the eager path; ``backend`` is not used then.
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 0.9, scale: float = 0.9, backend: str = "auto") -> None:
+    def __init__(self, model: nn.Module, temperature: float = 0.9, scale: float = 0.9, backend: str = "auto",
+                 cuda_graphs: bool = False) -> None:
         self.model = enable_prefix_attention(model)
         self.temperature = temperature
         self.scale = scale
         self.backend = backend
+        self.cuda_graphs = cuda_graphs
+        self._static: dict[tuple, object] = {}  # static decoders (and their graphs) per (prefix, contexts, shape)
+
+    def static_decoder(self, prefix: KVSegment, contexts: list[ContextKV], query_len: int, max_new_tokens: int = 1):
+        """The fixed-shape decoder of this (prefix, contexts, |Q|, max_new_tokens), built (and captured) once and kept
+        (the last four; it holds the concatenated context K/V and, on CUDA, its graphs)."""
+        from .ape_graphs import APEStaticDecoder
+
+        key = (id(prefix), tuple(id(c) for c in contexts), query_len, max_new_tokens)
+        if key not in self._static:
+            if len(self._static) >= 4:
+                self._static.pop(next(iter(self._static)))
+            self._static[key] = (APEStaticDecoder(self, prefix, contexts, query_len, max_new_tokens),
+                                 prefix, contexts)  # the segments stay alive while their ids are keys
+        return self._static[key][0]
 
     @property
     def device(self) -> torch.device:
@@ -116,6 +136,8 @@ class APE:
     @torch.no_grad()
     def query_logits(self, query_ids: torch.Tensor, prefix: KVSegment, contexts: list[ContextKV]) -> torch.Tensor:
         """Step 4: logits ``[Q, V]`` of the query tokens (each predicting the next token)."""
+        if self.cuda_graphs:
+            return self.static_decoder(prefix, contexts, query_ids.numel()).query_logits(query_ids)
         spec = self._query_spec(prefix, contexts)
         start = self.query_start(prefix, contexts)
         pos = start + torch.arange(query_ids.numel(), device=self.device)[None]
@@ -132,6 +154,8 @@ class APE:
         eos_id: int | None = None,
     ) -> torch.Tensor:
         """Greedy answer to ``query_ids`` over the cached prefix and contexts (own tokens KV-cached in the spec)."""
+        if self.cuda_graphs:
+            return self.static_decoder(prefix, contexts, query_ids.numel(), max_new_tokens).generate(query_ids, eos_id)
         spec = self._query_spec(prefix, contexts)
         pos = self.query_start(prefix, contexts) + torch.arange(query_ids.numel(), device=self.device)
         hidden = run_segment_forward(self.model, spec, query_ids[None], pos[None])

@@ -7,7 +7,12 @@ For m contexts of L_c tokens after a shared prefix and before a query: ``sequent
 ``[P ; C_1..C_m ; Q]`` (SDPA flash) up to the query logits; ``ape_encode`` is the one-off parallel encoding of the m
 contexts after the cached prefix (cacheable); ``ape_query`` is the query-time cost when the context KV is cached
 (load only, the paper's 28x prefill claim), once per ``--backends`` entry side by side: ``eager`` (materialised scores
-per segment, LSE merge) and ``flex`` (one compiled FlexAttention call per segment returning its LSE, then the merge).
+per segment, LSE merge), ``flex`` (one compiled FlexAttention call per segment returning its LSE, then the merge) and
+``graph`` (``APE(cuda_graphs=True)``: fixed shapes, own K/V in a fixed buffer, the whole query forward captured once
+as a CUDA graph and replayed; on the CPU the same static code runs eagerly). With ``--decode-tokens N`` each backend
+also answers greedily with N tokens (``ape_generate*_s``, ``decode_ms_per_token*`` = (generate - query) / (N - 1):
+the graph backend replays one captured decode step per token) and ``decode_tokens_match*`` says whether its tokens
+are the first backend's (eager by default).
 ``speedup_analytic`` is the forward-FLOP ratio sequential / cached query (token-wise FLOPs + attention pairs + LM head
 on the query tokens). One JSON line per point to benchmarks/results/ape.jsonl.
 """
@@ -70,7 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prefix", type=int, default=None)
     ap.add_argument("--query", type=int, default=None)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--backends", default="eager,flex", help="query-time attention kernels (eager, flex)")
+    ap.add_argument("--backends", default="eager,flex", help="query-time paths (eager, flex, graph)")
+    ap.add_argument("--decode-tokens", type=int, default=0, help="greedy tokens per point (0: no decode rows)")
     ap.add_argument("--flex-dynamic", default="true", choices=["true", "false", "auto"],
                     help="torch.compile dynamic of the FlexAttention kernel (true: one compile for the whole sweep)")
     ap.add_argument("--time-budget", type=float, default=90.0)
@@ -118,13 +124,21 @@ def main(argv=None) -> int:
         ape = APE(model, 0.9, 0.9)
         pre = ape.encode_prefix(prefix)
         backends = [b for b in a.backends.split(",") if b]
-        apes = {b: APE(model, 0.9, 0.9, backend=b) for b in backends}
+        apes = {b: APE(model, 0.9, 0.9, backend=b) if b != "graph" else APE(model, 0.9, 0.9, cuda_graphs=True)
+                for b in backends}
         if "flex" in apes:  # parity of the fused kernel against the eager LSE merge on this device/dtype
             c2 = apes["flex"].encode_contexts([ctx, ctx[: max(1, lcs[0] // 2)]], pre)
             lf = apes["flex"].query_logits(query, pre, c2).float()
             le = APE(model, 0.9, 0.9, backend="eager").query_logits(query, pre, c2).float()
             emit({"kind": "parity_flex", "max_abs_logit_diff": float((lf - le).abs().max()),
                   "argmax_agreement": float((lf.argmax(-1) == le.argmax(-1)).float().mean())})
+        if "graph" in apes:  # the captured fixed-shape path against the eager LSE merge
+            c2 = apes["graph"].encode_contexts([ctx, ctx[: max(1, lcs[0] // 2)]], pre)
+            lg = apes["graph"].query_logits(query, pre, c2).float()
+            le = APE(model, 0.9, 0.9, backend="eager").query_logits(query, pre, c2).float()
+            emit({"kind": "parity_graph", "max_abs_logit_diff": float((lg - le).abs().max()),
+                  "argmax_agreement": float((lg.argmax(-1) == le.argmax(-1)).float().mean())})
+            apes["graph"]._static.clear()
         for m in ms:
             for lc in lcs:
                 rec = {"kind": "point", "m": m, "Lc": lc, "total_tokens": lp + m * lc + lq,
@@ -155,6 +169,16 @@ def main(argv=None) -> int:
                                     f"fraction_of_analytic{tag}": t_seq / t_q / rec["speedup_analytic"]})
                         if device.type == "cuda":
                             rec[f"peak_mem_query{tag}_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                        n = a.decode_tokens
+                        if n > 1:
+                            t_g, toks = timed(lambda: runner.generate(query, pre, cached, n), device, a.iters)
+                            rec.update({f"ape_generate{tag}_s": t_g, f"decode_ms_per_token{tag}": (t_g - t_q) / (n - 1)
+                                        * 1e3})
+                            if b == backends[0]:
+                                first_tokens = toks.tolist()
+                            else:
+                                rec[f"decode_tokens_match{tag}"] = toks.tolist() == first_tokens
+                        runner._static.clear()  # the fixed-shape decoders of this point (context K/V, graphs)
                 except Exception as e:  # noqa: BLE001
                     if not is_oom(e):
                         raise

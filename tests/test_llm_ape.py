@@ -121,7 +121,8 @@ def test_static_buffer_path_equals_eager(family, t, s):
     assert len(static._static) == 2  # one per shape: (|Q|, 1) for the logits, (|Q|, 8) for the answer
     # eos: cut after the first eos, as the eager loop stops there
     eos = want[2]
-    assert static.generate(query, pre, cached, 8, eos_id=eos).tolist() == ref.generate(query, pre, cached, 8, eos).tolist()
+    cut = ref.generate(query, pre, cached, 8, eos).tolist()
+    assert static.generate(query, pre, cached, 8, eos_id=eos).tolist() == cut
 
 
 def test_static_buffer_path_without_prefix():

@@ -50,6 +50,7 @@ __all__ = [
     "ECGResNet1d",
     "LatentFlowTransformer",
     "PPGFlowECG",
+    "StaticSampler",
     "cardioalign_forward",
     "checkpoint_filter_fn",
     "conv1d_as_conv2d",
@@ -558,6 +559,11 @@ class PPGFlowECG(nn.Module):
         cond = self.encode(ppg, sample=sample_posterior, generator=generator)
         return self.decode_ecg(self.sample_latent(cond, steps, generator, flow))
 
+    def static_sampler(self, batch: int, **kwargs: Any) -> StaticSampler:
+        """A :class:`StaticSampler` of this model (fixed batch, static buffers, one CUDA graph on CUDA); ``kwargs``
+        are its other arguments (``steps``, ``flow``, ``dtype``, ``compile``, ...)."""
+        return StaticSampler(self, batch, **kwargs)
+
     def forward(self, ppg: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         return self.sample_ecg(ppg, steps or self.sample_steps)
 
@@ -565,6 +571,103 @@ class PPGFlowECG(nn.Module):
         if x.ndim != 3 or x.shape[1] != self.in_chans or x.shape[2] != self.seq_len:
             raise ValueError(f"PPGFlowECG expects (batch, {self.in_chans}, {self.seq_len}) signals, "
                              f"got {tuple(x.shape)}")
+
+
+class StaticSampler:
+    """:meth:`PPGFlowECG.sample_ecg` at a fixed batch through static buffers; on CUDA the whole call (encoder,
+    posterior noise, every Euler step of the flow, ECG decoder) is captured once as one CUDA graph and replayed.
+
+    The random draws (posterior ε, then the initial noise, each ``(N, 4, L/32)``) are made on the host side in the
+    order ``sample_ecg`` makes them and copied into the graph's input buffers, so in fp32 (``dtype=None``) the output
+    equals ``sample_ecg`` with the same generator (bit for bit when ``N == batch`` on the CPU; a graph replays the same
+    kernels). With ``dtype=torch.bfloat16`` the networks run under autocast (the Euler state stays fp32) and the
+    waveform differs from fp32 as eager bf16 does (``tests/test_ppgflowecg_speed.py`` bounds it).
+
+    Args:
+        model: the PPGFlowECG whose encoder and ECG decoder are used (``conv2d`` converts its convolutions in place).
+        batch: windows per captured call; other sizes are split into chunks of ``batch`` (the last one padded).
+        steps: Euler steps (None: the model's ``sample_steps``).
+        flow: velocity network to sample with (e.g. the EMA copy; None: ``model.flow``).
+        sample_posterior: encode the PPG with posterior noise (``sample_ecg``'s default) or take the posterior mean.
+        dtype: autocast dtype of the networks (``torch.bfloat16``) or None (fp32).
+        cuda_graph: capture the call as a CUDA graph on CUDA (elsewhere the same code runs eagerly).
+        compile: ``torch.compile`` the encoder, flow and decoder (inductor without CUDA graphs of its own).
+        conv2d: run the 1-D convolutions as channels-last 2-D ones under compile (:func:`conv1d_as_conv2d`).
+        warmup: eager calls (on a side stream) before the capture: cuDNN autotuning, compilation.
+    """
+
+    def __init__(
+        self, model: PPGFlowECG, batch: int, steps: int | None = None, flow: nn.Module | None = None,
+        sample_posterior: bool = True, dtype: torch.dtype | None = None, cuda_graph: bool = True,
+        compile: bool = False, conv2d: bool = False, warmup: int = 3,
+    ) -> None:
+        self.model, self.batch = model, batch
+        self.steps = steps or model.sample_steps
+        self.sample_posterior, self.dtype, self.warmup = sample_posterior, dtype, warmup
+        if conv2d:
+            conv1d_as_conv2d(model)
+        flow = flow or model.flow
+        comp = torch.compile if compile else (lambda f: f)
+        self._encoder, self._flow, self._decoder = comp(model.encoder), comp(flow), comp(model.ecg_decoder)
+        dev = next(model.parameters()).device
+        self.device = dev
+        lat = (batch, *model.latent_shape)
+        self.ppg = torch.zeros(batch, model.in_chans, model.seq_len, device=dev)
+        self.eps = torch.zeros(lat, device=dev)
+        self.x0 = torch.zeros(lat, device=dev)
+        self.graphed = cuda_graph and dev.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._out: torch.Tensor | None = None
+
+    def _run(self) -> torch.Tensor:
+        # autocast's weight-cast cache off: a captured graph must cast the live weights on every replay
+        ac = torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None,
+                            cache_enabled=False)
+        with torch.no_grad(), ac:
+            cond = PPGFlowECG.reparameterize(*self._encoder(self.ppg), sample=self.sample_posterior, noise=self.eps)
+            return self._decoder(euler_sample(self._flow, cond, self.steps, noise=self.x0))
+
+    def _capture(self) -> None:
+        dev = self.device
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream):
+            for _ in range(max(self.warmup, 1)):
+                self._run()
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        torch.cuda.synchronize(dev)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
+            self._out = self._run()
+        torch.cuda.synchronize(dev)
+
+    def _chunk(self) -> torch.Tensor:
+        if not self.graphed:
+            return self._run()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._out
+
+    @torch.no_grad()
+    def __call__(self, ppg: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """PPG ``(N, C, L)`` → generated ECG ``(N, C, L)`` in float32."""
+        self.model._check_input(ppg)
+        n, lat = ppg.shape[0], (ppg.shape[0], *self.model.latent_shape)
+        draw = lambda: torch.randn(lat, generator=generator, device=self.device, dtype=torch.float32)  # noqa: E731
+        eps = draw() if self.sample_posterior else None  # sample_ecg's order: posterior ε, then the initial noise
+        x0 = draw()
+        outs = []
+        for i in range(0, n, self.batch):
+            k = min(self.batch, n - i)
+            self.ppg[:k].copy_(ppg[i : i + k])
+            self.x0[:k].copy_(x0[i : i + k])
+            if eps is not None:
+                self.eps[:k].copy_(eps[i : i + k])
+            if k < self.batch:  # padding rows: their outputs are dropped (every layer acts per window)
+                self.ppg[k:].zero_()
+            outs.append(self._chunk()[:k].float().clone())
+        return torch.cat(outs)
 
 
 # ---------------------------------------------------------------------------------------------------- classifier

@@ -10,6 +10,9 @@ whole stage-2 step and the whole sampling call captured with ``torch.cuda.graph`
 ``compile-cudagraph-bf16`` (both); ``autotune-bf16`` (compile, max-autotune-no-cudagraphs);
 ``compile-conv2d-*``, ``autotune-conv2d-bf16`` (those modes with ``zoo.ppgflowecg.conv1d_as_conv2d``: 1-D
 convolutions run as channels-last 2-D ones). Stage 1 is compute-bound and is not measured in the CUDA-graph modes.
+``sampler-fp32``, ``sampler-bf16``, ``sampler-compile-conv2d-bf16`` measure sampling only, through the model's own
+fast path ``zoo.ppgflowecg.StaticSampler`` (fixed batch, static buffers, the whole call as one CUDA graph on CUDA;
+the input copy and the output copy are inside the timed call).
 
 Every measurement calls the functions the training tasks use (``tasks.signal.cardioalign_loss``,
 ``flow_latents``, ``flow_matching_loss``; ``zoo.ppgflowecg.euler_sample``), with the random draws (posterior ε,
@@ -49,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ALL_MODES = ("eager-fp32", "eager-bf16", "cudagraph-bf16", "compile-cudagraph-bf16", "compile-bf16", "autotune-bf16",
-             "compile-conv2d-bf16", "compile-conv2d-cudagraph-bf16", "autotune-conv2d-bf16")
+             "compile-conv2d-bf16", "compile-conv2d-cudagraph-bf16", "autotune-conv2d-bf16", "sampler-fp32",
+             "sampler-bf16", "sampler-compile-conv2d-bf16")
 CUDA_MODES = "eager-fp32,eager-bf16,cudagraph-bf16,compile-bf16,compile-cudagraph-bf16"
 BENCH_ORDER = ("stage2", "sample", "stage1")
 # compiled modes measure stage 1 first: it is what compilation is for (stage 2 and sampling are launch-bound, which
@@ -194,6 +198,19 @@ def bench_ours(args, dev, emit_row, ours=None):
         extra = {"impl": "ours", "model": ours.name, "mode": mode, "batch": B, "compile_mode": cmode if compiled else
                  None, "cuda_graph": graph, "conv1d_as_conv2d": "conv2d" in mode}
         P.conv1d_as_conv2d(ours.net, "conv2d" in mode)
+        if mode.startswith("sampler"):
+            extra.update(cuda_graph=dev.type == "cuda", compile_mode="default" if "compile" in mode else None)
+            if "sample" in args.benches:
+                t_start = time.perf_counter()
+                try:
+                    for r, out in _static_sample(ours, dev, args, bf16, "compile" in mode):
+                        key = r.pop("ref")
+                        emit({**r, **compare(out, ours.ref(key)), **extra})
+                except Exception as e:  # noqa: BLE001
+                    emit({"bench": "sample", "error": f"{type(e).__name__}: {e}"[:2000],
+                          "seconds_before_error": round(time.perf_counter() - t_start, 1), **extra})
+            torch._dynamo.reset()
+            continue
         if graph and dev.type != "cuda":
             emit_row({"bench": "all", "error": "CUDA graphs need a CUDA device", **extra})
             continue
@@ -308,6 +325,22 @@ def _sample(ours, dev, args, ac, comp, graph):
     r = {"bench": "sample", "euler_steps": args.steps, "windows_per_s": B / dt, "ms_per_batch": dt * 1e3,
          "first_s": first, "ref": "sample"}
     return [(r, out.float().clone())]
+
+
+def _static_sample(ours, dev, args, bf16, compiled):
+    """``zoo.ppgflowecg.StaticSampler`` on the same inputs and draws as ``_sample`` (encode → Euler → decode)."""
+    net, B = ours.net, args.batch
+    sampler = P.StaticSampler(net, B, steps=args.steps, dtype=torch.bfloat16 if bf16 else None, compile=compiled,
+                              warmup=args.warmup)
+    noise = (ours.eps_p, ours.x0)
+    t0 = time.perf_counter()
+    sampler(ours.ppg, noise=noise)  # capture (after the warm-up calls) on CUDA
+    sync(dev)
+    first = time.perf_counter() - t0
+    dt, _, out = timed(lambda: sampler(ours.ppg, noise=noise), dev, 1, args.iters)
+    r = {"bench": "sample", "euler_steps": args.steps, "windows_per_s": B / dt, "ms_per_batch": dt * 1e3,
+         "first_s": first, "static_sampler": True, "ref": "sample"}
+    return [(r, out)]
 
 
 # ------------------------------------------------------------------------------------------------ reference code
@@ -533,7 +566,7 @@ def _run_isolated(argv, args, emit, t0):
     compiled ones, so a long compile cannot cost the side-by-side rows)."""
     units = [[m] for m in args.modes]
     if args.official_repo:  # after the eager and CUDA-graph modes, before the first compiled one
-        at = next((i for i, u in enumerate(units) if u[0].startswith(("compile", "autotune"))), len(units))
+        at = next((i for i, u in enumerate(units) if "compile" in u[0] or "autotune" in u[0]), len(units))
         units.insert(at, ["official"])
     base = [a for a in (argv if argv is not None else sys.argv[1:])]
     base = _strip_args(base, ("--modes", "--isolate", "--time-budget", "--unit-timeout", "--official-only",

@@ -66,3 +66,39 @@ def test_cuda_graph_sampler_equals_eager(net):
     bf16 = StaticSampler(gpu, batch=4, steps=3, dtype=torch.bfloat16)
     bf = bf16(ppg, generator=torch.Generator("cuda").manual_seed(3))
     assert ((bf - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_noise_argument_equals_generator_draws(net):
+    ppg = torch.randn(2, 1, net.seq_len)
+    g = torch.Generator().manual_seed(4)
+    eps, x0 = (torch.randn(2, *net.latent_shape, generator=g) for _ in range(2))
+    s = StaticSampler(net, batch=2, steps=3)
+    assert torch.equal(s(ppg, noise=(eps, x0)), s(ppg, generator=torch.Generator().manual_seed(4)))
+
+
+def test_speed2b_script_tiny_mode(tmp_path):
+    """``benchmarks/speed2b_h200.sh tiny``: APE with the graph backend and decode rows, PPGFlowECG's StaticSampler
+    rows beside eager fp32, on the CPU at tiny sizes."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(root / "benchmarks/speed2b_h200.sh"), "tiny", str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=600,
+                       env={"PATH": f"{root / '.venv/bin'}:/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                            "CUDA_VISIBLE_DEVICES": "", "HOME": str(tmp_path), "PYTHON": sys.executable,
+                            **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}})
+    assert r.returncode == 0, r.stdout + r.stderr
+    ape = [json.loads(x) for x in (tmp_path / "ape_speed2b.jsonl").read_text().splitlines()]
+    assert ape[-1]["kind"] == "done"
+    assert [x for x in ape if x["kind"] == "parity_graph"][0]["argmax_agreement"] == 1.0
+    pt = [x for x in ape if x["kind"] == "point"][0]
+    assert pt["ape_query_graph_s"] > 0 and pt["decode_ms_per_token_graph"] > 0 and pt["decode_tokens_match_graph"]
+    ppg = [json.loads(x) for x in (tmp_path / "ppgflowecg_speed2b.jsonl").read_text().splitlines()]
+    modes = {x["mode"]: x for x in ppg if x.get("bench") == "sample"}
+    assert set(modes) == {"eager-fp32", "sampler-fp32", "sampler-bf16"}
+    assert modes["sampler-fp32"]["max_abs_diff"] == 0 and modes["sampler-fp32"]["windows_per_s"] > 0
+    assert 0 < modes["sampler-bf16"]["max_abs_diff"] < 0.5

@@ -650,13 +650,20 @@ class StaticSampler:
         return self._out
 
     @torch.no_grad()
-    def __call__(self, ppg: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """PPG ``(N, C, L)`` → generated ECG ``(N, C, L)`` in float32."""
+    def __call__(
+        self, ppg: torch.Tensor, generator: torch.Generator | None = None,
+        noise: tuple[torch.Tensor | None, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """PPG ``(N, C, L)`` → generated ECG ``(N, C, L)`` in float32 (``noise``: the posterior ε and the initial
+        noise, each ``(N, 4, L/32)``, instead of drawing them from ``generator``)."""
         self.model._check_input(ppg)
         n, lat = ppg.shape[0], (ppg.shape[0], *self.model.latent_shape)
         draw = lambda: torch.randn(lat, generator=generator, device=self.device, dtype=torch.float32)  # noqa: E731
-        eps = draw() if self.sample_posterior else None  # sample_ecg's order: posterior ε, then the initial noise
-        x0 = draw()
+        if noise is not None:
+            eps, x0 = noise
+        else:
+            eps = draw() if self.sample_posterior else None  # sample_ecg's order: posterior ε, then initial noise
+            x0 = draw()
         outs = []
         for i in range(0, n, self.batch):
             k = min(self.batch, n - i)

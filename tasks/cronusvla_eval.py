@@ -86,7 +86,7 @@ def run_episode(model: torch.nn.Module, env: Any, task: str, seed: int, prompt: 
 
 
 def evaluate(model: torch.nn.Module, tasks: Sequence[str] | None = None, episodes: int = 10, seed: int = 100000,
-             image_size: int = 64, **kwargs: Any) -> dict[str, Any]:
+             image_size: int = 64, spread: float = 1.0, **kwargs: Any) -> dict[str, Any]:
     """Per-task success over ``episodes`` seeded episodes (seeds ``seed + i``, disjoint from the demos' by default).
 
     Args:
@@ -95,6 +95,7 @@ def evaluate(model: torch.nn.Module, tasks: Sequence[str] | None = None, episode
         episodes: episodes per task.
         seed: first scene seed.
         image_size: camera resolution (frames are resized to the model's).
+        spread: placement-range width of the scenes (``TabletopEnv``; use the demos' value).
         **kwargs: :func:`run_episode` options (execute_horizon, ensemble_horizon, num_steps, cfg_scale, ...).
     """
     from datamodules.libero import BytePrompt, make_prompt
@@ -102,9 +103,9 @@ def evaluate(model: torch.nn.Module, tasks: Sequence[str] | None = None, episode
 
     prompt = BytePrompt(model.cognition_suffix) if model.llm.config.vocab_size == BytePrompt.vocab_size else \
         make_prompt(kwargs.pop("tokenizer"), model.cognition_suffix)
-    env = TabletopEnv(image_size=image_size)
+    env = TabletopEnv(image_size=image_size, spread=spread)
     model.eval()
-    res: dict[str, Any] = {"per_task": {}, "episodes": episodes, "seed": seed}
+    res: dict[str, Any] = {"per_task": {}, "episodes": episodes, "seed": seed, "spread": spread}
     t0 = time.time()
     try:
         for task in tasks or list(TASKS):
@@ -124,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=100000)
     ap.add_argument("--tasks", nargs="*", default=None)
+    ap.add_argument("--spread", type=float, default=1.0, help="placement-range width (the demos' --spread)")
     ap.add_argument("--execute-horizon", type=int, default=4)
     ap.add_argument("--ensemble-horizon", type=int, default=None)
     ap.add_argument("--sticky-gripper", type=int, default=0, help="hold a changed gripper command N steps")
@@ -134,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     model = load_policy_model(a.ckpt)
-    res = evaluate(model, a.tasks, a.episodes, a.seed, execute_horizon=a.execute_horizon,
+    res = evaluate(model, a.tasks, a.episodes, a.seed, spread=a.spread, execute_horizon=a.execute_horizon,
                    ensemble_horizon=a.ensemble_horizon, num_steps=a.ddim_steps, cfg_scale=a.cfg_scale,
                    time_axis_cfg_quirk=not a.no_quirk, sticky_gripper=a.sticky_gripper)
     res |= {"ckpt": a.ckpt, "num_frames": model.num_frames}

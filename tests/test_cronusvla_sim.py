@@ -38,6 +38,29 @@ def test_env_is_seeded_and_renders_headless():
         TabletopEnv().reset("fly", 0)
 
 
+def test_env_spread_narrows_placements(tmp_path):
+    from datamodules.robot_sim.record import main as record_main
+
+    env, narrow = TabletopEnv(image_size=16), TabletopEnv(image_size=16, spread=0.0)
+    def cube_xy(e: TabletopEnv, seed: int) -> np.ndarray:
+        e.reset("pick_red_cube", seed)
+        return e.object_pos(e.cube)[:2]
+
+    full, fixed = [cube_xy(env, s) for s in range(6)], [cube_xy(narrow, s) for s in range(6)]
+    assert narrow._uniform(np.random.default_rng(0), 0.0, 0.12) == pytest.approx(0.06)
+    assert env._uniform(np.random.default_rng(0), 0.0, 0.12) == np.random.default_rng(0).uniform(0.0, 0.12)
+    env.close(), narrow.close()
+    assert np.ptp(np.stack(full)[:, 0]) > 0.01 and np.allclose(np.abs(np.stack(fixed)), [0.525, 0.06], atol=2e-3)
+    with pytest.raises(ValueError, match="spread"):
+        TabletopEnv(spread=1.5)
+    root = record_main(["--root", str(tmp_path / "d"), "--episodes", "1", "--tasks", "pick_red_cube",
+                        "--image-size", "16", "--no-wrist", "--spread", "0.25"])
+    import h5py
+
+    with h5py.File(root / "pick_red_cube_demo.hdf5") as f:
+        assert f["data"].attrs["spread"] == 0.25 and "obs/eye_in_hand_rgb" not in f["data/demo_0"]
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_scripted_expert_solves_each_task(task):
     env = TabletopEnv(image_size=16)

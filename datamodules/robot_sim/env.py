@@ -52,16 +52,21 @@ class TabletopEnv:
         substeps: physics steps (240 Hz) per control step.
         max_delta: per-step translation limit (m).
         max_rot: per-step rotation limit (rad).
+        spread: width of the cube's, tray's and start pose's random placement ranges around their midpoints (1: the
+            full ranges; 0: fixed, except the tray's side, which still sets the cube's side). The blue block keeps
+            its full range (a distractor outside ``push_block_left``). The easier CPU results use 0.25.
     """
 
     def __init__(self, image_size: int = 64, wrist: bool = False, substeps: int = 8, max_delta: float = 0.02,
-                 max_rot: float = 0.1) -> None:
+                 max_rot: float = 0.1, spread: float = 1.0) -> None:
+        if not 0.0 <= spread <= 1.0:
+            raise ValueError(f"spread must lie in [0, 1], got {spread}")
         import pybullet as p
         import pybullet_data
 
         self.p = p
         self.image_size, self.wrist, self.substeps = image_size, wrist, substeps
-        self.max_delta, self.max_rot = max_delta, max_rot
+        self.max_delta, self.max_rot, self.spread = max_delta, max_rot, spread
         self.cid = p.connect(p.DIRECT)
         p.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=self.cid)
         self._proj = p.computeProjectionMatrixFOV(50, 1.0, 0.01, 5.0)
@@ -70,6 +75,11 @@ class TabletopEnv:
         self.steps = 0
 
     # ------------------------------------------------------------------------------------------------ scene
+    def _uniform(self, rng: np.random.Generator, lo: float, hi: float) -> float:
+        """A draw from U(lo, hi) shrunk toward the midpoint by ``spread`` (the same rng draws for every spread)."""
+        u = rng.uniform(lo, hi)
+        return u if self.spread == 1.0 else (lo + hi) / 2 + self.spread * (u - (lo + hi) / 2)
+
     def reset(self, task: str, seed: int) -> dict[str, np.ndarray]:
         """A fresh seeded scene for ``task``; returns the first observation."""
         p, cid = self.p, self.cid
@@ -87,12 +97,12 @@ class TabletopEnv:
         for f in _FINGERS:
             p.changeDynamics(self.robot, f, lateralFriction=2.0, physicsClientId=cid)
         # objects: tray on one side, cube and block elsewhere, never overlapping
-        tray_y = rng.choice([-1, 1]) * rng.uniform(0.17, 0.22)
-        self.tray_pos = np.array([rng.uniform(0.5, 0.6), tray_y, _TABLE_TOP])
+        tray_y = rng.choice([-1, 1]) * self._uniform(rng, 0.17, 0.22)
+        self.tray_pos = np.array([self._uniform(rng, 0.5, 0.6), tray_y, _TABLE_TOP])
         self.tray = p.loadURDF("tray/traybox.urdf", self.tray_pos.tolist(), globalScaling=0.45, useFixedBase=True,
                                physicsClientId=cid)
         free_y = -np.sign(tray_y)
-        cube_xy = np.array([rng.uniform(0.45, 0.6), free_y * rng.uniform(0.0, 0.12)])
+        cube_xy = np.array([self._uniform(rng, 0.45, 0.6), free_y * self._uniform(rng, 0.0, 0.12)])
         while True:
             block_xy = np.array([rng.uniform(0.42, 0.62), rng.uniform(-0.12, 0.12) * 0.5 + free_y * 0.05])
             if np.linalg.norm(block_xy - cube_xy) > 0.1:
@@ -107,7 +117,7 @@ class TabletopEnv:
             p.resetJointState(self.robot, j, q, physicsClientId=cid)
         for f in _FINGERS:
             p.resetJointState(self.robot, f, 0.04, physicsClientId=cid)
-        self.target = _HOME + np.array([0.0, rng.uniform(-0.03, 0.03), 0.0])
+        self.target = _HOME + np.array([0.0, self._uniform(rng, -0.03, 0.03), 0.0])
         self.target_rpy = np.array(_DOWN)
         self.gripper = -1.0
         self._block_start = np.array(block_xy)

@@ -6,9 +6,13 @@ ee_states, gripper_states, joint_states}``, ``rewards`` / ``dones`` (1 at the la
 ``num_samples`` attribute, and ``data.attrs['problem_info']`` (JSON with ``language_instruction``) plus
 ``data.attrs['env_name']``. Only episodes the expert finishes successfully are kept; the observation is the one the
 action was taken from. They are demonstrations from a real physics engine (PyBullet), not LIBERO's.
+
+    python -m datamodules.robot_sim.record --root runs/cronusvla/demos_pick --episodes 120 \
+        --tasks pick_red_cube --spread 0.25 --no-wrist
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +24,7 @@ from ..synthetic._owned import claim, fresh
 from .env import TASKS, TabletopEnv
 from .experts import ScriptedExpert
 
-__all__ = ["record_demos", "write_libero_demos"]
+__all__ = ["record_demos", "write_libero_demos", "main"]
 
 _WRITER = "datamodules.robot_sim.record.write_libero_demos"
 
@@ -53,7 +57,7 @@ def record_demos(env: TabletopEnv, task: str, episodes: int, seed: int = 0, max_
 
 
 def write_libero_demos(root: str | os.PathLike, episodes: int = 20, tasks: Sequence[str] = tuple(TASKS),
-                       image_size: int = 64, wrist: bool = True, seed: int = 0) -> Path:
+                       image_size: int = 64, wrist: bool = True, seed: int = 0, spread: float = 1.0) -> Path:
     """Record ``episodes`` successful demos per task into ``root`` (absent, empty or synthetic-labelled).
 
     Args:
@@ -63,11 +67,12 @@ def write_libero_demos(root: str | os.PathLike, episodes: int = 20, tasks: Seque
         image_size: camera resolution.
         wrist: also record ``eye_in_hand_rgb``.
         seed: first scene seed (task i uses ``seed + 10000 i``).
+        spread: placement-range width of :class:`TabletopEnv` (1: full; stored as ``data.attrs['spread']``).
     """
     import h5py
 
     root = claim(root, _WRITER)
-    env = TabletopEnv(image_size=image_size, wrist=wrist)
+    env = TabletopEnv(image_size=image_size, wrist=wrist, spread=spread)
     try:
         for i, task in enumerate(tasks):
             demos = record_demos(env, task, episodes, seed + 10000 * i)
@@ -76,6 +81,7 @@ def write_libero_demos(root: str | os.PathLike, episodes: int = 20, tasks: Seque
                 data.attrs["problem_info"] = json.dumps({"language_instruction": TASKS[task].instruction,
                                                          "problem_name": task})
                 data.attrs["env_name"] = "sharezoo_pybullet_tabletop"
+                data.attrs["spread"] = spread
                 data.attrs["synthetic"] = "scripted-expert demonstrations in PyBullet (sharezoo), not LIBERO"
                 for j, demo in enumerate(demos):
                     g = data.create_group(f"demo_{j}")
@@ -88,3 +94,20 @@ def write_libero_demos(root: str | os.PathLike, episodes: int = 20, tasks: Seque
     finally:
         env.close()
     return root
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description="Record PyBullet scripted-expert demos in the LIBERO HDF5 layout")
+    ap.add_argument("--root", required=True, help="output folder (absent, empty or synthetic-labelled)")
+    ap.add_argument("--episodes", type=int, default=20, help="successful demos per task")
+    ap.add_argument("--tasks", nargs="*", default=list(TASKS))
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--no-wrist", action="store_true", help="skip the wrist camera (halves the rendering)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spread", type=float, default=1.0, help="placement-range width (TabletopEnv)")
+    a = ap.parse_args(argv)
+    return write_libero_demos(a.root, a.episodes, a.tasks, a.image_size, not a.no_wrist, a.seed, a.spread)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,7 @@
 """Shared bits of the results recipes: config loading, the machine / commit stamp, markdown tables."""
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -69,3 +70,31 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
 
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def runner_parser(family: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options every ``python -m tasks.results.<family>`` runner shares: ``--config``, ``--out``, ``--threads``,
+    ``--tiny`` (a runner adds its own, e.g. ``--checkpoint``)."""
+    p = argparse.ArgumentParser(prog=f"python -m tasks.results.{family}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help=f"results recipe (configs/{family}/results*.yaml)")
+    p.add_argument("--out", default=None, help="output folder (default: the config's out)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on <= 2 cores)")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the config on the CPU "
+                   "(tests, the H200 scripts' tiny mode); its numbers mean nothing")
+    return p
+
+
+def prepare_run(a: Any, family: str, smoke: Any) -> tuple[dict[str, Any], Path]:
+    """Read the runner's config (shrunk by ``smoke(cfg)`` under ``--tiny``), make its output folder and set the torch
+    CPU threads (``--threads``, else 1 on a machine of <= 2 cores, else up to 8); returns ``(config, out)``."""
+    import os
+
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    if a.tiny:
+        smoke(cfg)
+    out = Path(a.out or cfg.get("out", f"runs/results/{family}"))
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(a.threads or (1 if cores <= 2 else min(8, cores)))
+    return cfg, out

@@ -21,9 +21,7 @@ evaluates a trained InpaintingTask checkpoint instead of training that model.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks.results._report import prepare_run, runner_parser
 from tasks.results.ppgflowecg import _commit, _machine
 
 __all__ = ["cv2_inpaint", "evaluate", "mean_fill", "run", "score", "to_uint8"]
@@ -207,27 +206,14 @@ def run(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Train the configured generators (unless given checkpoints), evaluate them and the baselines on the held-out
     photographs, write the table and the figure."""
     import pytorch_lightning as pl
-    import yaml
-
     from datamodules.inpainting import PhotoCropsInpaintingDataModule
     from tasks.inpainting import InpaintingTask
 
-    p = argparse.ArgumentParser(prog="python -m tasks.results.pepsi", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="results recipe (configs/pepsi/results*.yaml)")
-    p.add_argument("--out", default=None, help="output folder (default: the config's out)")
+    p = runner_parser("pepsi", __doc__)
     p.add_argument("--checkpoint", action="append", default=[], help="NAME=PATH: evaluate this checkpoint of model "
                    "NAME (a key of the config's models) instead of training it; repeatable")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on <= 2 cores)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the config on the CPU "
-                   "(tests, the H200 scripts' tiny mode); its numbers mean nothing")
     a = p.parse_args(list(argv))
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    if a.tiny:
-        smoke(cfg)
-    out = Path(a.out or cfg.get("out", "runs/results/pepsi"))
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(a.threads or (1 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() or 1)))
+    cfg, out = prepare_run(a, "pepsi", smoke)
     t0 = time.time()
     given = dict(c.split("=", 1) for c in a.checkpoint)
     dm = PhotoCropsInpaintingDataModule(**cfg["dataset"])

@@ -22,7 +22,6 @@ training and evaluates a stage-2 checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tasks.results._report import prepare_run, runner_parser
 
 __all__ = ["evaluate", "hr_mae", "nk_heart_rate", "ridge_baseline", "run", "split_arrays", "train_stage"]
 
@@ -276,28 +277,15 @@ def smoke(cfg: dict[str, Any]) -> None:
 def run(argv: Sequence[str] = ()) -> dict[str, Any]:
     """Train both stages (unless ``--checkpoint``), evaluate ours and the baselines on the test span, write the
     table and the figure."""
-    import yaml
-
-    p = argparse.ArgumentParser(prog="python -m tasks.results.ppgflowecg", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="results recipe (configs/ppgflowecg/results*.yaml)")
-    p.add_argument("--out", default=None, help="output folder (default: the config's out)")
+    p = runner_parser("ppgflowecg", __doc__)
     p.add_argument("--checkpoint", default=None, help="evaluate this stage-2 checkpoint instead of training")
     p.add_argument("--stage1-checkpoint", default=None, help="skip stage 1: train stage 2 on this stage-1 checkpoint")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on <= 2 cores)")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the config on the CPU "
-                   "(tests, the H200 scripts' tiny mode); its numbers mean nothing")
     a = p.parse_args(list(argv))
     import pytorch_lightning as pl
 
     from tasks.signal import CardioAlignTask, ECGFlowTask
 
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    if a.tiny:
-        smoke(cfg)
-    out = Path(a.out or cfg.get("out", "runs/results/ppgflowecg"))
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(a.threads or (1 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() or 1)))
+    cfg, out = prepare_run(a, "ppgflowecg", smoke)
     t0 = time.time()
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     dm = build_datamodule(cfg["dataset"])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate", "run_episode", "load_policy_model", "to_env_action", "main"]
+__all__ = ["evaluate", "evaluate_expert", "run_episode", "load_policy_model", "to_env_action", "main"]
 
 
 def to_env_action(action: np.ndarray) -> np.ndarray:
@@ -119,9 +119,35 @@ def evaluate(model: torch.nn.Module, tasks: Sequence[str] | None = None, episode
     return res
 
 
+def evaluate_expert(tasks: Sequence[str] | None = None, episodes: int = 10, seed: int = 100000, spread: float = 1.0,
+                    image_size: int = 16) -> dict[str, Any]:
+    """The scripted expert's per-task success on the same seeded scenes (the reference row of a results table)."""
+    from datamodules.robot_sim import TASKS, ScriptedExpert, TabletopEnv
+
+    env = TabletopEnv(image_size=image_size, spread=spread)
+    res: dict[str, Any] = {"per_task": {}, "episodes": episodes, "seed": seed, "spread": spread, "policy": "expert"}
+    try:
+        for task in tasks or list(TASKS):
+            wins = []
+            for i in range(episodes):
+                env.reset(task, seed + i)
+                expert, ok = ScriptedExpert(env, seed + i), False
+                for _ in range(TASKS[task].max_steps):
+                    _, ok = env.step(expert.act())
+                    if ok:
+                        break
+                wins.append(ok)
+            res["per_task"][task] = {"success": float(np.mean(wins))}
+    finally:
+        env.close()
+    res["mean_success"] = float(np.mean([v["success"] for v in res["per_task"].values()]))
+    return res
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="CronusVLATask .ckpt or a local-dir model folder")
+    ap.add_argument("--ckpt", default=None, help="CronusVLATask .ckpt or a local-dir model folder")
+    ap.add_argument("--expert", action="store_true", help="evaluate the scripted expert instead (same seeds)")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=100000)
     ap.add_argument("--tasks", nargs="*", default=None)
@@ -134,17 +160,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-quirk", action="store_true", help="guide the whole chunk (not the released time-axis CFG)")
     ap.add_argument("--out", default=None, help="write the result JSON here")
     a = ap.parse_args(argv)
+    if a.expert == bool(a.ckpt):
+        ap.error("give --ckpt or --expert")
+    if a.expert:
+        return _report(evaluate_expert(a.tasks, a.episodes, a.seed, a.spread), a.out)
     torch.manual_seed(0)
     model = load_policy_model(a.ckpt)
     res = evaluate(model, a.tasks, a.episodes, a.seed, spread=a.spread, execute_horizon=a.execute_horizon,
                    ensemble_horizon=a.ensemble_horizon, num_steps=a.ddim_steps, cfg_scale=a.cfg_scale,
                    time_axis_cfg_quirk=not a.no_quirk, sticky_gripper=a.sticky_gripper)
-    res |= {"ckpt": a.ckpt, "num_frames": model.num_frames}
+    return _report(res | {"ckpt": a.ckpt, "num_frames": model.num_frames}, a.out)
+
+
+def _report(res: dict[str, Any], out: str | None) -> dict[str, Any]:
     text = json.dumps(res, indent=1)
     print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
     return res
 
 

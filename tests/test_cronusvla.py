@@ -254,6 +254,10 @@ def test_upstream_checkpoint_converts(tmp_path):
         assert torch.equal(sa[k], sb[k]), k
     with pytest.raises(KeyError, match="unknown"):
         convert_upstream_checkpoint({"action_model.net.mystery.weight": torch.zeros(1)})
+    from zoo.cronusvla import checkpoint_filter_fn
+
+    ours = src.state_dict()  # our own keys (e.g. a stage-1 checkpoint for init_from) pass through unconverted
+    assert checkpoint_filter_fn(ours, loaded) is ours
 
 
 def test_paper_configs_build_on_meta():

@@ -59,6 +59,10 @@ def test_env_spread_narrows_placements(tmp_path):
 
     with h5py.File(root / "pick_red_cube_demo.hdf5") as f:
         assert f["data"].attrs["spread"] == 0.25 and "obs/eye_in_hand_rgb" not in f["data/demo_0"]
+    from tasks.cronusvla_eval import main as eval_main
+
+    res = eval_main(["--expert", "--tasks", "pick_red_cube", "--episodes", "2", "--spread", "0.25"])
+    assert res["policy"] == "expert" and res["per_task"]["pick_red_cube"]["success"] == 1.0
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

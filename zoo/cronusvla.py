@@ -304,7 +304,9 @@ class CronusVLA(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ upstream checkpoints
-_UPSTREAM_PARTS = ("vision_backbone.", "projector.", "llm_backbone.", "action_model.")
+#: key prefixes only a released file has (ours also start with "projector.": a stage-1 Lightning checkpoint of
+#: this repository must pass through, not be converted)
+_UPSTREAM_ONLY = ("vision_backbone.", "projector.projector.", "llm_backbone.", "action_model.")
 _DECODER_RENAMES = (  # released ActionModel.net -> CrossFrameDiT
     ("x_embedder.linear.", "action_embed."), ("t_embedder.mlp.0.", "time_embedding.linear_1."),
     ("t_embedder.mlp.2.", "time_embedding.linear_2."), ("z_embedder.linear_0.", "condition.past."),
@@ -366,7 +368,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
                          ) -> dict[str, torch.Tensor]:
     """Used by ``load_checkpoint``: released keys are converted (a stage-1 checkpoint without a decoder, or a file
     without our action-statistics buffers, keeps the model's own); ours pass through."""
-    if not any(k.startswith(_UPSTREAM_PARTS) for k in state_dict):
+    if not any(k.startswith(_UPSTREAM_ONLY) for k in state_dict):
         return state_dict
     out = convert_upstream_checkpoint(state_dict)
     if model is not None:

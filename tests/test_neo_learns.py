@@ -52,7 +52,7 @@ def _exact_match(model, dm: VLMConversationDataModule) -> tuple[float, float]:
     """(exact match of greedy answers, the majority-answer baseline) on the test split."""
     model.eval()
     hits, answers = [], []
-    for b in dm._loader("test", shuffle=False):
+    for b in dm.test_dataloader():
         new = model.generate(b["input_ids"], b["images"], max_new_tokens=3, eos_id=dm.tokenizer.im_end_id,
                              doc_ids=b["doc_ids"])
         for row, ans in zip(new, b["answers"]):
@@ -66,7 +66,7 @@ def _exact_match(model, dm: VLMConversationDataModule) -> tuple[float, float]:
 def test_image_changes_answer_logits_at_init(tmp_path, native_rope):
     dm = _dm(_write_colours(tmp_path, {"train": 1, "test": 4}))
     model = _model(dm, native_rope=native_rope).eval()
-    b = next(iter(dm._loader("test", shuffle=False)))
+    b = next(iter(dm.test_dataloader()))
     ids, doc = b["input_ids"][:1], b["doc_ids"][:1]
     image = b["images"][0].clone().requires_grad_(True)
     logits = model(ids, [image], doc_ids=doc).logits[0, -1]
@@ -85,7 +85,7 @@ def test_learns_image_colour(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
     step = 0
     while step < 60:
-        for b in dm._loader("train", shuffle=True):
+        for b in dm.train_dataloader():
             out = model(b["input_ids"], b["images"], doc_ids=b["doc_ids"], return_hidden=True)
             loss = weighted_next_token_loss(out.hidden, b["labels"], b["loss_weight"], model.logits)
             opt.zero_grad()

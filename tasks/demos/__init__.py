@@ -64,6 +64,22 @@ def _fit_config(path: Path) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def results_recipe(family: str, doc: str | None) -> Callable[[Sequence[str]], int]:
+    """``run`` of a demo that is its family's CPU results recipe: ``python -m tasks.results.<family>`` on
+    ``configs/<family>/results_cpu.yaml`` (``--config`` picks another; every other option goes to the runner)."""
+    def run(argv: Sequence[str] = ()) -> int:
+        import argparse
+
+        p = argparse.ArgumentParser(prog=f"sharezoo demo {family}", description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        p.add_argument("--config", default=str(CONFIGS / family / "results_cpu.yaml"), help="results recipe")
+        a, rest = p.parse_known_args(list(argv))
+        importlib.import_module(f"tasks.results.{family}").run(["--config", a.config, *rest])
+        return 0
+
+    return run
+
+
 def family_demos() -> list[Demo]:
     """The demos the modules of this package declare (``DEMO``)."""
     out = []

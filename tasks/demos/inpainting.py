@@ -9,23 +9,7 @@ mean fill; writes ``results.md``, ``results.json`` and ``inpainted_vs_opencv.png
 """
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-
-from tasks.demos import CONFIGS, Demo
-
-
-def run(argv: Sequence[str] = ()) -> int:
-    """Run the CPU results recipe (options after the name: ``--out``, ``--config``, ``--threads``, ``--checkpoint``)."""
-    from tasks.results import pepsi
-
-    p = argparse.ArgumentParser(prog="sharezoo demo pepsi", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--config", default=str(CONFIGS / "pepsi" / "results_cpu.yaml"), help="results recipe")
-    a, rest = p.parse_known_args(list(argv))
-    pepsi.run(["--config", a.config, *rest])
-    return 0
-
+from tasks.demos import Demo, results_recipe
 
 DEMO = Demo("pepsi", "PEPSI / Diet-PEPSI on real photographs: trained on crops, held-out photographs inpainted beside "
-            "OpenCV (CPU)", run, configs=("pepsi/demo.yaml", "pepsi/results*.yaml"))
+            "OpenCV (CPU)", results_recipe("pepsi", __doc__), configs=("pepsi/demo.yaml", "pepsi/results*.yaml"))

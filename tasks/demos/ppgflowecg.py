@@ -10,24 +10,8 @@ as plain ``sharezoo fit`` configs on the same split.
 """
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-
-from tasks.demos import CONFIGS, Demo
-
-
-def run(argv: Sequence[str] = ()) -> int:
-    """Run the CPU results recipe (options after the name: ``--out``, ``--config``, ``--threads``, ``--checkpoint``)."""
-    from tasks.results import ppgflowecg
-
-    p = argparse.ArgumentParser(prog="sharezoo demo ppgflowecg", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument("--config", default=str(CONFIGS / "ppgflowecg" / "results_cpu.yaml"), help="results recipe")
-    a, rest = p.parse_known_args(list(argv))
-    ppgflowecg.run(["--config", a.config, *rest])
-    return 0
-
+from tasks.demos import Demo, results_recipe
 
 DEMO = Demo("ppgflowecg", "PPG→ECG on the bundled real record a103l: both stages, then generated vs real ECG on the "
-            "held-out span beside the PPG and a Ridge baseline (CPU)", run,
+            "held-out span beside the PPG and a Ridge baseline (CPU)", results_recipe("ppgflowecg", __doc__),
             configs=("ppgflowecg/demo.yaml", "ppgflowecg/demo_stage2.yaml", "ppgflowecg/results*.yaml"))

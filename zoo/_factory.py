@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ._builder import load_checkpoint
-from ._pretrained import PretrainedWeightsError, is_offline, load_into, load_state_dict_file, sha256_file
+from ._pretrained import PretrainedWeightsError, is_offline, load_into, load_state_dict_file, sha256_file, verify_sha256
 from ._registry import model_entrypoint, split_model_name_tag
 
 CONFIG_NAME = "config.json"
@@ -92,11 +92,8 @@ def _from_folder(folder: Path, **kwargs: Any) -> torch.nn.Module:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise PretrainedWeightsError(f"{cfg_path} is not a valid sharezoo config: {type(e).__name__}: {e}") from e
     if cfg.get("sha256"):  # recorded by save_pretrained: a changed weights file is refused, not loaded
-        got = sha256_file(weights)
-        if got != str(cfg["sha256"]).lower():
-            raise PretrainedWeightsError(
-                f"sha256 mismatch: {weights} has {got}, {cfg_path} (key 'sha256') records {cfg['sha256']}. "
-                f"Refusing to load: the weights file was changed or damaged after it was saved.")
+        verify_sha256(weights, str(cfg["sha256"]), f"local-dir:{folder}", f"{cfg_path} (key 'sha256')",
+                      "The weights file was changed or damaged after it was saved.")
     try:
         entry = model_entrypoint(arch)
     except ValueError as e:

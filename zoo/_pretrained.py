@@ -142,12 +142,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str, name: str) -> None:
+def verify_sha256(path: Path, expected: str, name: str, recorded_by: str = "the manifest",
+                  remedy: str | None = None) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected`` (recorded by ``recorded_by``, named in the error)."""
     got = sha256_file(path)
     if got != expected.lower():
+        remedy = remedy or f"Delete the file and re-fetch it with `sharezoo download {name}`."
         raise PretrainedWeightsError(
-            f"sha256 mismatch for {name}: {path} has {got}, the manifest expects {expected}. "
-            f"Refusing to load. Delete the file and re-fetch it with `sharezoo download {name}`."
+            f"sha256 mismatch for {name}: {path} has {got}, {recorded_by} records {expected}. Refusing to load. "
+            f"{remedy}"
         )
 
 

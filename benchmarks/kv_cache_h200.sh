@@ -2,7 +2,7 @@
 # Issue 22: the KV-cache grid on the base reference LM, split into parts that each fit the 10-min device limit.
 # Train the LM first (benchmarks/reference_lm_h200.sh train RUN_DIR), then, in the same warm machine:
 #   benchmarks/kv_cache_h200.sh PART [RUN_DIR]     # PART: quant | svd | merge | cachegen
-# or everything but CacheGen in ONE call (train the base LM in a 240-s budget, then configs/kv_cache/grid_base_quick.yaml):
+# or everything in ONE call (train the base LM in a 240-s budget, then configs/kv_cache/grid_base_quick.yaml, CacheGen as its receiver):
 #   benchmarks/kv_cache_h200.sh onecall [RUN_DIR]  # -> RUN_DIR/reference_lm_base + RUN_DIR/kv_eval_base/quick/
 # -> RUN_DIR/kv_eval_base/PART/results.{csv,md,json} + plot (each part re-runs the full cache as its reference).
 # CacheGen needs `constriction` (carry its cp312 wheel where the device image lacks it; README of the device tool).
@@ -16,7 +16,7 @@ if [ "$PART" = onecall ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   [ -f "$RUN/reference_lm_base/config.json" ] || timeout 330 $PY -m tasks.llm.reference_lm_train --size base \
     --out "$RUN/reference_lm_base" --compile --val-batches 50 --time-budget-s 240 2>&1 | tee "$RUN/train.log"
-  timeout 250 $PY -m tasks.llm.kv_eval --config configs/kv_cache/grid_base_quick.yaml --model "$RUN/reference_lm_base" \
+  timeout 255 $PY -m tasks.llm.kv_eval --config configs/kv_cache/grid_base_quick.yaml --model "$RUN/reference_lm_base" \
     --out "$RUN/kv_eval_base/quick" --device cuda 2>&1 | tee "$RUN/kv_eval_base/quick/grid.log"
   exit
 fi

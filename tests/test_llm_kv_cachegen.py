@@ -156,3 +156,34 @@ def test_streaming_over_a_throttled_socket():
     assert runs["text"][0] == [TEXT] * 3 and runs["text"][2] < 1e-4  # recomputed: exact
     for name, (_, ready, _) in runs.items():
         assert ready <= 1.0 + 0.3, (name, runs)  # the target, with slack for a loaded CI machine
+
+
+def test_keep_decoded_gives_the_same_outputs_and_counts_both_copies():
+    """The receiver setting decodes each chunk once: the same logits as decoding every step, the decoded tensors
+    counted in memory_bytes beside the unchanged bitstream, and no chunk decoded twice."""
+    import zoo.llm.cache.cachegen as cg
+
+    model = tiny_decoder("llama")
+    x = torch.randint(1, 128, (2, 70))
+    plain, kept = CacheGenCache(model.config, chunk_size=32), CacheGenCache(model.config, chunk_size=32,
+                                                                            keep_decoded=True)
+    calls = []
+    real = cg.decode_kv
+    cg.decode_kv = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        with torch.no_grad():
+            outs = []
+            for cache in (plain, kept):
+                calls.clear()
+                o = model(x, **{cache_kwarg(model): cache}, use_cache=True).logits
+                steps = [model(x[:, :1], **{cache_kwarg(model): cache}, use_cache=True).logits for _ in range(5)]
+                outs.append((o, steps, len(calls)))
+    finally:
+        cg.decode_kv = real
+    (o1, s1, n_plain), (o2, s2, n_kept) = outs
+    assert torch.equal(o1, o2) and all(torch.equal(a, b) for a, b in zip(s1, s2))
+    n_layers, n_chunks = model.config.num_hidden_layers, 3  # 70 tokens in chunks of 32, 32, 6
+    assert n_kept == n_layers * n_chunks and n_plain == n_layers * n_chunks * 5
+    assert kept.encoded_bytes() == plain.encoded_bytes()
+    decoded = sum(t.numel() * t.element_size() for layer in kept.layers for kv in layer.decoded for t in kv)
+    assert decoded > 0 and kept.memory_bytes() == plain.memory_bytes() + decoded

@@ -15,6 +15,8 @@ Per method, beside the uncompressed cache (``full``):
   (``greedy_prefix``: mean share of the continuation before the first difference);
 * ``bytes`` / ``ratio`` — bytes the cache really holds after prefill + decoding (``memory_bytes()``), and the full
   cache's bytes over it (the full cache counted the same way, in the model's dtype);
+* ``wire_bytes`` / ``wire_ratio`` — for a codec with ``encoded_bytes()`` (CacheGen): the bitstream alone, the bytes
+  that are stored or sent (CacheGen's own measure), and the full cache's bytes over it;
 * ``tok_s`` — decode tokens/s of a manual greedy loop (batch ``batch``) after the prefill.
 
 A method is a ``{name, class_path, init_args}`` entry; ``class_path`` is any ``Cache`` with ``memory_bytes()``.
@@ -176,6 +178,8 @@ def evaluate_method(model, tokenizer: ReferenceTokenizer, ids: torch.Tensor, fac
     cache = factory()
     conts = greedy_decode(model, prompts, cache, s.greedy_tokens)
     row["bytes"] = int(cache.memory_bytes()) if hasattr(cache, "memory_bytes") else None
+    if hasattr(cache, "encoded_bytes"):  # a codec (CacheGen): the bitstream alone, what goes over the wire
+        row["wire_bytes"] = int(cache.encoded_bytes())
     row["continuations"] = conts.cpu()
     if reference is not None:
         ref = reference["continuations"]
@@ -184,6 +188,8 @@ def evaluate_method(model, tokenizer: ReferenceTokenizer, ids: torch.Tensor, fac
         first_diff = torch.where(same.all(1), same.shape[1], (~same).int().argmax(1))
         row["greedy_prefix"] = (first_diff.float() / same.shape[1]).mean().item()
         row["ratio"] = reference["bytes"] / row["bytes"] if row["bytes"] else None
+        if row.get("wire_bytes"):
+            row["wire_ratio"] = reference["bytes"] / row["wire_bytes"]
     batch = ids[: s.batch * s.context].reshape(s.batch, s.context).to(dev)
     cache = factory()
     logits = _forward(model, batch, cache)[:, -1]
@@ -228,7 +234,7 @@ _COLUMNS = ("method", "ppl", "greedy_match", "greedy_prefix", "bytes", "ratio", 
 
 
 def _fmt_row(r: dict[str, Any]) -> str:
-    keys = [*_COLUMNS, *[k for k in r if k.startswith("passkey@")]]
+    keys = [*_COLUMNS, *[k for k in r if k.startswith("wire_") or k.startswith("passkey@")]]
     return " ".join(f"{k}={r.get(k):.4g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}" for k in keys)
 
 
@@ -236,7 +242,8 @@ def write_results(rows: list[dict[str, Any]], out: str | Path, meta: dict[str, A
     """``results.csv`` / ``.md`` / ``.json`` and the quality-vs-compression plot."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys = [*_COLUMNS, *sorted({k for r in rows for k in r if k.startswith("passkey@")}), "eval_s"]
+    keys = [*_COLUMNS, *[k for k in ("wire_bytes", "wire_ratio") if any(k in r for r in rows)],
+            *sorted({k for r in rows for k in r if k.startswith("passkey@")}), "eval_s"]
     table = [{k: r.get(k) for k in keys} for r in rows]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)

@@ -18,8 +18,10 @@ paper's delta coding against anchor tokens is not done (the released LMCache enc
 
 :class:`CacheGenCache` is the codec as a transformers ``Cache``: a prefill is encoded at once in chunks of
 ``chunk_size`` tokens (the last one partial); decode tokens wait exactly in a window until ``chunk_size`` accumulate
-and are then encoded (CacheGen itself encodes only the context — the decode-time rule is ours). Each step decodes the
-bitstream again (nothing decoded is kept). Lossless setting: ``encode_prefill=False`` with ``chunk_size`` beyond
+and are then encoded (CacheGen itself encodes only the context — the decode-time rule is ours). By default each step
+decodes the bitstream again (nothing decoded is kept: the cache holds only bytes); ``keep_decoded=True`` is CacheGen's
+receiver instead — each chunk is decoded once, when it is first needed, and its tensors are kept beside the bytes
+(the same numbers, so the same quality; ``memory_bytes()`` then counts both, ``encoded_bytes()`` the wire bytes). Lossless setting: ``encode_prefill=False`` with ``chunk_size`` beyond
 the sequence (everything stays in the window). :func:`encode_kv` / :func:`decode_kv` are the codec on plain tensors,
 :func:`pack_chunk` / :func:`unpack_chunk` one token chunk of every layer as one wire payload.
 """
@@ -127,10 +129,13 @@ def decode_kv(data: bytes, shape: tuple[int, int, int, int], bins_k: int, bins_v
 class CacheGenLayer(CompressedLayer):
     """One layer: encoded chunks (uint8 tensors holding the bytes) + the exact window of recent decode tokens."""
 
-    def __init__(self, bins_k: int, bins_v: int, chunk_size: int, encode_prefill: bool = True) -> None:
+    def __init__(self, bins_k: int, bins_v: int, chunk_size: int, encode_prefill: bool = True,
+                 keep_decoded: bool = False) -> None:
         super().__init__()
         self.bins_k, self.bins_v, self.chunk_size, self.encode_prefill = bins_k, bins_v, chunk_size, encode_prefill
+        self.keep_decoded = keep_decoded
         self.chunks: list[tuple[torch.Tensor, tuple[int, int, int, int]]] = []
+        self.decoded: list[tuple[torch.Tensor, torch.Tensor]] = []  # keep_decoded: chunk i's (k, v), decoded once
         self.wk = self.wv = None
 
     def _encode(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -148,8 +153,13 @@ class CacheGenLayer(CompressedLayer):
 
     def restore(self):
         ks, vs = [], []
-        for data, shape in self.chunks:
-            k, v = decode_kv(data.numpy().tobytes(), shape, self.bins_k, self.bins_v, self.dtype, self.device)
+        for i, (data, shape) in enumerate(self.chunks):
+            if i < len(self.decoded):
+                k, v = self.decoded[i]
+            else:
+                k, v = decode_kv(data.numpy().tobytes(), shape, self.bins_k, self.bins_v, self.dtype, self.device)
+                if self.keep_decoded:
+                    self.decoded.append((k, v))
             ks.append(k)
             vs.append(v)
         if self.wk is not None:
@@ -159,6 +169,7 @@ class CacheGenLayer(CompressedLayer):
 
     def held(self):
         yield from (data for data, _ in self.chunks)
+        yield from (t for kv in self.decoded for t in kv)
         yield from (t for t in (self.wk, self.wv) if t is not None)
 
     def encoded_bytes(self) -> int:
@@ -175,14 +186,16 @@ class CacheGenCache(CompressedCache):
         levels: the quality levels (key bins per range, value bins per range), best first.
         encode_prefill: encode the prefill at once (False, with ``chunk_size`` beyond the sequence: nothing is ever
             encoded — the lossless setting).
+        keep_decoded: decode each chunk once and keep its tensors (CacheGen's receiver; same outputs, more memory)
+            instead of decoding every chunk again at every step (the bytes-only cache).
     """
 
     def __init__(self, config, level: int = 1, chunk_size: int = 1000, levels=LEVELS,
-                 encode_prefill: bool = True) -> None:
+                 encode_prefill: bool = True, keep_decoded: bool = False) -> None:
         n_layers = config.num_hidden_layers
-        self.level, self.chunk_size = level, chunk_size
+        self.level, self.chunk_size, self.keep_decoded = level, chunk_size, keep_decoded
         super().__init__(lambda i: CacheGenLayer(*layer_bins(level, i, n_layers, levels), chunk_size,
-                                                 encode_prefill))
+                                                 encode_prefill, keep_decoded))
 
     def encoded_bytes(self) -> int:
         """Bytes of the bitstreams alone (without the exact window)."""

@@ -51,12 +51,18 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Count the GPU-marked tests that really ran (the GPU run's report quotes this line)."""
     counts: dict[str, int] = {}
+    named: list[str] = []  # every xfailed / xpassed / failed test, GPU-marked or not: the run's report names them
     for outcome in ("passed", "failed", "skipped", "xfailed", "xpassed", "error"):
         for rep in terminalreporter.stats.get(outcome, []):
+            if outcome in ("xfailed", "xpassed", "failed", "error") and getattr(rep, "when", "call") in ("call", "setup"):
+                named.append(f"{outcome.upper()} {rep.nodeid}")
             if getattr(rep, "when", "call") in ("call", "setup") and "gpu" in getattr(rep, "keywords", {}):
                 if outcome == "passed" and rep.when != "call":
                     continue
                 counts[outcome] = counts.get(outcome, 0) + 1
+    if GPU_RUN:
+        for line in named:
+            terminalreporter.write_line(line)
     if counts or GPU_RUN:
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
         terminalreporter.write_line(f"gpu-marked tests ({device}, torch {torch.__version__}): "

@@ -43,6 +43,10 @@ def stamp(module: str) -> dict[str, str]:
         commit += " (+uncommitted changes)" if dirty else ""
     except OSError:
         commit = "unknown"
+    if commit == "unknown":  # a copy without .git (e.g. a device machine's checkout): the caller may name the commit
+        import os
+
+        commit = os.environ.get("SHAREZOO_COMMIT", "unknown")
     if torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:

@@ -1,4 +1,5 @@
-"""The zoo platform: registry, factory, weight manifest resolution (offline, cache, hash), save/load, cards."""
+"""The zoo platform: registry, factory, weight manifest resolution (offline, cache, hash), save/load (tied
+weights too), cards."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import zoo
-from zoo._pretrained import PretrainedWeightsError, cache_path, sha256_file
+from zoo._pretrained import PretrainedWeightsError, cache_path, load_state_dict_file, sha256_file
 from zoo._registry import _model_entrypoints, _pretrained_cfgs
 
 
@@ -161,6 +162,112 @@ def test_upstream_torch_checkpoint_loads_weights_only(toy_model, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedWeightsError, match="bad.pth"):
         zoo.create_model("ztest_toy", checkpoint_path=bad)
+
+
+class TiedToy(nn.Module):
+    """An LM-shaped toy whose output head is its input embedding (``tie_word_embeddings``)."""
+
+    def __init__(self, vocab: int = 11, width: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.body = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.body(self.embed(ids)))
+
+
+@pytest.fixture()
+def tied_toy():
+    """Registers ``ztest_tied`` (tied embedding / head) for one test."""
+
+    @zoo.register_model
+    def ztest_tied(pretrained=False, **kwargs):
+        """A toy LM with tied input/output embeddings."""
+        return zoo.build_model(TiedToy, "ztest_tied", pretrained, {}, **kwargs)
+
+    yield zoo.create_model("ztest_tied")
+    _model_entrypoints.pop("ztest_tied", None)
+    _pretrained_cfgs.pop("ztest_tied", None)
+
+
+def _assert_tied_copy(m, ref) -> None:
+    assert m.head.weight is m.embed.weight  # still one Parameter: training it moves both
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in ref.state_dict().items())
+
+
+def test_save_pretrained_of_tied_weights_loads_back_tied(tied_toy, tmp_path):
+    """safetensors stores the tied tensor once; local-dir:, pretrained=<folder> and load_state_dict_file give both
+    keys back, the recorded sha256 is still checked and the weights stay tied."""
+    folder = zoo.save_pretrained(tied_toy, tmp_path / "exp")
+    back = zoo.create_model(f"local-dir:{folder}")
+    _assert_tied_copy(back, tied_toy)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(back(ids), tied_toy(ids))
+    _assert_tied_copy(zoo.create_model("ztest_tied", pretrained=str(folder)), tied_toy)
+    sd = load_state_dict_file(folder / "model.safetensors")
+    assert sorted(sd) == sorted(tied_toy.state_dict()) and torch.equal(sd["head.weight"], sd["embed.weight"])
+    assert json.loads((folder / "config.json").read_text())["sha256"] == sha256_file(folder / "model.safetensors")
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(PretrainedWeightsError, match="sha256 mismatch"):
+        zoo.create_model(f"local-dir:{folder}")
+
+
+def test_tied_weights_from_a_file_with_one_twin(tied_toy, tmp_path):
+    """A file holding one key of a tied pair (a Hugging Face / upstream layout) loads through every path (manifest,
+    checkpoint_path); the strict key check still names a key missing for real and an unknown one."""
+    one = {k: v for k, v in tied_toy.state_dict().items() if k != "embed.weight"}
+    src = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in one.items()}, str(src))
+    zoo.register_pretrained_cfgs({"ztest_tied.v1": zoo.PretrainedCfg(sha256=sha256_file(src), url=src.as_uri())})
+    dest = cache_path("ztest_tied.v1", zoo.get_pretrained_cfg("ztest_tied.v1"), tmp_path / "c")
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(src.read_bytes())
+    _assert_tied_copy(zoo.create_model("ztest_tied.v1", cache_dir=tmp_path / "c"), tied_toy)
+    torch.save({"state_dict": {k: v for k, v in one.items()}}, tmp_path / "up.pth")
+    _assert_tied_copy(zoo.create_model("ztest_tied", checkpoint_path=tmp_path / "up.pth"), tied_toy)
+    torch.save({k: v for k, v in one.items() if k != "body.bias"}, tmp_path / "missing.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"missing \['body.bias'\]"):
+        zoo.create_model("ztest_tied", checkpoint_path=tmp_path / "missing.pth")
+    torch.save({**one, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"unexpected \['extra.weight'\]"):
+        zoo.create_model("ztest_tied", checkpoint_path=tmp_path / "extra.pth")
+    torch.save({"body.weight": one["body.weight"], "body.bias": one["body.bias"]}, tmp_path / "neither.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"missing \['embed.weight', 'head.weight'\]"):
+        zoo.create_model("ztest_tied", checkpoint_path=tmp_path / "neither.pth")
+
+
+def test_tied_twins_that_differ_in_a_file_are_refused(tied_toy, tmp_path):
+    sd = {k: v.clone() for k, v in tied_toy.state_dict().items()}
+    sd["head.weight"] += 1
+    torch.save(sd, tmp_path / "untied.pth")
+    with pytest.raises(PretrainedWeightsError, match="embed.weight and head.weight are one tied tensor"):
+        zoo.create_model("ztest_tied", checkpoint_path=tmp_path / "untied.pth")
+
+
+def test_export_of_a_tied_model_loads_back_tied(tied_toy, tmp_path):
+    """``sharezoo export`` of a task checkpoint (torch keeps both tied keys) writes a folder local-dir: loads tied."""
+    from tasks.cli import main
+
+    state = {f"net.{k}": v for k, v in tied_toy.state_dict().items()}
+    torch.save({"hyper_parameters": {"model": "ztest_tied", "model_kwargs": {}}, "state_dict": state},
+               tmp_path / "task.ckpt")
+    assert main(["export", str(tmp_path / "task.ckpt"), str(tmp_path / "out")]) == 0
+    _assert_tied_copy(zoo.create_model(f"local-dir:{tmp_path / 'out'}"), tied_toy)
+
+
+def test_unipic_tiny_with_tied_embeddings_round_trips_tied(tmp_path):
+    """The paper-size UniPic ties its Qwen2.5 embedding and LM head; the tiny one does through ``model_kwargs``."""
+    from zoo.unipic import TINY_LLM
+
+    ref = zoo.create_model("unipic_tiny", llm={**TINY_LLM, "tie_word_embeddings": True})
+    assert ref.llm.lm_head.weight is ref.llm.model.embed_tokens.weight
+    back = zoo.create_model(f"local-dir:{zoo.save_pretrained(ref, tmp_path / 'exp')}")
+    assert back.llm.lm_head.weight is back.llm.model.embed_tokens.weight
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ref.state_dict().items())
 
 
 def test_model_card_lists_params_and_weights(toy_model):

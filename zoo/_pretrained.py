@@ -238,9 +238,7 @@ def read_weight_file(path: str | os.PathLike) -> Any:
         raise PretrainedWeightsError(f"weight file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
+            return _read_safetensors(path)
         import argparse
 
         # released upstream checkpoints (DUSt3R/MASt3R lineage) keep their training args as a Namespace
@@ -248,6 +246,63 @@ def read_weight_file(path: str | os.PathLike) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise PretrainedWeightsError(f"cannot read weights from {path}: {e}") from e
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, with the tied names that ``safetensors.torch.save_model`` dropped put back.
+
+    safetensors stores a tensor shared by several state-dict keys (tied input/output embeddings) once; ``save_model``
+    (which :func:`zoo.save_pretrained` uses) records each dropped name in the file's metadata as ``dropped -> kept``.
+    The dropped names come back here as the kept tensor itself, so the state dict has every key the model saved.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+        metadata = f.metadata() or {}
+    for dropped, kept in metadata.items():
+        if dropped not in sd and kept in sd:
+            sd[dropped] = sd[kept]
+    return sd
+
+
+def tied_keys(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Groups of keys of ``state_dict`` that are one tensor (tied weights: same storage, offset, shape, stride).
+
+    Meta and empty tensors are never grouped (they have no storage to share).
+    """
+    groups: dict[tuple, list[str]] = {}
+    for k, t in state_dict.items():
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+            continue
+        try:
+            ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        except (RuntimeError, NotImplementedError):  # a tensor subclass without a plain storage (DTensor, ...)
+            continue
+        groups.setdefault(ident, []).append(k)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _fill_tied(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], source: str
+               ) -> dict[str, torch.Tensor]:
+    """Give each tied key of the model that ``state_dict`` lacks the value of its twin (a file that stores a tied
+    tensor once: safetensors, Hugging Face folders); twins that are both in the file must agree."""
+    for group in tied_keys(own):
+        present = [k for k in group if k in state_dict]
+        if not present:
+            continue  # missing: reported by the strict key check
+        first = state_dict[present[0]]
+        for k in present[1:]:
+            other = state_dict[k]
+            if other is not first and not (other.shape == first.shape and other.dtype == first.dtype
+                                           and torch.equal(other.to(first.device), first)):
+                raise PretrainedWeightsError(
+                    f"{source}: {present[0]} and {k} are one tied tensor in the model but differ in the state dict; "
+                    "refusing to load one of them silently"
+                )
+        for k in group:
+            state_dict.setdefault(k, first)
+    return state_dict
 
 
 def unwrap_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -269,10 +324,12 @@ def load_into(
 ) -> None:
     """Load ``state_dict`` into ``model``; classifier keys whose shape differs are dropped with a warning.
 
+    Tied weights (keys of ``model`` that are one tensor) need only one of their keys in ``state_dict``; they stay
+    tied (the values are copied into the model's tensors), and twins that are both given must be equal.
     Any other missing/unexpected key or shape mismatch raises (``strict=True``), naming ``source``.
     """
     own = model.state_dict()
-    state_dict = dict(state_dict)
+    state_dict = _fill_tied(own, dict(state_dict), source)
     for k in list(state_dict):
         if k in own and own[k].shape != state_dict[k].shape and any(k.startswith(p) for p in classifier):
             _logger.warning("%s: dropping %s (shape %s != model %s; num_classes differs)",

@@ -262,20 +262,34 @@ class UniPicDataModule(pl.LightningDataModule):
 
 
 # ------------------------------------------------------------------------------------------ real image writers
-def _write_t2i(root: Path, rows: list[tuple[Image.Image, str]], note: str, val_every: int = 5) -> Path:
+def _write_t2i(root: Path, rows: list[tuple[Image.Image, str]], note: str, val_every: int = 5,
+               split_of: dict[int, str] | None = None, vqa: list[tuple[str, str]] | None = None) -> Path:
+    """Rows -> the t2i layout: every ``val_every``-th row in test/, or ``split_of[row index]`` (rows without one are
+    skipped); ``vqa`` (question, answer) per row also writes vqa.jsonl over the same images."""
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty: the writer never writes into an existing folder")
     (root / "README.md").write_text(note + "\n")
     lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    vqa_lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for i, (im, caption) in enumerate(rows):
-        split = "test" if i % val_every == val_every - 1 else "train"
+        if split_of is None:
+            split = "test" if i % val_every == val_every - 1 else "train"
+        elif i in split_of:
+            split = split_of[i]
+        else:
+            continue
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         im.save(root / split / "images" / f"{i:05d}.png")
         lines[split].append(json.dumps({"image": f"images/{i:05d}.png", "caption": caption}))
+        if vqa is not None:
+            conv = [{"from": "human", "value": "<image>\n" + vqa[i][0]}, {"from": "gpt", "value": vqa[i][1]}]
+            vqa_lines[split].append(json.dumps({"image": f"images/{i:05d}.png", "conversations": conv}))
     for split, ls in lines.items():
         if ls:
             (root / split / "t2i.jsonl").write_text("\n".join(ls) + "\n")
+        if vqa_lines[split]:
+            (root / split / "vqa.jsonl").write_text("\n".join(vqa_lines[split]) + "\n")
     return root
 
 
@@ -306,9 +320,12 @@ def write_skimage_photos(root: str | os.PathLike, size: int = 64) -> Path:
                                         "docstrings; see scikit-image's data licences (skimage/data/README).")
 
 
-def write_digits(root: str | os.PathLike, size: int = 32, limit: int | None = None) -> Path:
+def write_digits(root: str | os.PathLike, size: int = 32, limit: int | None = None,
+                 splits: dict[str, Any] | None = None, question: str | None = None) -> Path:
     """scikit-learn's 8x8 handwritten digits (REAL, UCI) in the t2i layout, captioned "a handwritten digit <d>",
-    upscaled to ``size`` (nearest) as dark strokes on white; every fifth in test/."""
+    upscaled to ``size`` (nearest) as dark strokes on white; every fifth in test/, or ``splits`` = {split: indices
+    into ``load_digits()``} (only those written; file names keep the index). ``question`` (e.g. "Which digit is
+    this?") also writes vqa.jsonl with the digit as the answer."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -317,5 +334,7 @@ def write_digits(root: str | os.PathLike, size: int = 32, limit: int | None = No
         arr = (255 - img / 16.0 * 255).astype(np.uint8)
         im = Image.fromarray(arr).convert("RGB").resize((size, size), Image.NEAREST)
         rows.append((im, f"a handwritten digit {int(y)}"))
+    split_of = None if splits is None else {int(i): s for s, idx in splits.items() for i in idx}
+    vqa = None if question is None else [(question, str(int(y))) for y in d.target]
     return _write_t2i(Path(root), rows, "REAL handwritten digits (scikit-learn load_digits: UCI optdigits, 8x8), "
-                                        "captioned by their labels.")
+                                        "captioned by their labels.", split_of=split_of, vqa=vqa)

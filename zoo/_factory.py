@@ -53,7 +53,12 @@ def create_model(
 
 
 def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` that ``create_model('local-dir:<folder>')`` loads back."""
+    """Write ``model.safetensors`` + ``config.json`` that ``create_model('local-dir:<folder>')`` loads back.
+
+    Tied weights (one tensor under several keys, e.g. tied input/output embeddings) are stored once by
+    ``safetensors.torch.save_model``, which records the dropped keys in the file's metadata; loading puts them back
+    and the reloaded model's weights stay tied (:func:`zoo._pretrained.load_into`).
+    """
     from safetensors.torch import save_model
 
     name = getattr(model, "model_name", None)

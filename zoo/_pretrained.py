@@ -1,4 +1,5 @@
-"""Weight manifest entries, offline-first resolution, sha256 verification and safetensors loading.
+"""Weight manifest entries, offline-first resolution, sha256 verification and safetensors loading (tied weights, which
+safetensors stores once, come back tied: :func:`load_into`).
 
 Resolution order for a weight (DESIGN.md "Weights"): explicit path -> cache dir (``cache_dir=`` ->
 ``$SHAREZOO_CACHE`` -> ``~/.cache/sharezoo``, the one policy of :func:`zoo.cache_dir`; then the Hugging Face hub
@@ -273,14 +274,20 @@ def tied_keys(state_dict: dict[str, torch.Tensor]) -> list[list[str]]:
     """
     groups: dict[tuple, list[str]] = {}
     for k, t in state_dict.items():
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
-            continue
-        try:
-            ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        except (RuntimeError, NotImplementedError):  # a tensor subclass without a plain storage (DTensor, ...)
-            continue
-        groups.setdefault(ident, []).append(k)
+        ident = _alias_identity(t)
+        if ident is not None:
+            groups.setdefault(ident, []).append(k)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def _alias_identity(t: Any) -> tuple | None:
+    """What two names of one tensor share (storage, offset, shape, stride, dtype); None when it cannot be shared."""
+    if not isinstance(t, torch.Tensor) or t.device.type == "meta" or t.numel() == 0:
+        return None
+    try:
+        return t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype
+    except (RuntimeError, NotImplementedError):  # a tensor subclass without a plain storage (DTensor, ...)
+        return None
 
 
 def _fill_tied(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor], source: str
@@ -293,9 +300,11 @@ def _fill_tied(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]
             continue  # missing: reported by the strict key check
         first = state_dict[present[0]]
         for k in present[1:]:
-            other = state_dict[k]
-            if other is not first and not (other.shape == first.shape and other.dtype == first.dtype
-                                           and torch.equal(other.to(first.device), first)):
+            other, ident = state_dict[k], _alias_identity(first)
+            if other is first or (ident is not None and _alias_identity(other) == ident):
+                continue  # one tensor under both names (a torch checkpoint keeps the sharing)
+            if not (isinstance(other, torch.Tensor) and isinstance(first, torch.Tensor) and other.shape == first.shape
+                    and other.dtype == first.dtype and torch.equal(other.to(first.device), first)):
                 raise PretrainedWeightsError(
                     f"{source}: {present[0]} and {k} are one tied tensor in the model but differ in the state dict; "
                     "refusing to load one of them silently"

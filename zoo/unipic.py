@@ -622,7 +622,9 @@ def convert_unipic_checkpoint(state_dict: dict[str, torch.Tensor], model: UniPic
 
 
 def _retie(sd: dict[str, torch.Tensor], model: nn.Module | None) -> dict[str, torch.Tensor]:
-    """safetensors stores a tied tensor once: give the LLM's tied input embedding / LM head back its twin."""
+    """Give the LLM's tied input embedding / LM head the twin an official checkpoint may lack, before the converter
+    fills the keys it lacks from the model (``zoo._pretrained.load_into`` fills a missing tied twin itself, so our
+    own safetensors, which store a tied tensor once, need no help)."""
     llm = getattr(model, "llm", None)
     if llm is None or not getattr(llm.config, "tie_word_embeddings", False):
         return sd

@@ -474,16 +474,28 @@ def write_skimage_captions(root: str | os.PathLike, size: int = 256) -> Path:
     return root
 
 
-def write_digits_vqa(root: str | os.PathLike, scale: int = 4, val_fraction: float = 0.2, seed: int = 0) -> Path:
+def write_digits_vqa(root: str | os.PathLike, scale: int = 4, val_fraction: float = 0.2, seed: int = 0,
+                     splits: dict[str, Any] | None = None) -> Path:
     """scikit-learn's handwritten digits (REAL 8×8 scans, UCI) upscaled ×``scale``, as "what digit is this?" → "7"
-    VQA with a seeded train / val split. Writes ``<root>/{train,val}/vqa.jsonl`` + images and ``DATA.md``."""
+    VQA with a seeded train / val split. Writes ``<root>/{train,val}/vqa.jsonl`` + images and ``DATA.md``.
+
+    Args:
+        root: output folder.
+        scale: nearest-neighbour upscaling factor of the 8×8 scans (PNG side = 8·scale).
+        val_fraction: share of a random permutation that goes to ``val`` (ignored with ``splits``).
+        seed: seed of that permutation (ignored with ``splits``).
+        splits: ``{split name: indices into load_digits()}`` written as given (e.g. a stratified train / val / test
+            split made by the caller) instead of the random train / val split.
+    """
     from sklearn.datasets import load_digits
 
     root = Path(root)
     d = load_digits()
-    perm = np.random.default_rng(seed).permutation(len(d.target))
-    n_val = int(len(perm) * val_fraction)
-    for split, idx in (("val", perm[:n_val]), ("train", perm[n_val:])):
+    if splits is None:
+        perm = np.random.default_rng(seed).permutation(len(d.target))
+        n_val = int(len(perm) * val_fraction)
+        splits = {"val": perm[:n_val], "train": perm[n_val:]}
+    for split, idx in splits.items():
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         recs = []
         for i in idx:

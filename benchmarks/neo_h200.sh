@@ -10,7 +10,11 @@
 #   benchmarks/neo_h200.sh ablation [OUT_DIR]  the scene-VQA ablation of docs/neo.md, larger: the 'small' size
 #                                              (hidden 384, 2 pre-Buffer + 4 LLM layers), 4000 training scenes,
 #                                              500 steps per variant, 5 variants, exact match on 1,200 test questions
-#   benchmarks/neo_h200.sh all [OUT_DIR]       the three in that order
+#   benchmarks/neo_h200.sh digits [OUT_DIR]    the REAL-data results recipe (configs/neo/results_digits.yaml: digit
+#                                              VQA, same split and baselines) larger: the 'small' size (hidden 384,
+#                                              2 pre-Buffer + 4 LLM layers), bf16, 4 packed rows per step, 3,000
+#                                              steps (best-val checkpoint, val every 250) -> $D/issue16/neo_digits_h200
+#   benchmarks/neo_h200.sh all [OUT_DIR]       step, decode, ablation in that order (not digits)
 #   benchmarks/neo_h200.sh smoke [OUT_DIR]     every mode at --tiny sizes on the GPU (~1 min; checks the script)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -27,11 +31,27 @@ ablation() {
   timeout 220 "${B[@]}" ablation --size small --n-train 4000 --n-test 300 --steps 500 --batch 4 --lr 1e-3 --workers 6 \
     --variants neo,rope_1d,causal_mask,no_prebuffer,no_prebuffer_same_depth --root /tmp/neo_h200 || echo "ablation: rc $?"
 }
+digits() {  # the CPU recipe's config with a larger model and budget, written next to the results
+  mkdir -p "$D/issue16/neo_digits_h200"
+  python3 -c 'import sys, yaml
+c = yaml.safe_load(open("configs/neo/results_digits.yaml"))
+c["task"]["model_kwargs"].update(hidden_size=384, intermediate_size=1152, num_attention_heads=6, num_key_value_heads=2,
+                                 head_dim=64, vision_width=256, num_buffer_layers=2, num_hidden_layers=4)
+c["task"].update(lr=1e-3, warmup_steps=100)
+c["data"].update(batch_size=4, eval_batch_size=360)
+c["trainer"].update(accelerator="gpu", precision="bf16-mixed", max_steps=3000, val_check_interval=250)
+yaml.safe_dump(c, open(sys.argv[1], "w"))' "$D/issue16/neo_digits_h200/config.yaml"
+  timeout 520 python3 -m tasks.results.neo --config "$D/issue16/neo_digits_h200/config.yaml" \
+    --out "$D/issue16/neo_digits_h200" || echo "digits: rc $?"
+}
 case "${1:-all}" in
 step) step ;;
 decode) decode ;;
 ablation) ablation ;;
+digits) digits ;;
 all) step; decode; ablation ;;
-smoke) for b in ablation step decode; do timeout 120 "${B[@]}" "$b" --tiny || echo "$b smoke: rc $?"; done ;;
-*) echo "usage: $0 step|decode|ablation|all|smoke [OUT_DIR]" >&2; exit 2 ;;
+smoke) for b in ablation step decode; do timeout 120 "${B[@]}" "$b" --tiny || echo "$b smoke: rc $?"; done
+  timeout 120 python3 -m tasks.results.neo --config configs/neo/results_digits.yaml --tiny \
+    --out "$D/neo_digits_smoke" || echo "digits smoke: rc $?" ;;
+*) echo "usage: $0 step|decode|ablation|digits|all|smoke [OUT_DIR]" >&2; exit 2 ;;
 esac

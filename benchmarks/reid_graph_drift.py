@@ -26,6 +26,12 @@ tests/test_reid_cuda_graphs.py compares). A pair diverges at the first step wher
 ``--factor`` x its noise (eager2~eager or compiled2~compiled, same tensor, same step) + ``--floor``; the summary
 names that step and the tensors, worst first.
 
+``--order sequential`` runs each run to the end before the next (the GPU test's order: the graphed fit first, then
+the compiled ones), keeping CPU copies of every step's tensors, so that each run's compilations happen with dynamo's
+recompilation state as the earlier runs left it (with ``--eval-batch`` of another size than the training batch, an
+eval shape change marks the batch dimension dynamic and later compilations of the network are dynamic-shape ones).
+Pair ``compiled2~compiled`` then shares one compilation while ``compiled~compiled_graphed`` may not.
+
 ``--resync`` copies the first run's parameters, buffers and momentum into every other run after each step (in place,
 so a captured graph keeps reading them): each step's differences are then one step's from one state, not the
 accumulated chaos of 12 steps at lr 0.02. ``--deterministic``: cuDNN deterministic, math SDPA, no SIE (no atomics in
@@ -97,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "assigning a float, as timm's schedule does at an epoch end (-1: never)")
     p.add_argument("--eval-at", type=int, default=6, help="step before which every run embeds a batch in eval mode "
                    "under inference_mode, as validation does between epochs (-1: never)")
+    p.add_argument("--eval-batch", type=int, default=None, help="a second eval batch size (default: the training "
+                   "batch only); another size makes dynamo mark the batch dimension dynamic for later compilations, as "
+                   "a short last validation batch does in the GPU test")
+    p.add_argument("--order", default="lockstep", choices=("lockstep", "sequential"),
+                   help="step all runs together, or each run to the end before the next (the GPU test's order)")
     p.add_argument("--runs", default=None, help="comma-separated runs (default: all; on CPU the graph-free ones)")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager for a fast CPU check)")
     p.add_argument("--resync", action="store_true", help="copy the first run's state into the others after each step")
@@ -113,20 +124,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.model = "fusionreid_tiny"
     if a.batch is None:
         a.batch = 16 if a.tiny else 64
+    if a.eval_batch is None:
+        a.eval_batch = a.batch
     if a.floor is None:
         a.floor = 1e-5 if a.precision == "32-true" else 1e-3
     return a
 
 
 def select_runs(spec: str | None, device: str) -> list[str]:
-    """The runs to make, in ``RUNS`` order (the first is the ``--resync`` source)."""
+    """The runs to make: ``RUNS`` order by default, else the order given (the first is the ``--resync`` source; in
+    ``--order sequential`` the order they run in)."""
     if spec is None:
         return [r for r, (_, graphs, _) in RUNS.items() if device == "cuda" or not graphs]
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise SystemExit(f"unknown runs {unknown}; choose from {list(RUNS)}")
-    return [r for r in RUNS if r in names]
+    return names
 
 
 def make_batches(a: argparse.Namespace, num_classes: int, num_cameras: int, img: tuple[int, int],
@@ -266,15 +280,114 @@ def state_diff(diffs: dict[str, float]) -> tuple[float, str]:
     return state[name], name
 
 
+class Runner:
+    """Steps the runs and compares them: in lock-step (each step of every run, then the comparison) or one run after
+    another (``--order sequential``, as tests/test_reid_cuda_graphs.py fits them: each run's compilations happen
+    after the previous runs' ones, with dynamo's recompilation state as they left it; CPU snapshots per step)."""
+
+    def __init__(self, a: argparse.Namespace, tasks: dict[str, Any], batches: list[dict[str, torch.Tensor]],
+                 device: torch.device, log: Any) -> None:
+        self.a, self.tasks, self.batches, self.device, self.log = a, tasks, batches, device, log
+        self.pairs = [(r, ref) for r, ref in PAIRS if r in tasks and ref in tasks]
+        self.records: list[dict[str, Any]] = []
+        self.ptr0: dict[str, dict[str, int]] = {}
+
+    def step(self, r: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One training step of run ``r`` (after the lr change and the eval of that step): (stats, eval embedding)."""
+        from torch._dynamo.utils import counters
+
+        a, t, batch = self.a, self.tasks[r], self.batches[step]
+        if step == a.lr_change_at:
+            set_lr(t, 0, float(optimizer(t).param_groups[0]["lr"]) * 0.5)
+        emb = None
+        before = counters["frames"]["ok"]
+        t0 = time.perf_counter()
+        if step == a.eval_at:
+            t.eval()
+            with torch.inference_mode(), autocast_for(a, self.device, RUNS[r][2]):
+                for n in dict.fromkeys((a.batch, a.eval_batch)):  # each shape: eager warm-up, capture, replay
+                    for _ in range(3):
+                        out = t._embed(batch["image"][:n], t._camids({k: v[:n] for k, v in batch.items()}))
+                    emb = out.float().clone() if emb is None else emb
+            t.train()
+        with autocast_for(a, self.device, RUNS[r][2]):
+            stats = t.bench_train_step(batch).float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        ptr = pointers(t)
+        self.ptr0.setdefault(r, ptr)
+        moved = sorted(n for n, p in ptr.items() if n in self.ptr0[r] and self.ptr0[r][n] != p)
+        rec = {"kind": "run", "step": step, "run": r, "loss": float(stats[0]), "stats": [float(s) for s in stats],
+               "lr": [float(g["lr"]) for g in optimizer(t).param_groups],
+               "compiles": counters["frames"]["ok"] - before, "moved": moved, "graph_counts": t.cuda_graph_counts(),
+               "seconds": round(time.perf_counter() - t0, 3)}
+        self.log.write(json.dumps(rec) + "\n")
+        if rec["compiles"] or moved:
+            print(f"step {step:2d} {r}: {rec['compiles']} frames compiled, moved storage: {moved[:5]}", flush=True)
+        return stats, emb
+
+    def compare(self, step: int, state: dict[str, dict[str, torch.Tensor]], stats: dict[str, torch.Tensor],
+                evals: dict[str, torch.Tensor | None]) -> None:
+        a = self.a
+        for r, ref in self.pairs:
+            diffs, rel = tensor_diffs(state[r], state[ref])
+            if evals.get(r) is not None and evals.get(ref) is not None:
+                d, rr = tensor_diffs({"e": evals[r]}, {"e": evals[ref]})
+                diffs["eval.embedding"], rel["eval.embedding"] = d["e"], rr["e"]
+            sd, sd_name = state_diff(diffs)
+            rec = {"kind": "pair", "step": step, "pair": f"{r}~{ref}",
+                   "loss": [float(stats[r][0]), float(stats[ref][0])],
+                   "loss_diff": abs(float(stats[r][0]) - float(stats[ref][0])),
+                   "stats_diff": (stats[r].cpu() - stats[ref].cpu()).abs().max().item(), "state_diff": sd,
+                   "state_diff_name": sd_name, "diffs": diffs, "rel": rel}
+            self.records.append(rec)
+            self.log.write(json.dumps(rec) + "\n")
+            top = sorted(diffs.items(), key=lambda kv: -kv[1])[:a.top]
+            print(f"step {step:2d} {r + '~' + ref:36s} loss {rec['loss'][0]:.6f} vs {rec['loss'][1]:.6f} "
+                  f"(d {rec['loss_diff']:.2e}) state d {sd:.3e} [{sd_name}] top: "
+                  + ", ".join(f"{n} {d:.2e} (rel {rel[n]:.1e})" for n, d in top), flush=True)
+        self.log.flush()
+
+    def lockstep(self) -> None:
+        tasks = self.tasks
+        for step in range(len(self.batches)):
+            stats, evals = {}, {}
+            for r in tasks:
+                stats[r], evals[r] = self.step(r, step)
+            self.compare(step, {r: named_tensors(t) for r, t in tasks.items()}, stats, evals)
+            if self.a.resync and step + 1 < len(self.batches):
+                src = next(iter(tasks.values()))
+                for t in list(tasks.values())[1:]:
+                    resync(src, t)
+
+    def sequential(self) -> None:
+        snaps: dict[str, list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]]] = {}
+        for r in self.tasks:
+            print(f"# run {r}", flush=True)
+            snaps[r] = []
+            for step in range(len(self.batches)):
+                stats, emb = self.step(r, step)
+                state = {n: v.detach().to("cpu", copy=True) for n, v in named_tensors(self.tasks[r]).items()}
+                snaps[r].append((state, stats.cpu(), None if emb is None else emb.cpu()))
+        for step in range(len(self.batches)):
+            self.compare(step, {r: s[step][0] for r, s in snaps.items()}, {r: s[step][1] for r, s in snaps.items()},
+                         {r: s[step][2] for r, s in snaps.items()})
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.resync and a.order == "sequential":
+        raise SystemExit("--resync needs --order lockstep")
     if a.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
         import torch._inductor.config as inductor_config
 
-        inductor_config.deterministic = True
+        if hasattr(inductor_config, "deterministic"):  # no on-device benchmarking (recent torch)
+            inductor_config.deterministic = True
+        else:
+            print("# this torch's inductor has no deterministic mode: kernel picks may still be timed", flush=True)
     torch.backends.cudnn.benchmark = False
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -290,77 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.tensor_lr and device.type == "cuda":
             for grp in opt.param_groups:
                 grp["lr"] = torch.tensor(float(grp["lr"]), dtype=torch.float32, device=device)
-    pairs = [(r, ref) for r, ref in PAIRS if r in tasks and ref in tasks]
-    sdpa = contextlib.nullcontext()
+    sdpa: contextlib.AbstractContextManager = contextlib.nullcontext()
     if a.deterministic:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         sdpa = sdpa_kernel(SDPBackend.MATH)
-    from torch._dynamo.utils import counters
-
-    settings = {k: v for k, v in vars(a).items()}
+    settings = dict(vars(a))
     settings.update(runs=runs, torch=torch.__version__,
                     gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     commit=os.environ.get("SHAREZOO_COMMIT") or _git_commit())
     print("# reid_graph_drift " + json.dumps(settings), flush=True)
-    records: list[dict[str, Any]] = []
-    ptr0: dict[str, dict[str, int]] = {}
     with (out / "steps.jsonl").open("w") as log, sdpa:
-        for step, batch in enumerate(batches):
-            if step == a.lr_change_at:
-                for t in tasks.values():
-                    set_lr(t, 0, float(optimizer(t).param_groups[0]["lr"]) * 0.5)
-            evals: dict[str, torch.Tensor] = {}
-            if step == a.eval_at:
-                for r, t in tasks.items():
-                    t.eval()
-                    with torch.inference_mode(), autocast_for(a, device, RUNS[r][2]):
-                        for _ in range(3):  # eager warm-up, capture, replay where graphs are on
-                            emb = t._embed(batch["image"], t._camids(batch))
-                    evals[r] = emb.float().clone()
-                    t.train()
-            stats: dict[str, torch.Tensor] = {}
-            for r, t in tasks.items():
-                before = counters["frames"]["ok"]
-                t0 = time.perf_counter()
-                with autocast_for(a, device, RUNS[r][2]):
-                    stats[r] = t.bench_train_step(batch).float()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                ptr = pointers(t)
-                if step == 0:
-                    ptr0[r] = ptr
-                moved = sorted(n for n, p in ptr.items() if n in ptr0[r] and ptr0[r][n] != p)
-                rec = {"kind": "run", "step": step, "run": r, "loss": float(stats[r][0]),
-                       "stats": [float(s) for s in stats[r]], "lr": [float(g["lr"]) for g in optimizer(t).param_groups],
-                       "compiles": counters["frames"]["ok"] - before, "moved": moved,
-                       "graph_counts": t.cuda_graph_counts(), "seconds": round(time.perf_counter() - t0, 3)}
-                log.write(json.dumps(rec) + "\n")
-                if rec["compiles"] or moved:
-                    print(f"step {step:2d} {r}: {rec['compiles']} frames compiled, moved storage: {moved[:5]}")
-            state = {r: named_tensors(t) for r, t in tasks.items()}
-            for r, ref in pairs:
-                diffs, rel = tensor_diffs(state[r], state[ref])
-                if evals:
-                    diffs["eval.embedding"], rel["eval.embedding"] = tensor_diffs(
-                        {"e": evals[r]}, {"e": evals[ref]})[0]["e"], 0.0
-                sd, sd_name = state_diff(diffs)
-                rec = {"kind": "pair", "step": step, "pair": f"{r}~{ref}",
-                       "loss": [float(stats[r][0]), float(stats[ref][0])],
-                       "loss_diff": abs(float(stats[r][0]) - float(stats[ref][0])),
-                       "stats_diff": (stats[r] - stats[ref]).abs().max().item(), "state_diff": sd,
-                       "state_diff_name": sd_name, "diffs": diffs, "rel": rel}
-                records.append(rec)
-                log.write(json.dumps(rec) + "\n")
-                top = sorted(diffs.items(), key=lambda kv: -kv[1])[:a.top]
-                print(f"step {step:2d} {r + '~' + ref:36s} loss {rec['loss'][0]:.6f} vs {rec['loss'][1]:.6f} "
-                      f"(d {rec['loss_diff']:.2e}) state d {sd:.3e} [{sd_name}] top: "
-                      + ", ".join(f"{n} {d:.2e} (rel {rel[n]:.1e})" for n, d in top), flush=True)
-            log.flush()
-            if a.resync and step + 1 < len(batches):
-                src = next(iter(tasks.values()))
-                for t in list(tasks.values())[1:]:
-                    resync(src, t)
+        runner = Runner(a, tasks, batches, device, log)
+        runner.lockstep() if a.order == "lockstep" else runner.sequential()
+    records, pairs = runner.records, runner.pairs
     div = first_divergence(records, a.factor, a.floor)
     last = {rec["pair"]: {"state_diff": rec["state_diff"], "name": rec["state_diff_name"],
                           "loss_diff": rec["loss_diff"]} for rec in records if rec["step"] == a.steps - 1}

@@ -9,8 +9,10 @@ loss is the plain MSE between predicted and true noise (DDPM 100 steps, ``square
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +73,9 @@ class CronusVLATask(_VLATask):
         freeze_vlm: train only the decoder (not the paper; the VLM is fully fine-tuned there).
         val_ddim_steps: DDIM steps of validation sampling (10).
         val_cfg_scale: CFG scale of validation sampling (1.5).
+        feature_cache: with ``freeze_vlm`` only (not the paper): each frame's cognition feature is computed once by
+            the frozen VLM (eval mode) and reused, keyed by the frame's pixels and prompt, so the decoder can train
+            many steps cheaply (CPU recipes; exact for a frozen VLM, since the M frames are independent passes).
     """
 
     init_exclude: ClassVar[tuple[str, ...]] = ("decoder.", "action_")
@@ -79,9 +84,13 @@ class CronusVLATask(_VLATask):
                  model_kwargs: dict[str, Any] | None = None, compile: bool | str = False,
                  init_from: str | None = None, lr: float = 4e-5, weight_decay: float = 0.0,
                  repeated_diffusion_steps: int = 4, num_train_timesteps: int = 100, freeze_vlm: bool = False,
-                 val_ddim_steps: int = 10, val_cfg_scale: float = 1.5) -> None:
+                 val_ddim_steps: int = 10, val_cfg_scale: float = 1.5, feature_cache: bool = False) -> None:
+        if feature_cache and not freeze_vlm:
+            raise ValueError("feature_cache=True needs freeze_vlm=True (cached features are only valid for a frozen VLM)")
         object.__setattr__(self, "_freeze_vlm", freeze_vlm)  # read in on_net_built, inside ZooTask.__init__
         super().__init__(model, pretrained, model_kwargs, compile, init_from)
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self._mean_action: torch.Tensor | None = None  # the training actions' per-dim mean (validation baseline)
         self.save_hyperparameters()
         from zoo.cronusvla_decoder import ddpm_scheduler
 
@@ -91,6 +100,42 @@ class CronusVLATask(_VLATask):
         if self._freeze_vlm:
             for name, p in self.net.named_parameters():
                 p.requires_grad_(name.startswith("decoder."))
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        train = getattr(dm, "splits", {}).get("train") if dm is not None else None
+        norm = getattr(train, "norm", None)
+        if norm:
+            self._mean_action = torch.from_numpy(np.concatenate(norm)).float().mean(0)
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The feature chunk ``[B, M, d]`` of a batch (from the cache with ``feature_cache``)."""
+        if not self.hparams.feature_cache:
+            return self.network(batch["pixels"], batch["input_ids"], batch["attention_mask"]).features
+        return self.cached_features(batch["pixels"], batch["input_ids"], batch["attention_mask"])
+
+    @torch.no_grad()
+    def cached_features(self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                        ) -> torch.Tensor:
+        """Per-frame features of the frozen VLM, computed once per distinct (frame, prompt) and kept in memory."""
+        b, m = pixels.shape[:2]
+        frames = pixels.flatten(0, 1)
+        ids, mask = input_ids.repeat_interleave(m, 0), attention_mask.repeat_interleave(m, 0)
+        keys = []
+        for x, i, k in zip(frames, ids, mask):
+            h = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16)
+            h.update(i[k.bool()].cpu().numpy().tobytes())
+            keys.append(h.digest())
+        missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+        if missing:
+            rows = torch.tensor([keys.index(k) for k in missing], device=pixels.device)
+            was = self.net.training
+            self.net.eval()
+            new = self.net.frame_features(frames[rows], ids[rows], mask[rows])
+            self.net.train(was)
+            self._cache.update(zip(missing, new.detach()))
+        return torch.stack([self._cache[k] for k in keys]).view(b, m, -1)
 
     def diffusion_loss(self, features: torch.Tensor, actions: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -105,20 +150,24 @@ class CronusVLATask(_VLATask):
         return F.mse_loss(self.net.predict_noise(noisy, t, f), noise)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        feats = self.network(batch["pixels"], batch["input_ids"], batch["attention_mask"]).features
+        feats = self.features(batch)
         loss = self.diffusion_loss(feats, batch["actions"].to(feats.dtype))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(feats))
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        feats = self.network(batch["pixels"], batch["input_ids"], batch["attention_mask"]).features
+        feats = self.features(batch)
         gen = torch.Generator(device=feats.device).manual_seed(0)
         loss = self.diffusion_loss(feats, batch["actions"].to(feats.dtype), gen)
         pred = self.net.sample_actions(feats, self.hparams.val_ddim_steps, self.hparams.val_cfg_scale,
                                        generator=torch.Generator(device=feats.device).manual_seed(1))
         n = len(feats)
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
-        self.log(f"{stage}/action_mse", F.mse_loss(pred, batch["actions"].to(pred)), batch_size=n, sync_dist=True)
+        mse = F.mse_loss(pred, batch["actions"].to(pred))
+        self.log(f"{stage}/action_mse", mse, batch_size=n, sync_dist=True)
+        if self._mean_action is not None:  # the image-blind baseline: every action predicted as the training mean
+            base = F.mse_loss(self._mean_action.to(pred).expand_as(pred), batch["actions"].to(pred))
+            self.log(f"{stage}/mean_chunk_mse", base, batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -157,19 +206,36 @@ class OpenVLATokenTask(_VLATask):
         init_from: an earlier checkpoint.
         lr: AdamW learning rate (2e-5, constant).
         weight_decay: AdamW weight decay (0).
+        objective: 'tokens' (OpenVLA, the paper) or 'regression' (NOT the paper; a CPU-scale stand-in for an
+            OXE-pretrained VLA): a linear head on the cognition (EOS) feature regresses the normalised action
+            ``a_t`` (MSE), so the feature post-training reads becomes action-informative; the head is dropped after.
     """
 
     def __init__(self, model: str = "cronusvla_tiny", pretrained: bool | str = False,
                  model_kwargs: dict[str, Any] | None = None, compile: bool | str = False,
-                 init_from: str | None = None, lr: float = 2e-5, weight_decay: float = 0.0) -> None:
+                 init_from: str | None = None, lr: float = 2e-5, weight_decay: float = 0.0,
+                 objective: str = "tokens") -> None:
+        if objective not in ("tokens", "regression"):
+            raise ValueError(f"objective is 'tokens' or 'regression', got {objective!r}")
         super().__init__(model, pretrained, model_kwargs, compile, init_from)
         self.save_hyperparameters()
+        self.regression_head = (torch.nn.Linear(int(self.net.llm.config.hidden_size), self.net.action_dim)
+                                if objective == "regression" else None)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]  # the network and the regression head
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def on_net_built(self) -> None:
         self.net.decoder.requires_grad_(False)
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(loss, action-token accuracy; None for the regression objective)."""
         net = self.net
+        if self.regression_head is not None:  # objective='regression': MSE of a_t from the cognition feature
+            feat = net.frame_features(batch["pixels"][:, -1], batch["input_ids"], batch["attention_mask"])
+            pred, target = self.regression_head(feat), batch["actions"][:, 0].to(feat.dtype)
+            return F.mse_loss(pred, target), None
         act = net.action_tokenizer.encode(batch["actions"][:, 0])
         ids, mask, labels = action_token_inputs(batch["input_ids"], batch["attention_mask"], act,
                                                 len(net.cognition_suffix), int(net.llm.config.eos_token_id))
@@ -182,10 +248,12 @@ class OpenVLATokenTask(_VLATask):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, acc = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["actions"]))
-        self.log("train/token_acc", acc, batch_size=len(batch["actions"]))
+        if acc is not None:
+            self.log("train/token_acc", acc, batch_size=len(batch["actions"]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, acc = self._loss(batch)
         self.log("val/loss", loss, batch_size=len(batch["actions"]), sync_dist=True)
-        self.log("val/token_acc", acc, batch_size=len(batch["actions"]), sync_dist=True)
+        if acc is not None:
+            self.log("val/token_acc", acc, batch_size=len(batch["actions"]), sync_dist=True)

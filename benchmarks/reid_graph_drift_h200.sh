@@ -9,10 +9,10 @@
 #   benchmarks/reid_graph_drift_h200.sh tiny [OUT_DIR]  the code path on the CPU (no graphs; the test suite's check)
 #
 # Cases (bf16, each capped by `timeout`; the JSON lines are written step by step, so a cut case still reports):
-#   sequential   the GPU test's order, each run to the end before the next: compiled_graphed (eval after step 6 at
-#                batch 16 and 14, as a short last validation batch), compiled, compiled2, compiled_nocache; with
-#                TORCH_LOGS=recompiles the log names every recompilation and why (autocast cache flag, a dynamic
-#                batch dimension). compiled_graphed~compiled_nocache: the graph alone on the same compiled code;
+#   sequential   the GPU test's order, each run to the end before the next: compiled_graphed (its eval before step 6
+#                at batch 16, as the test's two validation batches of 16), compiled, compiled2, compiled_nocache;
+#                TORCH_LOGS=recompiles names every recompilation and why (the autocast cache flag) and the run lines
+#                count them. compiled_graphed~compiled_nocache: the graph alone on the same compiled code;
 #                compiled_nocache~compiled: two compilations of one network; compiled2~compiled: the test's noise
 #   resync_det   lock-step, deterministic kernels (no SIE atomics, math SDPA, inductor deterministic), lr a tensor in
 #                every run, every run re-synchronised to `eager` after each step: one step's difference per step,
@@ -35,7 +35,7 @@ one() {  # one case: name, timeout, args...
 case "${1:-all}" in
 all)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-  TORCH_LOGS=recompiles one sequential 140 --precision bf16-mixed --order sequential --eval-batch 14 \
+  TORCH_LOGS=recompiles one sequential 140 --precision bf16-mixed --order sequential \
     --runs compiled_graphed,compiled,compiled2,compiled_nocache
   one resync_det 100 --precision bf16-mixed --resync --deterministic --tensor-lr
   one free 50 --precision bf16-mixed

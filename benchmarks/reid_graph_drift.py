@@ -17,12 +17,15 @@ compiled           yes       no          on: the test's compiled reference
 compiled2          yes       no          on: the compiled-vs-compiled noise (shares ``compiled``'s compilation)
 compiled_nocache   yes       no          off, as the graph path: dynamo guards on the flag, so this is the
                                          graph path's own compilation without a graph
+compiled_graphlike yes       no          off, and the lr a 0-d fp32 CUDA tensor from the start, as the captured
+                                         fused SGD reads it: everything the graph path changes but the graph
 compiled_graphed   yes       yes         off: the path under suspicion
 ================== ========= =========== ===================================================================
 
-Pairs (run ~ reference): eager2~eager, graphed~eager, compiled~eager, compiled2~compiled, compiled_nocache~compiled,
-compiled_graphed~compiled_nocache (the graph alone, same compilation) and compiled_graphed~compiled (what
-tests/test_reid_cuda_graphs.py compares). A pair diverges at the first step where a tensor's difference exceeds
+Pairs (run ~ reference): eager2~eager, graphed~eager, compiled~eager, compiled2~compiled, compiled_nocache~compiled
+(another compilation), compiled_graphlike~compiled (another compilation + the tensor lr),
+compiled_graphed~compiled_graphlike (the graph alone), compiled_graphed~compiled_nocache and compiled_graphed~compiled
+(what tests/test_reid_cuda_graphs.py compares). A pair diverges at the first step where a tensor's difference exceeds
 ``--factor`` x its noise (eager2~eager or compiled2~compiled, same tensor, same step) + ``--floor``; the summary
 names that step and the tensors, worst first.
 
@@ -68,24 +71,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-#: name: (compile, cuda_graphs, autocast cache off)
-RUNS: dict[str, tuple[bool, bool, bool]] = {
-    "eager": (False, False, False),
-    "eager2": (False, False, False),
-    "graphed": (False, True, False),
-    "compiled": (True, False, False),
-    "compiled2": (True, False, False),
-    "compiled_nocache": (True, False, True),
-    "compiled_graphed": (True, True, False),
+#: name: (compile, cuda_graphs, autocast cache off, lr a 0-d fp32 CUDA tensor from the start)
+RUNS: dict[str, tuple[bool, bool, bool, bool]] = {
+    "eager": (False, False, False, False),
+    "eager2": (False, False, False, False),
+    "graphed": (False, True, False, False),
+    "compiled": (True, False, False, False),
+    "compiled2": (True, False, False, False),
+    "compiled_nocache": (True, False, True, False),
+    "compiled_graphlike": (True, False, True, True),
+    "compiled_graphed": (True, True, False, False),
 }
 #: (run, reference) in report order
 PAIRS: tuple[tuple[str, str], ...] = (
     ("eager2", "eager"), ("graphed", "eager"), ("compiled", "eager"), ("compiled2", "compiled"),
-    ("compiled_nocache", "compiled"), ("compiled_graphed", "compiled_nocache"), ("compiled_graphed", "compiled"),
+    ("compiled_nocache", "compiled"), ("compiled_graphlike", "compiled"), ("compiled_graphed", "compiled_graphlike"),
+    ("compiled_graphed", "compiled_nocache"), ("compiled_graphed", "compiled"),
 )
 #: the noise pair for a reference run
 NOISE: dict[str, tuple[str, str]] = {"eager": ("eager2", "eager"), "compiled": ("compiled2", "compiled"),
-                                     "compiled_nocache": ("compiled2", "compiled")}
+                                     "compiled_nocache": ("compiled2", "compiled"),
+                                     "compiled_graphlike": ("compiled2", "compiled")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default 16 tiny, 64 otherwise)")
     p.add_argument("--num-instances", type=int, default=4, help="K images per identity in a batch")
     p.add_argument("--lr", type=float, default=0.02, help="SGD lr (the GPU test's 0.02)")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="the task's warm-up epochs (the GPU test's 1: the "
+                   "first epoch's lr is the cosine's at t = 1, 0.017 for lr 0.02)")
+    p.add_argument("--epochs", type=int, default=4, help="the task's schedule length (the GPU test's 4)")
     p.add_argument("--lr-change-at", type=int, default=6, help="step before which group 0's lr is halved by "
                    "assigning a float, as timm's schedule does at an epoch end (-1: never)")
     p.add_argument("--eval-at", type=int, default=6, help="step before which every run embeds a batch in eval mode "
@@ -135,7 +144,7 @@ def select_runs(spec: str | None, device: str) -> list[str]:
     """The runs to make: ``RUNS`` order by default, else the order given (the first is the ``--resync`` source; in
     ``--order sequential`` the order they run in)."""
     if spec is None:
-        return [r for r, (_, graphs, _) in RUNS.items() if device == "cuda" or not graphs]
+        return [r for r, (_, graphs, _, _) in RUNS.items() if device == "cuda" or not graphs]
     names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
     unknown = [n for n in names if n not in RUNS]
     if unknown:
@@ -167,8 +176,9 @@ def build_tasks(a: argparse.Namespace, runs: list[str], device: torch.device) ->
     torch.manual_seed(a.seed)
     tasks: dict[str, Any] = {}
     for r in runs:
-        compile_, graphs, _ = RUNS[r]
-        task = ReIDTask(a.model, model_kwargs=kw, lr=a.lr, compile=compile_, cuda_graphs=graphs,
+        compile_, graphs, _, _ = RUNS[r]
+        task = ReIDTask(a.model, model_kwargs=kw, lr=a.lr, warmup_epochs=a.warmup_epochs, epochs=a.epochs,
+                        compile=compile_, cuda_graphs=graphs,
                         use_camids=not a.deterministic, channels_last=a.channels_last)
         if compile_ and a.backend != "inductor":  # the task compiles with inductor; swap in the asked backend
             object.__setattr__(task, "_compiled", torch.compile(task.net, backend=a.backend))
@@ -398,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks = build_tasks(a, runs, device)
     net0 = next(iter(tasks.values())).net
     batches = make_batches(a, int(net0.num_classes), 2 if a.tiny else 6, tuple(net0.img_size), device)
-    for t in tasks.values():
+    for r, t in tasks.items():
         opt = optimizer(t)
-        if a.tensor_lr and device.type == "cuda":
+        if (a.tensor_lr or RUNS[r][3]) and device.type == "cuda":  # CPU: a float (the graph path never runs there)
             for grp in opt.param_groups:
                 grp["lr"] = torch.tensor(float(grp["lr"]), dtype=torch.float32, device=device)
     sdpa: contextlib.AbstractContextManager = contextlib.nullcontext()

@@ -47,7 +47,8 @@ def test_first_divergence_names_the_first_step_and_the_worst_tensor():
 
 def test_select_runs():
     assert "compiled_graphed" in drift.select_runs(None, "cuda")
-    assert drift.select_runs(None, "cpu") == ["eager", "eager2", "compiled", "compiled2", "compiled_nocache"]
+    assert drift.select_runs(None, "cpu") == ["eager", "eager2", "compiled", "compiled2", "compiled_nocache",
+                                              "compiled_graphlike"]
     assert drift.select_runs("graphed, eager", "cpu") == ["graphed", "eager"]  # as given: graphed is the source
     with pytest.raises(SystemExit):
         drift.select_runs("nope", "cpu")

@@ -388,17 +388,38 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.resync and a.order == "sequential":
         raise SystemExit("--resync needs --order lockstep")
+    with _global_settings(a):
+        return _main(a)
+
+
+@contextlib.contextmanager
+def _global_settings(a: argparse.Namespace) -> Any:
+    """cuDNN without benchmarking, and with ``--deterministic`` the deterministic switches; restored afterwards (the
+    GPU test calls :func:`main` inside pytest)."""
+    import torch._inductor.config as inductor_config
+
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             getattr(inductor_config, "deterministic", None))
+    torch.backends.cudnn.benchmark = False
     if a.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
-        import torch._inductor.config as inductor_config
-
         if hasattr(inductor_config, "deterministic"):  # no on-device benchmarking (recent torch)
             inductor_config.deterministic = True
         else:
             print("# this torch's inductor has no deterministic mode: kernel picks may still be timed", flush=True)
-    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+        if saved[4] is not None:
+            inductor_config.deterministic = saved[4]
+
+
+def _main(a: argparse.Namespace) -> int:
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device (use --device cpu for the code path)")

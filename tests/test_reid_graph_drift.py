@@ -84,6 +84,18 @@ def test_cpu_code_path(tmp_path):
     assert summary["first_divergence"] == {} and summary["settings"]["runs"] == ["eager", "eager2", "graphed"]
 
 
+def test_deterministic_switches_are_restored(tmp_path):
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    assert drift.main(["--tiny", "--device", "cpu", "--precision", "32-true", "--steps", "1", "--runs", "eager",
+                       "--deterministic", "--out", str(tmp_path)]) == 0
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"]["deterministic"]
+
+
 @pytest.mark.slow
 def test_cpu_compiled_runs(tmp_path):
     """The compiled runs with aot_eager: the graph path's autocast state (cache off) is a compilation of its own
@@ -100,3 +112,24 @@ def test_cpu_compiled_runs(tmp_path):
     for r in lines:
         if r["kind"] == "pair":
             assert r["state_diff"] < 1e-4 and r["loss_diff"] < 1e-4, r["pair"]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_compiled_graphed_steps_equal_compiled_steps(tmp_path, precision):
+    """The compiled analogue of test_reid_cuda_graphs.test_graphed_steps_equal_eager_steps: deterministic kernels (no
+    SIE gather, math SDPA, inductor without on-device benchmarking), the lr an fp32 tensor in both runs, the graph
+    path's autocast state in both (one compilation): the captured compiled step gives the compiled step's losses and
+    every parameter, gradient, momentum and BatchNorm buffer, step by step (12 steps, lr change and eval included)."""
+    out = tmp_path / "drift"
+    assert drift.main(["--tiny", "--device", "cuda", "--precision", precision, "--steps", "12", "--deterministic",
+                       "--tensor-lr", "--runs", "compiled_graphlike,compiled_graphed", "--out", str(out)]) == 0
+    lines = _lines(out)
+    counts = [r["graph_counts"] for r in lines if r["kind"] == "run" and r["run"] == "compiled_graphed"][-1]
+    assert counts["train_replays"] == 12 - 3 and counts["captures"] == 2, counts  # training step + eval forward
+    for r in lines:
+        if r["kind"] == "pair":  # exact where the graph is: expected bitwise, allowed 1e-4 of each tensor's scale
+            worst = max(r["rel"], key=r["rel"].get)
+            assert r["loss_diff"] <= 1e-4 and r["rel"][worst] <= 1e-4, (r["step"], worst, r["diffs"][worst])

@@ -262,6 +262,43 @@ def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any]
 
 
 @torch.no_grad()
+def diagnose(task: Any, root: Path, size: int, cfg: dict[str, Any], n: int = 64, seed: int = 0) -> dict[str, float]:
+    """Is the text condition used, and does the sampler stay in range? On ``n`` val digits, the text-to-image loss
+    (same masks, timesteps and noise) with the true caption, with the caption of the next digit and with the negative
+    prompt (a model that ignores the prompt scores the three alike); then the share of sampled MAR tokens outside
+    the data range [-1, 1] (x 1.05) and their largest magnitude (the tiny model's pixel tokens lie in [-1, 1])."""
+    from datamodules.unipic import UniPicT2IDataset
+    from zoo.unipic import NEGATIVE_PROMPT, sample_tokens, t2i_text
+
+    ds = UniPicT2IDataset(root / "val", size)
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    images = torch.stack([it["image"] for it in items])
+    caps = [it["caption"] for it in items]
+    wrong = [c[:-1] + str((int(c[-1]) + 1) % 10) for c in caps]
+    was = task.training
+    task.eval()
+    out = {}
+    for name, texts in (("true", caps), ("wrong_digit", wrong), ("negative", None)):
+        torch.manual_seed(seed)
+        if texts is None:  # the negative prompt itself (what CFG contrasts against)
+            from zoo.unipic import chat_prompt, tokenize
+
+            tokens, grid = task.net.encode_images(images)
+            mask = task._masked(tokens)
+            ids, attn = tokenize(task.net.tokenizer, [chat_prompt(NEGATIVE_PROMPT)] * len(items), task.device)
+            out[f"t2i_loss_{name}"] = float(task.net.mar.forward_loss(task.net(tokens, mask, ids, attn, grid), tokens,
+                                                                      mask))
+        else:
+            out[f"t2i_loss_{name}"] = float(task.text2image_loss({"image": images, "caption": texts}))
+    grid = task.net.grid(size)
+    tok = sample_tokens(task.net.eval(), [t2i_text(f"a handwritten digit {d}") for d in range(10)], grid,
+                        int(cfg["num_iter"]), float(cfg["cfg"]), generator=torch.Generator().manual_seed(seed))
+    out |= {"tokens_out_of_range": float((tok.abs() > 1.05).float().mean()), "token_abs_max": float(tok.abs().max())}
+    task.train(was)
+    return out
+
+
+@torch.no_grad()
 def understanding_acc(net: Any, root: Path, split: str, size: int, limit: int | None = None) -> float:
     """Exact-match accuracy of the model's greedy answers to "Which digit is this?" on ``split``."""
     from datamodules.unipic import UniPicVQADataset
@@ -302,6 +339,13 @@ def write_report(res: dict[str, Any], out: Path, meta: dict[str, str]) -> str:
         lines += ["", "Ours, trained " + "; ".join(
             f"{o['name']}: {o['steps']} steps, lr {o['lr']:g}, val-best step {o['step']} (val acc. "
             f"{o['val_acc']:.3f}), {o['train_s']:.0f} s" for o in res["ours"]) + "."]
+    if res.get("ours"):
+        lines += ["", "Diagnosis (val digits; same masks, timesteps and noise for the three losses): "
+                  + "; ".join(f"{o['name']}: t2i loss with the true caption {o['diagnosis']['t2i_loss_true']:.4f}, "
+                              f"the next digit's {o['diagnosis']['t2i_loss_wrong_digit']:.4f}, the negative prompt "
+                              f"{o['diagnosis']['t2i_loss_negative']:.4f}; sampled tokens outside [-1, 1] "
+                              f"{100 * o['diagnosis']['tokens_out_of_range']:.1f} % (max |token| "
+                              f"{o['diagnosis']['token_abs_max']:.1f})" for o in res["ours"]) + "."]
     if res.get("understanding"):
         u = res["understanding"]
         lines += ["", f"Understanding (\"{QUESTION}\", test digits): UniPic head exact match {u['unipic']:.3f} vs "
@@ -377,8 +421,9 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
             best = max(runs, key=lambda r: r["val_acc"])
             x = _generate(best["net"], prompts, int(ev["num_iter"]), float(ev["cfg"]), size, seed=1000)
             rows.append({"method": spec["label"], "kind": "ours", **score(x)})
+            best["diagnosis"] = diagnose(best["task"], root, size, ev, seed=seed)
             samples[name] = (x, prompts)
-            ours.append({"name": name, **{k: best[k] for k in ("val_acc", "step", "steps", "curve", "lr", "train_s")},
+            ours.append({"name": name, **{k: best[k] for k in ("val_acc", "step", "steps", "curve", "lr", "train_s", "diagnosis")},
                          "lr_grid": [{"lr": r["lr"], "val_acc": r["val_acc"], "step": r["step"]} for r in runs],
                          "best_run": best})
 

@@ -246,12 +246,14 @@ def resync(src: Any, dst: Any) -> None:
                 t.copy_(s[n])
 
 
-def set_lr(task: Any, group: int, value: float) -> None:
+def set_lr(task: Any, group: int, value: float, in_place: bool = False) -> None:
+    """A new lr for a param group: a float assigned, as timm's schedule does (a captured step copies it into the
+    tensor it reads), or with ``in_place`` written into the group's lr tensor (the ``--tensor-lr`` runs)."""
     grp = optimizer(task).param_groups[group]
-    if isinstance(grp["lr"], torch.Tensor):
+    if in_place and isinstance(grp["lr"], torch.Tensor):
         grp["lr"].fill_(value)
     else:
-        grp["lr"] = value  # a float, as the schedule assigns: a captured step copies it into its lr tensor
+        grp["lr"] = value
 
 
 def first_divergence(records: list[dict[str, Any]], factor: float, floor: float) -> dict[str, dict[str, Any]]:
@@ -308,7 +310,7 @@ class Runner:
 
         a, t, batch = self.a, self.tasks[r], self.batches[step]
         if step == a.lr_change_at:
-            set_lr(t, 0, float(optimizer(t).param_groups[0]["lr"]) * 0.5)
+            set_lr(t, 0, float(optimizer(t).param_groups[0]["lr"]) * 0.5, in_place=a.tensor_lr or RUNS[r][3])
         emb = None
         before = counters["frames"]["ok"]
         t0 = time.perf_counter()

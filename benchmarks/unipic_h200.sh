@@ -2,8 +2,11 @@
 # UniPic on one H200 (<= 9 min): (1) 1024^2 generation time + peak memory of unipic_1p5b (random init, bf16, 64 MaskGIT
 # steps, CFG 3, 100 DiffLoss steps per token; the paper claims < 15 GB), (2) per-stage training step of unipic_1p5b
 # (stage1_pt: LLM frozen; stage3_ct: everything trained), eager vs compiled, (3) the LLM-bridge vs MAR-only comparison
-# on the SYNTHETIC scene set with a wider small model (MAR 4+4 x 256, 4-layer LLM 256) for the same steps.
-#   bash benchmarks/unipic_h200.sh            (results: benchmarks/results/unipic_h200_{gen,train,compare}.json)
+# on the SYNTHETIC scene set with a wider small model (MAR 4+4 x 256, 4-layer LLM 256) for the same steps, (4) the
+# results recipe on REAL digits (configs/unipic/results_digits_h200.yaml: the same model widths, 3000 equal steps, lr
+# and step chosen on val, judged by a scikit-learn classifier beside scikit-learn KDE / GMM samplers; <= 25 min).
+#   bash benchmarks/unipic_h200.sh            (results: benchmarks/results/unipic_h200_{gen,train,compare}.json and
+#                                              benchmarks/results/issue16/unipic_digits_h200/)
 #   TINY=1 bash benchmarks/unipic_h200.sh     (the CPU smoke version of the same three commands)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +31,6 @@ timeout 200 "$PY" benchmarks/bench_unipic.py train --model "$MODEL" "${EXTRA[@]}
 timeout 170 "$PY" benchmarks/bench_unipic.py compare --model unipic_tiny "${EXTRA[@]}" --epochs "$EPOCHS" \
   --scenes 1200 --batch 32 --lr 5e-4 --num-iter 16 --model-kwargs "$MK" --root runs/unipic_bench/scenes \
   --out "$OUT/${P}_compare.json" || echo "compare failed or timed out"
+DIGITS_OUT=$([[ "${TINY:-0}" == "1" ]] && echo "$OUT/unipic_digits_tiny_smoke" || echo benchmarks/results/issue16/unipic_digits_h200)
+timeout 1500 "$PY" -m tasks.results.unipic --config configs/unipic/results_digits_h200.yaml "${EXTRA[@]}" \
+  --out "$DIGITS_OUT" || echo "digits results recipe failed or timed out"

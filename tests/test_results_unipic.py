@@ -46,6 +46,13 @@ def test_split_is_pinned_stratified_and_disjoint(digits, split):
         assert not any(digits.data[i].tobytes() in train_px for i in split[k])
 
 
+def test_h200_recipe_holds_out_the_same_test_digits():
+    cpu, h200 = (yaml.safe_load((ROOT / f"configs/unipic/{n}.yaml").read_text())
+                 for n in ("results_digits", "results_digits_h200"))
+    assert (cpu["seed"], cpu["data"], cpu["judge"]) == (h200["seed"], h200["data"], h200["judge"])
+    assert cpu["train"]["lrs"][0] in h200["train"]["lrs"]
+
+
 def test_written_digits_read_back_as_load_digits(tmp_path, digits):
     """write_digits (32 px, nearest) -> the data module's image -> to_digits recovers the 8x8 ink within the
     8-bit quantisation, and the split / vqa files hold what was asked."""

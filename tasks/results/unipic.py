@@ -70,7 +70,7 @@ def to_digits(images: torch.Tensor | np.ndarray, side: int = 8) -> np.ndarray:
     channel mean, area-averaged to side x side."""
     x = torch.as_tensor(images).float().clamp(-1, 1).mean(1, keepdim=True)
     x = torch.nn.functional.adaptive_avg_pool2d(x, side)
-    return ((1 - x) / 2 * 16).flatten(1).numpy().astype(np.float64)
+    return ((1 - x) / 2 * 16).flatten(1).cpu().numpy().astype(np.float64)
 
 
 def load_split(root: Path, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +249,8 @@ def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any]
                       loss_weights=weights, **tr.get("task", {}))
     sel = _ValSelect(judge, int(tr["val_every"]), int(ev["val_per_class"]), int(ev["num_iter"]), float(ev["cfg"]),
                      size)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=int(tr["max_steps"]),
+    trainer = pl.Trainer(accelerator=tr.get("accelerator", "cpu"), devices=1,
+                         precision=tr.get("precision", "32-true"), max_steps=int(tr["max_steps"]),
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[sel], default_root_dir=str(out))
@@ -272,7 +273,7 @@ def diagnose(task: Any, root: Path, size: int, cfg: dict[str, Any], n: int = 64,
 
     ds = UniPicT2IDataset(root / "val", size)
     items = [ds[i] for i in range(min(n, len(ds)))]
-    images = torch.stack([it["image"] for it in items])
+    images = torch.stack([it["image"] for it in items]).to(task.device)
     caps = [it["caption"] for it in items]
     wrong = [c[:-1] + str((int(c[-1]) + 1) % 10) for c in caps]
     was = task.training
@@ -385,8 +386,10 @@ def _plot(path: Path, columns: dict[str, tuple[np.ndarray, np.ndarray]], k: int 
 # ------------------------------------------------------------------------------------------------ entry point
 def smoke(cfg: dict[str, Any]) -> None:
     """Shrink a recipe in place to a seconds-long CPU run: 2 steps, tiny eval sets, one lr."""
-    cfg["train"] |= {"max_steps": 2, "val_every": 1, "lrs": cfg["train"]["lrs"][:1]}
-    cfg["eval"] |= {"num_iter": 2, "val_per_class": 1, "test_per_class": 2, "understanding_limit": 8}
+    cfg["train"] |= {"max_steps": 2, "val_every": 1, "lrs": cfg["train"]["lrs"][:1], "accelerator": "cpu",
+                     "precision": "32-true"}
+    cfg["eval"] |= {"num_iter": 2, "val_per_class": 1, "test_per_class": 2, "understanding_limit": 8,
+                    "diagnose_images": 8}
     cfg["baselines"] |= {"kde_bandwidths": cfg["baselines"]["kde_bandwidths"][:2], "gmm_components": [1]}
 
 
@@ -421,9 +424,10 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
             best = max(runs, key=lambda r: r["val_acc"])
             x = _generate(best["net"], prompts, int(ev["num_iter"]), float(ev["cfg"]), size, seed=1000)
             rows.append({"method": spec["label"], "kind": "ours", **score(x)})
-            best["diagnosis"] = diagnose(best["task"], root, size, ev, seed=seed)
+            best["diagnosis"] = diagnose(best["task"], root, size, ev, int(ev.get("diagnose_images", 64)), seed)
             samples[name] = (x, prompts)
-            ours.append({"name": name, **{k: best[k] for k in ("val_acc", "step", "steps", "curve", "lr", "train_s", "diagnosis")},
+            keep = ("val_acc", "step", "steps", "curve", "lr", "train_s", "diagnosis")
+            ours.append({"name": name, **{k: best[k] for k in keep},
                          "lr_grid": [{"lr": r["lr"], "val_acc": r["val_acc"], "step": r["step"]} for r in runs],
                          "best_run": best})
 

@@ -27,7 +27,7 @@ def digits():
 @pytest.fixture(scope="module")
 def split(digits):
     cfg = yaml.safe_load(CONFIG.read_text())
-    return res.split_indices(digits.target, cfg["data"]["fractions"], int(cfg["seed"]))
+    return res.split_indices(digits.target, cfg["dataset"]["fractions"], int(cfg["seed"]))
 
 
 def test_split_is_pinned_stratified_and_disjoint(digits, split):
@@ -49,7 +49,7 @@ def test_split_is_pinned_stratified_and_disjoint(digits, split):
 def test_h200_recipe_holds_out_the_same_test_digits():
     cpu, h200 = (yaml.safe_load((ROOT / f"configs/unipic/{n}.yaml").read_text())
                  for n in ("results_digits", "results_digits_h200"))
-    assert (cpu["seed"], cpu["data"], cpu["judge"]) == (h200["seed"], h200["data"], h200["judge"])
+    assert (cpu["seed"], cpu["dataset"], cpu["judge"]) == (h200["seed"], h200["dataset"], h200["judge"])
     assert cpu["train"]["lrs"][0] in h200["train"]["lrs"]
 
 

@@ -240,7 +240,7 @@ def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any]
     from datamodules.unipic import UniPicDataModule
     from tasks.unipic import UniPicTask
 
-    tr, ev, size = cfg["train"], cfg["eval"], int(cfg["data"]["image_size"])
+    tr, ev, size = cfg["train"], cfg["eval"], int(cfg["dataset"]["image_size"])
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
     weights = spec.get("loss_weights", {"image2text": 0.0, "text2image": 1.0, "image_edit": 0.0})
     tasks = ["t2i"] + (["vqa"] if weights.get("image2text", 0) else [])
@@ -405,7 +405,7 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
 
     cfg, out = prepare_run(a, "unipic", smoke)
     t0 = time.time()
-    seed, data, ev, bl = int(cfg.get("seed", 0)), cfg["data"], cfg["eval"], cfg["baselines"]
+    seed, data, ev, bl = int(cfg.get("seed", 0)), cfg["dataset"], cfg["eval"], cfg["baselines"]
     size = int(data["image_size"])
     splits = split_indices(load_digits().target, data["fractions"], seed)
     with tempfile.TemporaryDirectory(prefix="unipic_digits_") as tmp:

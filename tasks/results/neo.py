@@ -196,10 +196,12 @@ def _plot(path: Path, root: Path, answers: list[str], labels: np.ndarray, num: i
 
     recs = read_annotations(root / "test" / "vqa.jsonl")
     num = min(num, len(recs))
-    idx = np.linspace(0, len(recs) - 1, num).round().astype(int)
+    wrong = [i for i, (a, y) in enumerate(zip(answers, labels)) if a.strip() != str(y)][: num // 3]
+    right = [i for i in range(len(recs)) if i not in wrong]
+    idx = sorted(wrong + [right[j] for j in np.linspace(0, len(right) - 1, num - len(wrong)).round().astype(int)])
     cols = min(10, num)
     rows = int(np.ceil(num / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.35 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.7 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), idx):
@@ -207,7 +209,8 @@ def _plot(path: Path, root: Path, answers: list[str], labels: np.ndarray, num: i
         ok = answers[i].strip() == str(labels[i])
         ax.set_title(f"NEO: {answers[i].strip() or '∅'!s:.4}\n(true {labels[i]})", fontsize=7,
                      color="tab:green" if ok else "tab:red")
-    fig.suptitle("held-out test digits, NEO's greedy answer to 'what digit is this?'", fontsize=8)
+    fig.suptitle(f"held-out test digits (NEO's mistakes first: {len(wrong)} shown), NEO's greedy answer to 'what "
+                 "digit is this?' (green right, red wrong)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -224,11 +227,13 @@ def write_report(res: dict[str, Any], out: Path) -> str:
              "NEO answers \"<image> what digit is this?\" greedily (exact match); the baselines classify the same "
              "PNG pixels.", "", markdown_table(res["rows"], _COLS), "",
              f"NEO: {res['neo']['params'] / 1e6:.1f} M parameters ({res['neo']['embedding_params'] / 1e6:.1f} M "
-             f"the tied GPT-2-sized embedding), from scratch, best val exact match at step {res['neo']['best_step']} "
-             f"of {res['neo']['max_steps']} (val every {res['neo']['val_every']}), training {res['neo']['train_s']:.0f} s; "
-             f"answers that are a single digit: {res['neo']['valid_digit_answers']:.3f}.",
-             f"Validation curve (step: exact match): "
-             + ", ".join(f"{s}: {v:.3f}" for s, v in res["neo"]["val_curve"]), "",
+             "the tied GPT-2-sized embedding), from scratch; "
+             + (f"best val exact match at step {res['neo']['best_step']} of {res['neo']['max_steps']} (val every "
+                f"{res['neo']['val_every']}), training {res['neo']['train_s']:.0f} s" if res["neo"]["val_curve"] else
+                f"evaluated checkpoint {res['neo']['checkpoint']}")
+             + f"; answers that are a single digit: {res['neo']['valid_digit_answers']:.3f}.",
+             "Validation curve (step: exact match): "
+             + (", ".join(f"{s}: {v:.3f}" for s, v in res["neo"]["val_curve"]) or "n/a"), "",
              f"Command: `{res['command']}`; machine: {res['machine']}; commit {res['commit']}; "
              f"wall {res['wall_s']:.0f} s."]
     text = "\n".join(lines) + "\n"
@@ -274,10 +279,14 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
     ckpt, curve, train_s = (Path(a.checkpoint), [], 0.0) if a.checkpoint else train_neo(
         dm, cfg["task"], cfg["trainer"], out)
     em, answers, task = evaluate_neo(ckpt, dm, "test")
-    val_em = max((v for _, v in curve), default=float("nan"))
+    val_em = max((v for _, v in curve), default=None)
+    if val_em is None:  # --checkpoint: score the checkpoint on val too
+        val_em = evaluate_neo(ckpt, dm, "val")[0]
     best_step = next((s for s, v in curve if v == val_em), None)
     emb = task.net.lm.get_input_embeddings().weight.numel()
-    neo_row = {"method": f"NEO ({task.hparams.model} at the config's size, from scratch, best-val checkpoint)",
+    n_params = sum(p_.numel() for p_ in task.net.parameters())
+    neo_row = {"method": f"**NEO** ({n_params / 1e6:.1f} M parameters, from scratch; checkpoint of the best val "
+                         "exact match)",
                "kind": "ours", "val": val_em, "test": em}
     digits = [a_.strip() for a_ in answers]
     res = {"family": "neo", **stamp("tasks.results.neo"), "wall_s": time.time() - t0,
@@ -287,7 +296,7 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
            "rows": [neo_row, *base_rows],
            "neo": {"checkpoint": str(ckpt), "val_curve": curve, "best_step": best_step,
                    "max_steps": cfg["trainer"].get("max_steps"), "val_every": cfg["trainer"].get("val_check_interval"),
-                   "train_s": train_s, "params": sum(p_.numel() for p_ in task.net.parameters()),
+                   "train_s": train_s, "params": n_params, "test_answers": answers,
                    "embedding_params": emb, "answers": Counter(digits).most_common(),
                    "valid_digit_answers": float(np.mean([d in "0123456789" and len(d) == 1 for d in digits])),
                    "per_class_test": {str(c): float(np.mean([d == str(c) for d, y in zip(digits, test[1]) if y == c]))

@@ -82,6 +82,9 @@ MODEL_CARD: dict[str, Any] = {
         "Tiny variant: 2+2-block tiny timm ViTs (patch 14 at 28 px), a 2-layer Llama of hidden 64 over a byte "
         "vocabulary of 300, DiT depth 2 / hidden 32 / 4 heads, chunk 4, M=3; for tests and the PyBullet demo "
         "(which overrides image size 56 px and M).",
+        "CPU results recipe only (named options, off by default): stage 1 with objective='regression' (an MSE head "
+        "on the EOS feature instead of OpenVLA action tokens) and post-training on a frozen VLM with cached "
+        "per-frame features (CronusVLATask(freeze_vlm=True, feature_cache=True)); the paper fine-tunes the VLM.",
     ],
 }
 

@@ -38,8 +38,8 @@ c = yaml.safe_load(open("configs/neo/results_digits.yaml"))
 c["task"]["model_kwargs"].update(hidden_size=384, intermediate_size=1152, num_attention_heads=6, num_key_value_heads=2,
                                  head_dim=64, vision_width=256, num_buffer_layers=2, num_hidden_layers=4)
 c["task"].update(lr=1e-3, warmup_steps=100)
-c["data"].update(batch_size=4, eval_batch_size=360)
-c["trainer"].update(accelerator="gpu", precision="bf16-mixed", max_steps=3000, val_check_interval=250)
+c["dataset"].update(batch_size=4, eval_batch_size=360)
+c["training"].update(accelerator="gpu", precision="bf16-mixed", max_steps=3000, val_check_interval=250)
 yaml.safe_dump(c, open(sys.argv[1], "w"))' "$D/issue16/neo_digits_h200/config.yaml"
   timeout 520 python3 -m tasks.results.neo --config "$D/issue16/neo_digits_h200/config.yaml" \
     --out "$D/issue16/neo_digits_h200" || echo "digits: rc $?"

@@ -117,7 +117,7 @@ def test_runner_tiny_baselines_see_the_written_pixels(tiny_run):
     """The baselines read the PNGs NEO reads; train and test share no identical image."""
     res, _ = tiny_run
     root = Path(res["data_root"])
-    (xtr, ytr), (xte, yte) = R.pixels(root, "train"), R.pixels(root, "test")
+    (xtr, ytr), (xte, _) = R.pixels(root, "train"), R.pixels(root, "test")
     assert xtr.shape == (40, 32 * 32) and xte.shape == (20, 32 * 32) and 0 <= xtr.min() and xtr.max() <= 1
     assert not {x.tobytes() for x in xtr} & {x.tobytes() for x in xte}
     from sklearn.datasets import load_digits

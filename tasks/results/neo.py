@@ -113,7 +113,8 @@ def baselines(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
                      "val": best[1], "test": float((preds[name] == test[1]).mean()), "C": best[2], "sweep": sweep})
     dummy = DummyClassifier(strategy="most_frequent").fit(*train)
     preds["majority"] = dummy.predict(test[0])
-    rows.append({"method": f"baseline: majority class of train (scikit-learn DummyClassifier: '{preds['majority'][0]}')",
+    top = preds["majority"][0]
+    rows.append({"method": f"baseline: majority class of train (scikit-learn DummyClassifier: '{top}')",
                  "kind": "baseline", "val": float((dummy.predict(val[0]) == val[1]).mean()),
                  "test": float((preds["majority"] == test[1]).mean())})
     return rows, preds
@@ -249,7 +250,7 @@ def smoke(cfg: dict[str, Any]) -> None:
     cfg["task"]["model_kwargs"] = {**cfg["task"]["model_kwargs"], "hidden_size": 32, "intermediate_size": 64,
                                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
                                    "vision_width": 16, "num_buffer_layers": 1, "num_hidden_layers": 1}
-    cfg["trainer"] = {**cfg["trainer"], "max_steps": 2, "val_check_interval": 1}
+    cfg["training"] = {**cfg["training"], "max_steps": 2, "val_check_interval": 1}
     cfg["baselines"] = {"logreg_C": [1.0], "svc_C": [1.0]}
     cfg["figure"] = {"num": 4}
 
@@ -269,15 +270,15 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
     dropped = 1797 - sum(len(v) for v in split.values())
     if cfg.get("limit"):
         split = {k: v[: int(cfg["limit"][k])] for k, v in split.items()}
-    root = write_split(split, int(cfg["data"]["scale"]))
+    root = write_split(split, int(cfg["dataset"]["scale"]))
     train, val, test = (pixels(root, s) for s in ("train", "val", "test"))
     b = cfg.get("baselines", {})
     base_rows, _ = baselines(train, val, test, b.get("logreg_C", [1.0]), b.get("svc_C", [1.0]))
 
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = build_datamodule(root, cfg["data"], seed)
+    dm = build_datamodule(root, cfg["dataset"], seed)
     ckpt, curve, train_s = (Path(a.checkpoint), [], 0.0) if a.checkpoint else train_neo(
-        dm, cfg["task"], cfg["trainer"], out)
+        dm, cfg["task"], cfg["training"], out)
     em, answers, task = evaluate_neo(ckpt, dm, "test")
     val_em = max((v for _, v in curve), default=None)
     if val_em is None:  # --checkpoint: score the checkpoint on val too
@@ -295,7 +296,8 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
            "split_indices": {k: [int(i) for i in v] for k, v in split.items()},
            "rows": [neo_row, *base_rows],
            "neo": {"checkpoint": str(ckpt), "val_curve": curve, "best_step": best_step,
-                   "max_steps": cfg["trainer"].get("max_steps"), "val_every": cfg["trainer"].get("val_check_interval"),
+                   "max_steps": cfg["training"].get("max_steps"),
+                   "val_every": cfg["training"].get("val_check_interval"),
                    "train_s": train_s, "params": n_params, "test_answers": answers,
                    "embedding_params": emb, "answers": Counter(digits).most_common(),
                    "valid_digit_answers": float(np.mean([d in "0123456789" and len(d) == 1 for d in digits])),

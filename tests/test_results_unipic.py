@@ -50,7 +50,6 @@ def test_h200_recipe_holds_out_the_same_test_digits():
     cpu, h200 = (yaml.safe_load((ROOT / f"configs/unipic/{n}.yaml").read_text())
                  for n in ("results_digits", "results_digits_h200"))
     assert (cpu["seed"], cpu["dataset"], cpu["judge"]) == (h200["seed"], h200["dataset"], h200["judge"])
-    assert cpu["train"]["lrs"][0] in h200["train"]["lrs"]
 
 
 def test_written_digits_read_back_as_load_digits(tmp_path, digits):
@@ -134,5 +133,6 @@ def test_runner_end_to_end_tiny(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["counts"] == {"train": 1077, "val": 360, "test": 360}
     assert all(0.0 <= r["cond_acc"] <= 1.0 for r in saved["rows"])
-    assert saved["understanding"]["images"] == 8
+    assert saved["understanding"] is None  # the CPU recipe trains text-to-image only (its config says why)
+    assert saved["sampling"]["diffloss_steps"] == [50] and all(o["diffloss_steps"] == 50 for o in saved["ours"])
     assert "conditional acc." in (out / "results.md").read_text()

@@ -5,12 +5,15 @@
 # batch 128: 1,774 img/s, 31.6% MFU at d2043e64). FLOPs and MFU as `sharezoo bench --task train` counts them.
 # See benchmarks/fusionreid_mfu.py (--list names the modifiers). Every variant runs in its own process under its
 # own `timeout`; each appends one JSON line (or an error line) to $D/fusionreid_mfu.jsonl as it ends, and writes
-# its top-20 kernel table (CUDA time) to $D/profile_<variant>.txt; $D/summary.md tabulates them at the end.
+# its top-20 kernel table (CUDA time) to $D/profile_<variant>.txt and its output to $D/log_<variant>.txt;
+# $D/summary.md tabulates them at the end (img/s, MFU, gain over base, kernel time per step by category).
 #
 #   benchmarks/fusionreid_mfu_h200.sh all [D]       the main matrix, one device call (<= 9 min, variants that no
 #                                                   longer fit the budget are recorded as skipped)
 #   benchmarks/fusionreid_mfu_h200.sh autotune [D]  max-autotune-no-cudagraphs (GEMM autotuning + Triton epilogue
-#                                                   fusion), a second call: its cold autotuning alone takes minutes
+#                                                   fusion), then coordinate-descent tuning: a second call, their
+#                                                   cold tuning takes minutes (cat both calls' JSON lines into one
+#                                                   folder and run fusionreid_mfu.py --summary --out it to compare)
 #   benchmarks/fusionreid_mfu_h200.sh tiny [D]      the CPU smoke mode (fusionreid_tiny, compile off)
 #   VARIANTS="base base+flash+b256" benchmarks/fusionreid_mfu_h200.sh all [D]   any list instead of the case's
 set -uo pipefail
@@ -36,7 +39,7 @@ one() {  # one variant: cap (s), name, extra args...
   local limit=$(( cap < left ? cap : left ))
   echo "=== $name (timeout ${limit}s, $(date -u +%T))"
   timeout --kill-after=10 "$limit" "$PY" benchmarks/fusionreid_mfu.py --variant "$name" --out "$D" "$@" 2>&1 \
-    | grep -v -e "UserWarning" -e "warnings.warn" -e "rank_zero_warn" | tail -n 40
+    | tee "$D/log_${name//+/_}.txt" | grep -v -e "UserWarning" -e "warnings.warn" -e "rank_zero_warn" | tail -n 25
   local rc=${PIPESTATUS[0]}
   echo "=== $name: rc $rc ($(( $(date +%s) - T0 ))s elapsed)"
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # cut by the timeout before its line was written
@@ -48,12 +51,14 @@ case "$CASE" in
 all)
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
   # in order of what each settles; base first (its cold compile fills inductor's caches for the others)
-  for v in ${VARIANTS:-base base+flash base+cdt base+b256 base+nocl base+aggr base+cudnn}; do
+  # (cuDNN attention is torch's own first choice on the H200, so base+cudnn is expected to equal base)
+  for v in ${VARIANTS:-base base+flash base+b256 base+aggr base+nocl base+cudnn}; do
     case "$v" in base) one 260 "$v" ;; *b256*) one 200 "$v" ;; *) one 170 "$v" ;; esac
   done
   ;;
 autotune)
-  for v in ${VARIANTS:-base+autotune base+autotune+cdt}; do one 420 "$v"; done
+  # the tuning modes, whose compilation benchmarks kernels: GEMM autotuning first, then coordinate descent
+  for v in ${VARIANTS:-base+autotune base+cdt}; do one 420 "$v"; done
   ;;
 tiny)
   for v in ${VARIANTS:-base base+nocl base+flash+cdt}; do

@@ -266,14 +266,15 @@ def run_variant(name: str, a: argparse.Namespace, device: torch.device) -> dict[
 
 
 def summary(out: Path) -> str:
-    """A Markdown table of ``out/fusionreid_mfu.jsonl`` (the last record of each variant), gains against ``base``
-    at the same batch; written to ``out/summary.md``."""
+    """A Markdown table of ``out/fusionreid_mfu.jsonl`` (each variant's last result, else its last error line), gains
+    against ``base`` at the same batch; written to ``out/summary.md``."""
     recs: dict[str, dict[str, Any]] = {}
     path = out / "fusionreid_mfu.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         if line.strip():
             r = json.loads(line)
-            recs[r["variant"]] = r
+            if r.get("samples_per_s") or not recs.get(r["variant"], {}).get("samples_per_s"):
+                recs[r["variant"]] = r  # a result is kept over a later error line (a timeout after it was written)
     ok = {k: r for k, r in recs.items() if r.get("samples_per_s")}
     bases = {r["batch"]: r for k, r in ok.items() if k == "base" or (k.startswith("base+b") and k.count("+") == 1)}
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731

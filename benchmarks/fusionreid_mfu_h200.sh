@@ -51,7 +51,7 @@ case "$CASE" in
 all)
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
   # in order of what each settles; base first (its cold compile fills inductor's caches for the others)
-  # (cuDNN attention is torch's own first choice on the H200, so base+cudnn is expected to equal base)
+  # (the earlier profile of base ran cuDNN attention, torch's own choice: base+cudnn is expected to equal base)
   for v in ${VARIANTS:-base base+flash base+b256 base+aggr base+nocl base+cudnn}; do
     case "$v" in base) one 260 "$v" ;; *b256*) one 200 "$v" ;; *) one 170 "$v" ;; esac
   done

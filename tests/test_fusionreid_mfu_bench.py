@@ -78,6 +78,17 @@ def test_tiny_cpu_matrix_same_loss(tmp_path, monkeypatch):
     assert "base+nocl" in mfu.summary(out) and (out / "summary.md").is_file()
 
 
+def test_summary_keeps_a_result_over_a_later_error(tmp_path):
+    lines = [{"variant": "base", "batch": 128, "samples_per_s": 1774.0, "mfu": 0.316},
+             {"variant": "base", "error": "timeout after 260s (rc 124)"},
+             {"variant": "base+flash", "batch": 128, "samples_per_s": 1863.0, "mfu": 0.332},
+             {"variant": "base+cudnn", "error": "skipped: 40s of the 540s budget left"}]
+    (tmp_path / "fusionreid_mfu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = mfu.summary(tmp_path)
+    assert "| base | 128 | 1,774 | 31.6% |" in table and "| base+flash | 128 | 1,863 | 33.2% | +5.0% |" in table
+    assert "skipped: 40s" in table and "best: base+flash" in table
+
+
 def test_failing_variant_is_an_error_line(tmp_path):
     out = tmp_path / "mfu"
     assert mfu.main(["--tiny", "--device", "cpu", "--variant", "base+bogus", "--out", str(out)]) == 1

@@ -288,7 +288,10 @@ def summary(out: Path) -> str:
         gain = r["samples_per_s"] / b["samples_per_s"] - 1 if b and b is not r else None
         c = r.get("profile_categories_ms_per_step") or {}
         cat = " / ".join(fmt(c.get(n), ".1f") for n in ("attention", "gemm", "conv"))
-        miss = f"missing inductor options {r['inductor_missing']}" if r.get("inductor_missing") else ""
+        miss = f"missing inductor options {r['inductor_missing']}; " if r.get("inductor_missing") else ""
+        fb, fr = (b or {}).get("flops_fwd_bwd_per_sample"), r.get("flops_fwd_bwd_per_sample")
+        if fb and fr and abs(fr / fb - 1) > 0.005:  # the same maths counts the same FLOPs
+            miss += f"FLOPs/sample {fr / 1e9:.2f} G vs base {fb / 1e9:.2f} G"
         lines.append(f"| {k} | {r['batch']} | {r['samples_per_s']:,.0f} | {fmt(r.get('mfu'), '.1%')} | "
                      f"{fmt(gain, '+.1%')} | {fmt(r.get('step_ms_median'), '.1f')} | "
                      f"{fmt(r.get('profile_kernel_ms_per_step'), '.1f')} | {cat} | "

@@ -79,14 +79,19 @@ def test_tiny_cpu_matrix_same_loss(tmp_path, monkeypatch):
 
 
 def test_summary_keeps_a_result_over_a_later_error(tmp_path):
-    lines = [{"variant": "base", "batch": 128, "samples_per_s": 1774.0, "mfu": 0.316},
+    lines = [{"variant": "base", "batch": 128, "samples_per_s": 1774.0, "mfu": 0.316,
+              "flops_fwd_bwd_per_sample": 176.4e9},
              {"variant": "base", "error": "timeout after 260s (rc 124)"},
-             {"variant": "base+flash", "batch": 128, "samples_per_s": 1863.0, "mfu": 0.332},
+             {"variant": "base+flash", "batch": 128, "samples_per_s": 1863.0, "mfu": 0.332,
+              "flops_fwd_bwd_per_sample": 176.4e9},
+             {"variant": "base+nocl", "batch": 128, "samples_per_s": 1774.0, "mfu": 0.3,
+              "flops_fwd_bwd_per_sample": 160.0e9},
              {"variant": "base+cudnn", "error": "skipped: 40s of the 540s budget left"}]
     (tmp_path / "fusionreid_mfu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     table = mfu.summary(tmp_path)
     assert "| base | 128 | 1,774 | 31.6% |" in table and "| base+flash | 128 | 1,863 | 33.2% | +5.0% |" in table
     assert "skipped: 40s" in table and "best: base+flash" in table
+    assert "FLOPs/sample 160.00 G vs base 176.40 G" in table and table.count("FLOPs/sample") == 1
 
 
 def test_failing_variant_is_an_error_line(tmp_path):

@@ -444,7 +444,7 @@ def _main(a: argparse.Namespace) -> int:
     settings = dict(vars(a))
     settings.update(runs=runs, torch=torch.__version__,
                     gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    commit=os.environ.get("SHAREZOO_COMMIT") or _git_commit())
+                    commit=os.environ.get("SHAREZOO_GIT_COMMIT") or _git_commit())
     print("# reid_graph_drift " + json.dumps(settings), flush=True)
     with (out / "steps.jsonl").open("w") as log, sdpa:
         runner = Runner(a, tasks, batches, device, log)

@@ -46,7 +46,7 @@ def stamp(module: str) -> dict[str, str]:
     if commit == "unknown":  # a copy without .git (e.g. a device machine's checkout): the caller may name the commit
         import os
 
-        commit = os.environ.get("SHAREZOO_COMMIT", "unknown")
+        commit = os.environ.get("SHAREZOO_GIT_COMMIT", "unknown")
     if torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:

@@ -31,7 +31,7 @@ test: $(STAMP)
 PYTHON ?= $(BIN)/python
 JOBS ?= auto
 test-gpu:
-	SHAREZOO_TEST_GPU=1 $(PYTHON) -m pytest -q -n $(JOBS) -m "(not slow and not multigpu) or gpu" -p no:cacheprovider
+	SHAREZOO_TEST_GPU=1 $(PYTHON) -m pytest -q -n $(JOBS) -m "(not slow and not multigpu) or gpu or script" -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""

@@ -248,15 +248,21 @@ def test_export_strips_the_task_prefix(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def test_list_models_info_and_errors(tmp_path):
-    r = sharezoo("list-models", "fusionreid*", cwd=tmp_path)
-    assert r.returncode == 0 and "fusionreid_vitb16_r50" in r.stdout.split()
-    r = sharezoo("info", "fusionreid_tiny", cwd=tmp_path)
-    assert r.returncode == 0 and "parameters:" in r.stdout and "deviations from the paper" in r.stdout
-    r = sharezoo("info", "fusionreid_vitb16_r5", cwd=tmp_path)
-    assert r.returncode == 2 and "Did you mean: fusionreid_vitb16_r50" in r.stderr and "Traceback" not in r.stderr
-    r = sharezoo("download", "fusionreid_tiny", cwd=tmp_path)
-    assert r.returncode == 2 and "no pretrained weights" in r.stderr
+def test_list_models_info_and_errors(tmp_path, capsys, monkeypatch):
+    """In process (each subprocess costs the ~8-s import of the zoo; the exit status of a real process is checked by
+    test_user_error_subprocess_exit_status)."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert exit_code(["list-models", "fusionreid*"]) == 0
+    assert "fusionreid_vitb16_r50" in capsys.readouterr().out.split()
+    assert exit_code(["info", "fusionreid_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "deviations from the paper" in out
+    assert exit_code(["info", "fusionreid_vitb16_r5"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean: fusionreid_vitb16_r50" in err and "Traceback" not in err
+    assert exit_code(["download", "fusionreid_tiny"]) == 2
+    assert "no pretrained weights" in capsys.readouterr().err
 
 
 def test_fit_test_export_fusionreid_tiny(tmp_path):

@@ -54,6 +54,7 @@ def test_kernel_categories():
     assert cat("aten::mm") == "gemm"
 
 
+@pytest.mark.script
 def test_tiny_cpu_matrix_same_loss(tmp_path, monkeypatch):
     """The smoke mode runs base, channels-last off and a forced SDPA backend with inductor options, one JSON line
     each plus a profile table; the first step's loss (same weights, batch, seed) agrees across them."""
@@ -101,6 +102,7 @@ def test_failing_variant_is_an_error_line(tmp_path):
     assert rec["variant"] == "base+bogus" and "unknown modifier" in rec["error"]
 
 
+@pytest.mark.script
 def test_h200_script_loop(tmp_path):
     """The device script's loop (a process per variant under a timeout, budget skips, the summary), with a stand-in
     for python that writes each variant's line (the real runs are the test above)."""

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,7 @@ def test_ape_bench_has_flex_side_by_side(tmp_path):
     assert pt["ape_query_s"] > 0 and pt["ape_query_flex_s"] > 0 and "fraction_of_analytic_flex" in pt
 
 
+@pytest.mark.script
 def test_speed2_script_tiny_mode(tmp_path):
     """``benchmarks/speed2_h200.sh tiny`` runs both benchmarks on CPU at tiny sizes and writes their JSON lines."""
     r = subprocess.run(["bash", str(ROOT / "benchmarks/speed2_h200.sh"), "tiny", str(tmp_path)], cwd=ROOT,

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.script
 def test_bench_neuropictor_smoke(tmp_path):
     out = tmp_path / "np.jsonl"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_neuropictor.py"), "--device", "cpu", "--tiny",

@@ -76,6 +76,7 @@ def test_noise_argument_equals_generator_draws(net):
     assert torch.equal(s(ppg, noise=(eps, x0)), s(ppg, generator=torch.Generator().manual_seed(4)))
 
 
+@pytest.mark.script
 def test_speed2b_script_tiny_mode(tmp_path):
     """``benchmarks/speed2b_h200.sh tiny``: APE with the graph backend and decode rows, PPGFlowECG's StaticSampler
     rows beside eager fp32, on the CPU at tiny sizes."""

@@ -54,6 +54,7 @@ def test_select_runs():
         drift.select_runs("nope", "cpu")
 
 
+@pytest.mark.script
 def test_cpu_code_path(tmp_path):
     """Eager runs (the graphed one falls back to eager steps off CUDA) from one state are bitwise equal step by step;
     every named tensor is reported, the lr change and the eval embedding are applied, nothing moves storage."""
@@ -84,6 +85,7 @@ def test_cpu_code_path(tmp_path):
     assert summary["first_divergence"] == {} and summary["settings"]["runs"] == ["eager", "eager2", "graphed"]
 
 
+@pytest.mark.script
 def test_deterministic_switches_are_restored(tmp_path):
     import torch
 

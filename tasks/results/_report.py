@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import subprocess
@@ -33,20 +34,29 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     return merge(cfg, overrides or {})
 
 
-def stamp(module: str) -> dict[str, str]:
-    """Commit, machine, versions and the command (``python -m <module> <args>``) of this run."""
+@functools.cache
+def checkout_commit() -> str:
+    """This checkout's commit (``+uncommitted changes`` when tracked files differ), read once per process — a runner
+    reads it when it starts (:func:`prepare_run`), so commits made while it trains do not change its stamp; a copy
+    without ``.git`` takes ``SHAREZOO_GIT_COMMIT`` (tasks.bench's provenance variable)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=False).stdout.strip() or "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True, check=False).stdout.strip()
-        commit += " (+uncommitted changes)" if dirty else ""
+        commit += " (+uncommitted changes)" if dirty and commit != "unknown" else ""
     except OSError:
         commit = "unknown"
-    if commit == "unknown":  # a copy without .git (e.g. a device machine's checkout): the caller may name the commit
+    if commit == "unknown":
         import os
 
         commit = os.environ.get("SHAREZOO_GIT_COMMIT", "unknown")
+    return commit
+
+
+def stamp(module: str) -> dict[str, str]:
+    """Commit, machine, versions and the command (``python -m <module> <args>``) of this run."""
+    commit = checkout_commit()
     if torch.cuda.is_available():
         machine = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     else:
@@ -94,6 +104,7 @@ def prepare_run(a: Any, family: str, smoke: Any) -> tuple[dict[str, Any], Path]:
     CPU threads (``--threads``, else 1 on a machine of <= 2 cores, else up to 8); returns ``(config, out)``."""
     import os
 
+    checkout_commit()  # the commit the run starts from (cached for stamp())
     cfg = yaml.safe_load(Path(a.config).read_text())
     if a.tiny:
         smoke(cfg)

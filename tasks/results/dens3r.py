@@ -38,7 +38,7 @@ from datamodules.geometry import SyntheticGeometryDataModule, SyntheticPairs
 from tasks.geometry import GeometryTask
 from tasks.geometry_inference import fast_reciprocal_nn, relative_pose_from_pointmaps
 from tasks.metrics.geometry import depth_metrics, pose_auc, relative_pose_error
-from tasks.results._report import load_config, markdown_table, stamp, write_json
+from tasks.results._report import checkout_commit, load_config, markdown_table, stamp, write_json
 
 __all__ = ["essential_pose", "opencv_pose", "median_depth_baselines", "stereo_motorcycle_pair", "check_split", "run",
            "main"]
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=None, help="output folder (default: the config's out)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run of the config (CPU)")
     a = p.parse_args(argv)
+    checkout_commit()  # the commit the run starts from (cached for stamp())
     cfg = load_config(a.config, tiny_overrides() if a.tiny else None)
     return run(cfg, a.out or cfg["out"])
 

@@ -44,7 +44,7 @@ from datamodules.reid import ReIDDataModule
 from datamodules.synthetic._owned import is_synthetic
 from datamodules.synthetic.reid import write_photo_reid_dataset
 from tasks.reid import ReIDTask, cosine_distance, evaluate_rank
-from tasks.results._report import load_config, markdown_table, stamp, write_json
+from tasks.results._report import checkout_commit, load_config, markdown_table, stamp, write_json
 from zoo.fusionreid import FusionReIDOutput, GeM
 
 __all__ = ["SingleBranchReID", "BaselineReIDTask", "build_data", "check_split", "run", "main"]
@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     over: dict[str, Any] = tiny_overrides() if a.tiny else {}
     if a.data_root:
         over.setdefault("dataset", {})["root"] = a.data_root
+    checkout_commit()  # the commit the run starts from (cached for stamp())
     cfg = load_config(a.config, over)
     if a.tiny:
         cfg["models"] = tiny_models(cfg["models"])

@@ -27,7 +27,7 @@ class _VLATask(ZooTask):
     """Shared: AdamW (constant lr, the released default), action statistics copied from the datamodule."""
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]  # the network and any task head (stage 1's)
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def setup(self, stage: str) -> None:
@@ -221,10 +221,6 @@ class OpenVLATokenTask(_VLATask):
         self.save_hyperparameters()
         self.regression_head = (torch.nn.Linear(int(self.net.llm.config.hidden_size), self.net.action_dim)
                                 if objective == "regression" else None)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]  # the network and the regression head
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def on_net_built(self) -> None:
         self.net.decoder.requires_grad_(False)

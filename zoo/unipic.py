@@ -623,8 +623,8 @@ def convert_unipic_checkpoint(state_dict: dict[str, torch.Tensor], model: UniPic
 
 def _retie(sd: dict[str, torch.Tensor], model: nn.Module | None) -> dict[str, torch.Tensor]:
     """Give the LLM's tied input embedding / LM head the twin an official checkpoint may lack, before the converter
-    fills the keys it lacks from the model (``zoo._pretrained.load_into`` fills a missing tied twin itself, so our
-    own safetensors, which store a tied tensor once, need no help)."""
+    fills the keys it lacks from the model (which would otherwise give the missing twin the model's own, different
+    values)."""
     llm = getattr(model, "llm", None)
     if llm is None or not getattr(llm.config, "tie_word_embeddings", False):
         return sd
@@ -647,8 +647,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
     official = any(k.startswith(("siglip2.", "siglip2_proj.")) for k in sd) or \
         any(k.startswith("encoder_blocks.") for k in sd) or any(k.startswith("mar.diffloss.net.time_embed.mlp") for k in
                                                                   sd)
-    if not official:
-        return _retie(state_dict, model)
+    if not official:  # a tied twin that our safetensors stored once is refilled by zoo._pretrained.load_into
+        return state_dict
     if not isinstance(model, UniPic):
         raise TypeError("converting an official UniPic / MAR checkpoint needs the target model")
     return convert_unipic_checkpoint(state_dict, model)

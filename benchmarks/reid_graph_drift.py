@@ -71,6 +71,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.bench import git_commit  # noqa: E402
+
 #: name: (compile, cuda_graphs, autocast cache off, lr a 0-d fp32 CUDA tensor from the start)
 RUNS: dict[str, tuple[bool, bool, bool, bool]] = {
     "eager": (False, False, False, False),
@@ -444,7 +446,7 @@ def _main(a: argparse.Namespace) -> int:
     settings = dict(vars(a))
     settings.update(runs=runs, torch=torch.__version__,
                     gpu=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    commit=os.environ.get("SHAREZOO_GIT_COMMIT") or _git_commit())
+                    commit=git_commit()[0] or None)
     print("# reid_graph_drift " + json.dumps(settings), flush=True)
     with (out / "steps.jsonl").open("w") as log, sdpa:
         runner = Runner(a, tasks, batches, device, log)
@@ -467,16 +469,6 @@ def _main(a: argparse.Namespace) -> int:
             print(f"  {pair:36s} step {d['step']}: {d['count']} tensors, worst {names}")
     print("# last step state diff: " + ", ".join(f"{p} {v['state_diff']:.3e}" for p, v in last.items()))
     return 0
-
-
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -379,9 +379,10 @@ def time_datamodule(dm, batches: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ provenance
-def git_commit() -> tuple[str, bool]:
+def git_commit(untracked: bool = True) -> tuple[str, bool]:
     """(commit, dirty) of this checkout for result provenance. ``SHAREZOO_GIT_COMMIT`` wins: a copy of the tree on a
-    remote GPU machine may carry no ``.git`` or a stale one. ("", False) when neither answers."""
+    remote GPU machine may carry no ``.git`` or a stale one. ("", False) when neither answers. ``untracked=False``:
+    only changes to tracked files make it dirty."""
     commit = os.environ.get("SHAREZOO_GIT_COMMIT", "")
     if commit:
         return commit, False
@@ -390,8 +391,8 @@ def git_commit() -> tuple[str, bool]:
                              timeout=10).stdout.strip()
         if len(out) != 40:
             return "", False
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False,
-                               timeout=10).stdout
+        status = ["git", "status", "--porcelain"] + ([] if untracked else ["--untracked-files=no"])
+        dirty = subprocess.run(status, cwd=ROOT, capture_output=True, text=True, check=False, timeout=10).stdout
         return out, bool(dirty)
     except (OSError, subprocess.SubprocessError):
         return "", False

@@ -5,7 +5,6 @@ import argparse
 import functools
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,22 +35,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
 
 @functools.cache
 def checkout_commit() -> str:
-    """This checkout's commit (``+uncommitted changes`` when tracked files differ), read once per process — a runner
-    reads it when it starts (:func:`prepare_run`), so commits made while it trains do not change its stamp; a copy
-    without ``.git`` takes ``SHAREZOO_GIT_COMMIT`` (tasks.bench's provenance variable)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=False).stdout.strip()
-        commit += " (+uncommitted changes)" if dirty and commit != "unknown" else ""
-    except OSError:
-        commit = "unknown"
-    if commit == "unknown":
-        import os
+    """This checkout's short commit (``+uncommitted changes`` when tracked files differ; ``unknown``), read once per
+    process — a runner reads it when it starts (:func:`prepare_run`), so commits made while it trains do not change
+    its stamp; ``SHAREZOO_GIT_COMMIT`` names it in a copy without ``.git`` (:func:`tasks.bench.git_commit`)."""
+    from tasks.bench import git_commit
 
-        commit = os.environ.get("SHAREZOO_GIT_COMMIT", "unknown")
-    return commit
+    commit, dirty = git_commit(untracked=False)
+    if not commit:
+        return "unknown"
+    return (commit[:7] if len(commit) == 40 else commit) + (" (+uncommitted changes)" if dirty else "")
 
 
 def stamp(module: str) -> dict[str, str]:

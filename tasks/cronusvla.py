@@ -86,7 +86,8 @@ class CronusVLATask(_VLATask):
                  repeated_diffusion_steps: int = 4, num_train_timesteps: int = 100, freeze_vlm: bool = False,
                  val_ddim_steps: int = 10, val_cfg_scale: float = 1.5, feature_cache: bool = False) -> None:
         if feature_cache and not freeze_vlm:
-            raise ValueError("feature_cache=True needs freeze_vlm=True (cached features are only valid for a frozen VLM)")
+            raise ValueError("feature_cache=True needs freeze_vlm=True "
+                             "(cached features are only valid for a frozen VLM)")
         object.__setattr__(self, "_freeze_vlm", freeze_vlm)  # read in on_net_built, inside ZooTask.__init__
         super().__init__(model, pretrained, model_kwargs, compile, init_from)
         self._cache: dict[bytes, torch.Tensor] = {}

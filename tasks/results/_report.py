@@ -6,6 +6,7 @@ import functools
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,21 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
 
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def fit_best_on_val(candidates: Iterable[tuple[Any, Any]], train: tuple[Any, Any], val: tuple[Any, Any]
+                    ) -> tuple[Any, Any, float, list[tuple[Any, float]]]:
+    """Fit each ``(label, estimator)`` (scikit-learn API) on ``train``; return the one with the best ``val`` accuracy
+    (the first on ties) as ``(estimator, label, val accuracy, [(label, val accuracy), ...])`` — the whole sweep."""
+    best, sweep = None, []
+    for label, est in candidates:
+        acc = float((est.fit(*train).predict(val[0]) == val[1]).mean())
+        sweep.append((label, acc))
+        if best is None or acc > best[2]:
+            best = (est, label, acc)
+    if best is None:
+        raise ValueError("no candidate to fit")
+    return best[0], best[1], best[2], sweep
 
 
 def runner_parser(family: str, doc: str | None) -> argparse.ArgumentParser:

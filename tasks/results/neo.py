@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.results._report import markdown_table, prepare_run, runner_parser, stamp, write_json
+from tasks.results._report import fit_best_on_val, markdown_table, prepare_run, runner_parser, stamp, write_json
 
 __all__ = ["baselines", "digits_split", "evaluate_neo", "pixels", "run", "train_neo", "write_split"]
 
@@ -100,17 +100,11 @@ def baselines(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     makers = {"LogisticRegression": (lambda c: LogisticRegression(C=c, max_iter=5000), logreg_c),
               "SVC (RBF)": (lambda c: SVC(C=c, kernel="rbf", gamma="scale"), svc_c)}
     for name, (make, grid) in makers.items():
-        sweep, best = [], None
-        for c in grid:
-            m = make(float(c)).fit(*train)
-            acc = float((m.predict(val[0]) == val[1]).mean())
-            sweep.append({"C": float(c), "val": acc})
-            if best is None or acc > best[1]:
-                best = (m, acc, float(c))
-        assert best is not None
-        preds[name] = best[0].predict(test[0])
-        rows.append({"method": f"baseline: scikit-learn {name} (C {best[2]:g}, chosen on val)", "kind": "baseline",
-                     "val": best[1], "test": float((preds[name] == test[1]).mean()), "C": best[2], "sweep": sweep})
+        m, c, acc, sweep = fit_best_on_val(((float(c), make(float(c))) for c in grid), train, val)
+        preds[name] = m.predict(test[0])
+        rows.append({"method": f"baseline: scikit-learn {name} (C {c:g}, chosen on val)", "kind": "baseline",
+                     "val": acc, "test": float((preds[name] == test[1]).mean()), "C": c,
+                     "sweep": [{"C": k, "val": a} for k, a in sweep]})
     dummy = DummyClassifier(strategy="most_frequent").fit(*train)
     preds["majority"] = dummy.predict(test[0])
     top = preds["majority"][0]

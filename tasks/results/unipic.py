@@ -45,10 +45,10 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.unipic import UniPicDataModule
-from tasks.results._report import markdown_table, prepare_run, runner_parser, stamp, write_json
+from tasks.results._report import fit_best_on_val, markdown_table, prepare_run, runner_parser, stamp, write_json
 
-__all__ = ["split_indices", "to_digits", "load_split", "fit_judge", "InMemoryUniPicDataModule", "frechet_distance", "nn_distance",
-           "within_class_distance", "pca_sampler", "class_mean_images", "score_generated", "run"]
+__all__ = ["split_indices", "to_digits", "load_split", "fit_judge", "InMemoryUniPicDataModule", "frechet_distance",
+           "nn_distance", "within_class_distance", "pca_sampler", "class_mean_images", "score_generated", "run"]
 
 QUESTION = "Which digit is this?"
 
@@ -95,18 +95,14 @@ def fit_judge(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
     from sklearn.preprocessing import FunctionTransformer
     from sklearn.svm import SVC
 
-    best, scores = None, []
-    for c in candidates:
+    def judge(c: dict[str, Any]) -> tuple[str, Any]:
         kind, C = c["kind"], float(c.get("C", 1.0))
         clf = SVC(C=C, gamma="scale") if kind == "svc" else LogisticRegression(C=C, max_iter=2000)
-        model = make_pipeline(FunctionTransformer(lambda x: x / 16.0), clf).fit(*train)
-        acc = float((model.predict(val[0]) == val[1]).mean())
         name = f"{'SVC (RBF)' if kind == 'svc' else 'LogisticRegression'} C={C:g}"
-        scores.append({"judge": name, "val_acc": acc})
-        if best is None or acc > best[2]:
-            best = (model, name, acc)
-    assert best is not None
-    return best[0], best[1], scores
+        return name, make_pipeline(FunctionTransformer(lambda x: x / 16.0), clf)
+
+    model, name, _, sweep = fit_best_on_val(map(judge, candidates), train, val)
+    return model, name, [{"judge": n, "val_acc": acc} for n, acc in sweep]
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -366,13 +362,14 @@ def write_report(res: dict[str, Any], out: Path, meta: dict[str, str]) -> str:
              f"Binomial standard error of a conditional accuracy p on {10 * res['per_class']} images: "
              f"sqrt(p (1 - p) / {10 * res['per_class']}) (at most {0.5 / (10 * res['per_class']) ** 0.5:.3f})."]
     if res.get("ours"):
-        lines += ["", "Ours, trained " + "; ".join(
-            f"{o['name']}: {o['steps']} steps, lr {o['lr']:g}, val-best step {o['step']} (val acc. "
-            f"{o['val_acc']:.3f}), {o['train_s']:.0f} s" for o in res["ours"]) + "; "
-                  + "lr grid on val: " + "; ".join(f"{o['name']} " + ", ".join(
-                      f"{g['lr']:g} -> {g['val_acc']:.3f} (step {g['step']})" for g in o["lr_grid"]) for o in res["ours"])
-                  + f". Sampled with {res['sampling']['num_iter']} MaskGIT steps, CFG {res['sampling']['cfg']:g}, "
-                  f"{'/'.join(map(str, res['sampling']['diffloss_steps']))} DiffLoss sampling steps."]
+        trained = "; ".join(f"{o['name']}: {o['steps']} steps, lr {o['lr']:g}, val-best step {o['step']} (val acc. "
+                            f"{o['val_acc']:.3f}), {o['train_s']:.0f} s" for o in res["ours"])
+        grids = "; ".join(f"{o['name']} " + ", ".join(f"{g['lr']:g} -> {g['val_acc']:.3f} (step {g['step']})"
+                                                     for g in o["lr_grid"]) for o in res["ours"])
+        smp = res["sampling"]
+        lines += ["", f"Ours, trained {trained}; lr grid on val: {grids}. Sampled with {smp['num_iter']} MaskGIT "
+                      f"steps, CFG {smp['cfg']:g}, {'/'.join(map(str, smp['diffloss_steps']))} DiffLoss sampling "
+                      "steps."]
     if res.get("ours"):
         lines += ["", "Diagnosis (val digits; same masks, timesteps and noise for the three losses): "
                   + "; ".join(f"{o['name']}: t2i loss with the true caption {o['diagnosis']['t2i_loss_true']:.4f}, "

@@ -25,7 +25,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from tasks.bench import git_commit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,17 +72,12 @@ def _time(fn, iters: int, warmup: int, dev: str) -> list[float]:
 
 
 def _provenance(args: argparse.Namespace, argv: list[str] | None) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
     import timm
     import transformers
 
     cmd = shlex.join(argv if argv is not None else sys.argv[1:])
     return {"command": f"python3 benchmarks/bench_cronusvla.py {cmd}",
-            "git_commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
+            "git_commit": git_commit()[0][:12], "torch": torch.__version__, "transformers": transformers.__version__,
             "timm": timm.__version__, "python": platform.python_version(), "machine": platform.node(),
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"}
 

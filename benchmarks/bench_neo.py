@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from tasks.bench import git_commit  # noqa: E402
 
 #: ablation variants: model kwargs changed from the full NEO
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -59,14 +60,9 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
     dev = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     return {"command": "python3 benchmarks/bench_neo.py " + shlex.join(sys.argv[1:]), "device": dev,
-            "torch": torch.__version__, "commit": commit, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "commit": git_commit()[0][:12], "threads": torch.get_num_threads()}
 
 
 def _write(args: argparse.Namespace, row: dict[str, Any]) -> None:

@@ -32,7 +32,10 @@ def _sync(device: str) -> None:
 
 
 def _meta(args: argparse.Namespace) -> dict:
-    return {"command": " ".join(sys.argv), "machine": platform.node(), "torch": torch.__version__,
+    from tasks.bench import git_commit
+
+    return {"command": " ".join(sys.argv), "git_commit": git_commit()[0][:12], "machine": platform.node(),
+            "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -256,11 +255,9 @@ def _machine() -> str:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    from tasks.bench import git_commit
+
+    return git_commit(untracked=False)[0][:12] or "unknown"
 
 
 # ------------------------------------------------------------------------------------------------ entry point

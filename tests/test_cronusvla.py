@@ -50,6 +50,22 @@ def test_feature_is_last_non_pad_hidden_state(tiny):
     torch.testing.assert_close(f[1], h[1, p + 5])  # the EOS of the padded prompt
 
 
+def test_single_frame_passes_build_no_kv_cache(tiny):
+    """One full pass per frame and nothing decoded after it: the LLM is asked for no cache (a cache's per-layer state
+    is wasted work and made the compiled layers recompile on the H200)."""
+    seen = []
+    hook = tiny.llm.base_model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("use_cache")),
+                                                         with_kwargs=True)
+    try:
+        px, ids, mask = _batch()
+        with torch.no_grad():
+            tiny(px, ids, mask)
+            tiny.token_logits(px[:, -1], ids, mask)
+    finally:
+        hook.remove()
+    assert seen == [False, False, False]  # current frame, past frames, stage-1 logits
+
+
 def test_past_features_receive_no_gradient_and_equal_detached_features(tiny):
     px, ids, mask = _batch()
     px.requires_grad_(True)

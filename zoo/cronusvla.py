@@ -226,7 +226,7 @@ class CronusVLA(nn.Module):
                      ) -> torch.Tensor:
         """Stage 1: next-token logits at the text positions ``[N, L, vocab]`` (patch positions removed)."""
         embeds, mask = self.embed_inputs(pixels, input_ids, attention_mask)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
         p = embeds.shape[1] - input_ids.shape[1]
         return torch.cat([logits[:, :1], logits[:, 1 + p:]], dim=1)
 
@@ -235,7 +235,9 @@ class CronusVLA(nn.Module):
         """Single-frame passes: ``[N, 3, H, W]`` + prompts -> ``[N, d]`` last-layer hidden state at the last non-pad
         position (the EOS "cognition" token; prompts are right-padded)."""
         embeds, mask = self.embed_inputs(pixels, input_ids, attention_mask)
-        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        # one full pass per frame, nothing decoded after it: no KV cache (building one costs time, and its per-layer
+        # state made the regionally compiled layers recompile past dynamo's limit on the H200)
+        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         last = mask.long().cumsum(1).argmax(1)  # the last position whose mask is 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 

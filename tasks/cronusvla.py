@@ -123,10 +123,12 @@ class CronusVLATask(_VLATask):
         b, m = pixels.shape[:2]
         frames = pixels.flatten(0, 1)
         ids, mask = input_ids.repeat_interleave(m, 0), attention_mask.repeat_interleave(m, 0)
+        # keys from ONE host copy of the batch (per-frame .cpu() calls were 3 device syncs per frame on a GPU)
+        host_frames, host_ids, host_mask = (t.detach().cpu().numpy() for t in (frames, ids, mask))
         keys = []
-        for x, i, k in zip(frames, ids, mask):
-            h = hashlib.blake2b(x.detach().cpu().numpy().tobytes(), digest_size=16)
-            h.update(i[k.bool()].cpu().numpy().tobytes())
+        for x, i, k in zip(host_frames, host_ids, host_mask):
+            h = hashlib.blake2b(x.tobytes(), digest_size=16)
+            h.update(i[k.astype(bool)].tobytes())
             keys.append(h.digest())
         missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
         if missing:

@@ -1,9 +1,10 @@
 """UniPic benchmarks: generation time / peak memory, per-stage training step (eager vs compiled), and the LLM-bridge vs
-MAR-only comparison on the scene set (SYNTHETIC). Writes one JSON per run with the command, machine and versions.
+MAR-only comparison on the scene set (SYNTHETIC). Writes one JSON per run with the command, machine and versions,
+rewritten after each finished row (a timeout keeps the finished ones).
 
     python benchmarks/bench_unipic.py gen   --model unipic_1p5b --size 1024 --num-iter 64 --out gen.json
-    python benchmarks/bench_unipic.py train --model unipic_1p5b --stages stage1_pt stage3_ct --compile both
-    python benchmarks/bench_unipic.py compare --model unipic_tiny --epochs 4 --scenes 600
+    python benchmarks/bench_unipic.py train --model unipic_1p5b --stages stage1_pt stage3_ct --compile regional
+    python benchmarks/bench_unipic.py compare --model unipic_tiny --epochs 4 --scenes 600 --arms llm bag refs
     python benchmarks/bench_unipic.py gen --tiny   (the CPU smoke mode: tiny model, tiny sizes)
 
 Weights are random (no released weights are fetched): times and memory are the architecture's, not a quality number.
@@ -16,6 +17,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,26 +65,57 @@ def bench_gen(args: argparse.Namespace) -> dict:
     return out
 
 
-def bench_train(args: argparse.Namespace) -> dict:
+#: --compile choices -> the variants measured, in order (``both``: eager, then regional)
+COMPILE_VARIANTS = {"off": ("eager",), "regional": ("regional",), "whole": ("whole",), "both": ("eager", "regional")}
+_TASK_COMPILE = {"eager": False, "regional": "regional", "whole": True}
+
+
+def _seed_all(seed: int) -> None:
+    """Python, NumPy and torch RNGs: the prompt dropout, MAR orders / masks and diffusion timesteps of the steps."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def bench_train(args: argparse.Namespace, save: Any = None) -> dict:
+    """Per stage and compile variant: build the task (same seed), then ``--steps`` AdamW steps on one fixed example
+    batch with the RNGs reseeded, so every variant sees the same masks, timesteps and prompt dropout and its losses
+    can be compared with eager's. ``first_step_s`` holds the compile (regional: each block class once, fwd + bwd), a
+    later step a recompile (the negative prompt's other sequence length makes the LLM layers' shapes dynamic);
+    ``compile_overhead_s`` sums every step's time over the median; ``step_s_median`` is over the steps from the third
+    on. ``save(result)`` is called after every row."""
     from tasks.bench import load_config
     from tasks.unipic import UniPicTask
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {}
+    if args.fallback_random:  # compiled dropout draws eager's numbers (exact loss comparison; slower kernels)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
+    results: dict[str, dict] = {}
+    out = {"model": args.model, "batch": args.batch, "results": results}
     for stage in args.stages:
         init = dict(load_config(ROOT / f"configs/unipic/{stage}.yaml")["model"]["init_args"])
         init.update(model=args.model, init_from=None, model_kwargs=dict(OFFLINE_KW))
-        for comp in ([False, True] if args.compile == "both" else [args.compile == "on"]):
+        for variant in COMPILE_VARIANTS[args.compile]:
+            t0 = time.perf_counter()
             torch.manual_seed(0)
-            task = UniPicTask(**{**init, "compile": comp}).to(device)
+            task = UniPicTask(**{**init, "compile": _TASK_COMPILE[variant]}).to(device)
             task.train()
             params = [p for p in task.net.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), eps=1e-15)
             batch = task.example_batch(args.batch)
             task.log_dict = lambda *a, **k: None  # noqa: E731
-            times = []
+            _sync(device)
+            build_s = time.perf_counter() - t0
+            times, losses = [], []
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
+            _seed_all(1)
             for i in range(args.steps):
                 _sync(device)
                 t = time.perf_counter()
@@ -93,15 +126,24 @@ def bench_train(args: argparse.Namespace) -> dict:
                 opt.zero_grad(set_to_none=True)
                 _sync(device)
                 times.append(time.perf_counter() - t)
+                losses.append(float(loss.detach()))
             warm = times[min(2, len(times) - 1):]
-            results[f"{stage}/{'compiled' if comp else 'eager'}"] = {
-                "first_step_s": times[0], "step_s_median": sorted(warm)[len(warm) // 2],
-                "trainable_m": sum(p.numel() for p in params) / 1e6,
+            median = sorted(warm)[len(warm) // 2]
+            key = f"{stage}/{variant}"
+            results[key] = {
+                "compile": variant, "build_s": build_s, "first_step_s": times[0], "step_s_median": median,
+                "first_step_minus_median_s": times[0] - median,
+                "compile_overhead_s": sum(max(0.0, t - median) for t in times),  # the first step's + recompiles'
+                "step_s": times, "losses": losses,
+                "regions": len(task._regions), "trainable_m": sum(p.numel() for p in params) / 1e6,
                 "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None}
-            del task, opt
+            print(key, json.dumps(results[key]), flush=True)
+            if save is not None:
+                save(out)
+            del task, opt, params
             if device == "cuda":
                 torch.cuda.empty_cache()
-    return {"model": args.model, "batch": args.batch, "results": results}
+    return out
 
 
 def _judge_references(dm, size: int) -> dict:
@@ -137,10 +179,12 @@ def _judge_references(dm, size: int) -> dict:
     return out
 
 
-def bench_compare(args: argparse.Namespace) -> dict:
+def bench_compare(args: argparse.Namespace, save: Any = None) -> dict:
     """Generation with the LLM bridge vs MAR-only ('bag' conditioning) on the same optimiser steps; GenEval-style judge
     on the held-out prompts of the scene set, edit accuracy, understanding exact-match (LLM only); the judge on the
-    ground-truth test images and on uniform noise as reference rows."""
+    ground-truth test images and on uniform noise as reference rows (``refs``). ``--arms`` picks which of the three
+    run (one device call each if need be); ``save(result)`` is called after each (an earlier ``--out`` file's arms are
+    kept, so the arms of separate calls land in one file)."""
     import pytorch_lightning as pl
 
     from datamodules.unipic import UniPicDataModule
@@ -149,12 +193,18 @@ def bench_compare(args: argparse.Namespace) -> dict:
     n_train, n_val, n_test = args.scenes, max(12, args.scenes // 10), args.test_scenes
     # the set's counts in the folder name: a folder written earlier with other counts is never silently reused
     root = Path(args.root or f"runs/unipic_bench/scenes_{n_train}-{n_val}-{n_test}_{args.scene_size}px")
-    out = {}
-    for cond in ("llm", "bag"):
+    out = dict(args.previous or {})
+    out.update(scenes={"train": n_train, "val": n_val, "test": n_test, "size": args.scene_size},
+               image_size=args.image_size, eval_num_iter=args.num_iter)
+
+    def datamodule(cond: str) -> UniPicDataModule:
+        return UniPicDataModule(root=str(root), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
+                                image_size=args.image_size, batch_size=args.batch, scene_image_size=args.scene_size,
+                                tasks=("t2i", "edit", "vqa") if cond == "llm" else ("t2i", "edit"))
+
+    for cond in [a for a in args.arms if a != "refs"]:
         pl.seed_everything(0)
-        dm = UniPicDataModule(root=str(root), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
-                              image_size=args.image_size, batch_size=args.batch, scene_image_size=args.scene_size,
-                              tasks=("t2i", "edit", "vqa") if cond == "llm" else ("t2i", "edit"))
+        dm = datamodule(cond)
         kw = {} if cond == "llm" else {"conditioning": "bag", "understanding": "none"}
         kw.update(json.loads(args.model_kwargs))
         task = UniPicTask(model=args.model, model_kwargs=kw, lr=args.lr, schedule="constant", warmup_ratio=0.05,
@@ -167,12 +217,22 @@ def bench_compare(args: argparse.Namespace) -> dict:
                         limit_val_batches=0, precision="bf16-mixed" if torch.cuda.is_available() else "32-true")
         t = time.perf_counter()
         tr.fit(task, dm)
-        merged = {"fit_s": time.perf_counter() - t, "steps": tr.global_step}
+        merged = {"fit_s": time.perf_counter() - t, "steps": tr.global_step,
+                  "train_loss_last": {k: float(v) for k, v in tr.callback_metrics.items() if k.startswith("train/")}}
+        out[cond] = merged
+        if save is not None:  # the trained arm's row before its (sampling) test phase
+            save(out)
+        t = time.perf_counter()
         for r in tr.test(task, dm, verbose=False):
             merged.update(r)
-        out[cond] = merged
+        merged["test_s"] = time.perf_counter() - t
         print(cond, json.dumps(merged), flush=True)
-    out.update(_judge_references(dm, args.image_size))
+        if save is not None:
+            save(out)
+    if "refs" in args.arms:
+        dm = datamodule("bag")
+        dm.setup("test")
+        out.update(_judge_references(dm, args.image_size))
     return out
 
 
@@ -186,7 +246,12 @@ def main() -> None:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--stages", nargs="+", default=["stage1_pt", "stage2_align", "stage3_ct", "stage4_sft"])
-    p.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    p.add_argument("--compile", choices=list(COMPILE_VARIANTS), default="both",
+                   help="train: off (eager), regional (each repeated block compiled in place, the task's "
+                   "compile='regional'), whole (torch.compile of the network's forward), both (eager, then regional)")
+    p.add_argument("--fallback-random", action="store_true",
+                   help="train: compiled dropout draws eager's random numbers (torch._inductor fallback_random), "
+                   "for an exact eager vs compiled loss comparison")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--scenes", type=int, default=600)
@@ -194,21 +259,34 @@ def main() -> None:
     p.add_argument("--scene-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--arms", nargs="+", choices=["llm", "bag", "refs"], default=["llm", "bag", "refs"],
+                   help="compare: which of the LLM-bridge arm, the MAR-only arm and the judge's reference rows run")
     p.add_argument("--model-kwargs", default="{}", help="JSON model_kwargs for compare (a larger model on the GPU)")
     p.add_argument("--root", default=None, help="compare: the scene set's folder (default: one named by its counts)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="JSON file, rewritten after every finished row (a timeout keeps them)")
     args = p.parse_args()
     if args.tiny:
         args.model, args.num_iter, args.steps, args.epochs, args.scenes, args.test_scenes = \
-            "unipic_tiny", 2, 2, 1, 32, 12
-        args.compile = "off" if args.compile == "both" else args.compile
-    res = {"mode": args.mode, **_meta(args), **{"gen": bench_gen, "train": bench_train,
-                                                "compare": bench_compare}[args.mode](args)}
-    text = json.dumps(res, indent=1, default=str)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+            "unipic_tiny", 2, max(2, min(args.steps, 3)), 1, 32, 12
+    head = {"mode": args.mode, **_meta(args)}
+    args.previous = None
+    if args.mode == "compare" and args.out and Path(args.out).is_file():  # arms of an earlier call (same command)
+        prev = json.loads(Path(args.out).read_text())
+        args.previous = {k: v for k, v in prev.items() if k in ("llm", "bag", "ground_truth", "ground_truth_native",
+                                                                "noise")}
+
+    def save(res: dict) -> str:
+        text = json.dumps({**head, **res}, indent=1, default=str)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text + "\n")
+        return text
+
+    if args.mode == "gen":
+        res = bench_gen(args)
+    else:
+        res = {"train": bench_train, "compare": bench_compare}[args.mode](args, save)
+    print(save(res))
 
 
 if __name__ == "__main__":

@@ -449,11 +449,17 @@ class UniPic(nn.Module):
 
     # ---------------------------------------------------------------------------------------- compile
     def compile_regions(self) -> list[nn.Module]:
+        """The repeated blocks ``compile='regional'`` compiles in place (blocks of one class share one graph): the MAR
+        encoder / decoder blocks, the DiffLoss residual blocks, the LLM decoder layers and the SigLIP encoder
+        layers."""
         blocks = list(self.mar.encoder_blocks) + list(self.mar.decoder_blocks)
+        blocks += list(self.mar.diffloss.net.res_blocks)
         if self.llm is not None:
             from .llm import decoder_layers
 
             blocks += decoder_layers(self.llm)
+        if self.siglip is not None:
+            blocks += list(getattr(self.siglip, "vision_model", self.siglip).encoder.layers)  # transformers 4 / 5
         return blocks
 
 

@@ -195,11 +195,12 @@ def bench_compare(args: argparse.Namespace, save: Any = None) -> dict:
     root = Path(args.root or f"runs/unipic_bench/scenes_{n_train}-{n_val}-{n_test}_{args.scene_size}px")
     out = dict(args.previous or {})
     out.update(scenes={"train": n_train, "val": n_val, "test": n_test, "size": args.scene_size},
-               image_size=args.image_size, eval_num_iter=args.num_iter)
+               image_size=args.image_size, eval_num_iter=args.num_iter, batch=args.batch, lr=args.lr)
 
     def datamodule(cond: str) -> UniPicDataModule:
         return UniPicDataModule(root=str(root), synthetic_scenes=True, scene_counts=(n_train, n_val, n_test),
                                 image_size=args.image_size, batch_size=args.batch, scene_image_size=args.scene_size,
+                                num_workers=args.workers,
                                 tasks=("t2i", "edit", "vqa") if cond == "llm" else ("t2i", "edit"))
 
     for cond in [a for a in args.arms if a != "refs"]:
@@ -261,6 +262,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--arms", nargs="+", choices=["llm", "bag", "refs"], default=["llm", "bag", "refs"],
                    help="compare: which of the LLM-bridge arm, the MAR-only arm and the judge's reference rows run")
+    p.add_argument("--workers", type=int, default=0, help="compare: data-loader workers (PNG decoding off the main "
+                   "process; the same batches in the same order)")
     p.add_argument("--model-kwargs", default="{}", help="JSON model_kwargs for compare (a larger model on the GPU)")
     p.add_argument("--root", default=None, help="compare: the scene set's folder (default: one named by its counts)")
     p.add_argument("--out", default=None, help="JSON file, rewritten after every finished row (a timeout keeps them)")

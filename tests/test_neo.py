@@ -228,6 +228,80 @@ def test_kv_cache_decoding_equals_full_forward():
     assert new.shape[0] == 1 and 1 <= new.shape[1] <= 3
 
 
+def _greedy_no_cache(m: NEO, ids: torch.Tensor, ims: list[torch.Tensor], doc: torch.Tensor, n: int) -> torch.Tensor:
+    """Greedy decoding by full forwards over prompt + generated tokens (no cache), continuing the last document."""
+    new = []
+    for _ in range(n):
+        nxt = m(ids, ims, doc_ids=doc).logits[:, -1].argmax(-1)
+        new.append(nxt)
+        ids, doc = torch.cat((ids, nxt[:, None]), 1), torch.cat((doc, doc[:, -1:]), 1)
+    return torch.stack(new, 1)
+
+
+@pytest.mark.parametrize("native_rope", [True, False])
+def test_kv_cached_greedy_equals_no_cache_greedy_on_a_packed_prompt(native_rope):
+    # a packed prompt whose FIRST document is longer (larger t) than the last one, which decoding continues: t must
+    # continue after the last token's t, not after the row's largest t (the bug before)
+    m = _model(native_rope=native_rope)
+    ids = torch.tensor([_doc(9, (2, 3), answer=4) + _doc(1, (3, 2), answer=0)])
+    doc = torch.tensor([[0] * (9 + 8 + 4) + [1] * (1 + 8)])
+    ims = _images((2, 3), (3, 2))
+    with torch.no_grad():
+        cached = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc)
+        plain = _greedy_no_cache(m, ids, ims, doc, 6)
+        assert torch.equal(cached, plain)
+        full = m(torch.cat((ids, plain[:, :-1]), 1), ims, doc_ids=torch.cat((doc, doc[:, -1:].expand(1, 5)), 1))
+        steps = _cached_logits(m, ids, ims, plain[0, :-1].tolist(), doc)
+        torch.testing.assert_close(steps[0], full.logits[0, ids.shape[1] - 1:], atol=1e-5, rtol=1e-5)
+
+
+class _AtenLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)  # e.g. "mm", "_local_scalar_dense"
+        return func(*args, **(kwargs or {}))
+
+
+def _decode_step_trace(m: NEO, n_text: int, n_steps: int) -> tuple[list[str], list[int], list[dict]]:
+    """aten ops, tokens seen by each attention layer, and its position tables, in decode step ``n_steps``."""
+    ids = torch.tensor([_doc(n_text, (2, 3), answer=0)])
+    seen, tables = [], []
+
+    def hook(mod, args, kwargs):
+        seen.append(kwargs["hidden_states"].shape[1])
+        tables.append(kwargs["position_embeddings"])
+
+    with torch.no_grad():
+        out = m(ids, _images((2, 3)), use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        for _ in range(n_steps - 1):
+            out = m(tok, cache=out.cache, use_cache=True)
+        hooks = [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True) for layer in m.lm.model.layers]
+        with _AtenLog() as log:
+            m(tok, cache=out.cache, use_cache=True)
+        for h in hooks:
+            h.remove()
+    return log.ops, seen, tables
+
+
+def test_decode_step_does_one_token_of_work_without_host_syncs():
+    """Catches a slow decode without timing: each decode step runs every layer on the one new token, builds no H/W
+    rotation (h = w = 0), reads nothing back to the host, and runs the same ops whatever the prompt and cache length;
+    the aten op count per layer stays within a budget (~140 a layer + ~55 on CPU; it was ~182 a layer)."""
+    m = _model()
+    ops, seen, tables = _decode_step_trace(m, n_text=2, n_steps=1)
+    ops_long, _, _ = _decode_step_trace(m, n_text=40, n_steps=12)
+    n_layers = len(m.lm.model.layers)
+    assert seen == [1] * n_layers
+    assert all("hw" not in t for t in tables) and all(t["t"][0].shape[1] == 1 for t in tables)
+    assert not {"_local_scalar_dense", "is_nonzero", "item"} & set(ops)  # no device -> host sync
+    assert ops == ops_long  # no work that grows with the prompt or the number of generated tokens
+    assert len(ops) <= 150 * n_layers + 80, f"{len(ops)} aten ops for {n_layers} layers per decoded token"
+
+
 def test_upstream_checkpoint_converts(tmp_path):
     m = _model()
     up = {}

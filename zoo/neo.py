@@ -180,15 +180,16 @@ class NEO(nn.Module):
 
         if doc_ids is None:
             doc_ids = torch.zeros_like(input_ids)
-        emb, grids = self.embed(input_ids, images)
         state = getattr(cache, "neo_state", None)
         if state is None:  # prefill: native positions and the mixed mask
+            emb, grids = self.embed(input_ids, images)
             thw, image_ids = self.layout(input_ids, grids, doc_ids)
             kv_doc, kv_img = doc_ids, image_ids
             mask = self.mask(doc_ids, image_ids, input_ids.shape[1])
-        else:  # decoding: text continues at the next t, causal over the cache
-            if grids is not None:
+        else:  # decoding: text continues at the next t (h = w = 0), causal over the cache; O(1 token) per layer
+            if images:
                 raise ValueError("images after the prefill are not supported (give them in the first call)")
+            emb = self.lm.model.embed_tokens(input_ids)  # no <IMG_CONTEXT> check here: it syncs with the device
             q = input_ids.shape[1]
             t = state["next_t"][:, None] + torch.arange(q, device=input_ids.device)
             thw = torch.stack((t, torch.zeros_like(t), torch.zeros_like(t)))
@@ -197,13 +198,14 @@ class NEO(nn.Module):
             mask = self.mask(kv_doc, kv_img, q, backend="sdpa")
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        pos = self.rope(thw, emb.dtype)
+        pos = self.rope(thw, emb.dtype, hw=state is None)  # decoded text: h = w = 0, the H/W rotation is the identity
         h = emb
         for layer in self.lm.model.layers:
             h = layer(h, attention_mask=mask, position_embeddings=pos, cache=cache if use_cache else None)
         h = self.lm.model.norm(h)
         if use_cache:
-            cache.neo_state = {"doc": kv_doc, "img": kv_img, "next_t": thw[0].max(1).values + 1}
+            # t continues after the row's LAST token (its last document's), not after the row's largest t
+            cache.neo_state = {"doc": kv_doc, "img": kv_img, "next_t": thw[0, :, -1] + 1}
         return NEOOutput(hidden=h, logits=None if return_hidden else self.logits(h), cache=cache if use_cache else None)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -282,10 +282,24 @@ class NativeRope(nn.Module):
         emb = torch.cat((ang, ang), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, thw: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``thw`` (3, B, L) -> {"t": (cos, sin), "h": ..., "w": ...}, each (B, L, dim)."""
-        return {"t": self._table(thw[0], self.inv_t, dtype), "h": self._table(thw[1], self.inv_hw, dtype),
-                "w": self._table(thw[2], self.inv_hw, dtype)}
+    def forward(self, thw: torch.Tensor, dtype: torch.dtype, hw: bool = True
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``thw`` (3, B, L) -> {"t": (cos, sin) each (B, L, head_dim), "hw": (cos, sin) each (B, L, 2, head_dim/2),
+        H then W}. ``hw=False`` (every h = w = 0, as for decoded text): no "hw" entry — the rotation at position 0
+        is the identity, so :class:`NativeAttention` skips it (bit-exact, fewer kernels per decoded token)."""
+        out = {"t": self._table(thw[0], self.inv_t, dtype)}
+        if hw:
+            out["hw"] = self._table(thw[1:].permute(1, 2, 0), self.inv_hw, dtype)
+        return out
+
+
+def _norm_pair(x: torch.Tensor, first: Qwen3RMSNorm, second: Qwen3RMSNorm) -> torch.Tensor:
+    """``first`` on ``x[..., 0, :]`` and ``second`` on ``x[..., 1, :]`` in one pass: the arithmetic of two
+    :class:`Qwen3RMSNorm` calls with one set of kernels."""
+    dtype = x.dtype
+    y = x.float()
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + first.variance_epsilon)
+    return torch.stack((first.weight, second.weight)) * y.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------- native attention
@@ -338,19 +352,21 @@ class NativeAttention(Qwen3Attention):
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: dict, attention_mask=None, cache=None,
                 **kwargs) -> tuple[torch.Tensor, None]:
-        """``position_embeddings``: :class:`NativeRope`'s tables; ``attention_mask``: a :class:`NativeMask` or None
-        (every key visible)."""
+        """``position_embeddings``: :class:`NativeRope`'s tables (without "hw": every h = w = 0, no H/W rotation);
+        ``attention_mask``: a :class:`NativeMask` or None (every key visible)."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         q = self.q_norm(self.q_proj(hidden_states).view(shape)).transpose(1, 2)
         k = self.k_norm(self.k_proj(hidden_states).view(shape)).transpose(1, 2)
         v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings["t"])
-        if self.hw:
-            qh, qw = self.q_proj_hw(hidden_states).view(shape).transpose(1, 2).chunk(2, dim=-1)
-            kh, kw = self.k_proj_hw(hidden_states).view(shape).transpose(1, 2).chunk(2, dim=-1)
-            qh, kh = apply_rotary_pos_emb(self.q_norm_h(qh), self.k_norm_h(kh), *position_embeddings["h"])
-            qw, kw = apply_rotary_pos_emb(self.q_norm_w(qw), self.k_norm_w(kw), *position_embeddings["w"])
-            q, k = torch.cat((q, qh, qw), dim=-1), torch.cat((k, kh, kw), dim=-1)
+        if self.hw:  # the H and W halves as an axis of 2: (..., 2, head_dim / 2), [H | W] once flattened
+            hw_shape = (*shape[:-1], 2, self.head_dim // 2)
+            qhw = _norm_pair(self.q_proj_hw(hidden_states).view(hw_shape), self.q_norm_h, self.q_norm_w)
+            khw = _norm_pair(self.k_proj_hw(hidden_states).view(hw_shape), self.k_norm_h, self.k_norm_w)
+            qhw, khw = qhw.transpose(1, 2), khw.transpose(1, 2)  # (B, heads, L, 2, head_dim / 2)
+            if "hw" in position_embeddings:
+                qhw, khw = apply_rotary_pos_emb(qhw, khw, *position_embeddings["hw"])
+            q, k = torch.cat((q, qhw.flatten(-2)), dim=-1), torch.cat((k, khw.flatten(-2)), dim=-1)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         out = attend(q, k, v, attention_mask, self.scaling)  # scaling = head_dim ** -0.5 (= sqrt(2·head_dim / 2))

@@ -14,7 +14,8 @@ decode included. Compiled: the UNet and the ControlNet compiled in place (``nn.M
 
 Weights are random (the released checkpoints are not mirrored): speed does not depend on them. Every measurement is
 appended as one JSON line with the command, machine, versions and commit to ``benchmarks/results/neuropictor.jsonl``
-(``--out``). The official code (jingyanghuo/neuropictor) is not run beside it: see ``neuropictor_h200.sh``.
+(``--out``), with ``impl: ours``. The official code (jingyanghuo/neuropictor) is timed beside it by
+``neuropictor_official.py`` into the same file (``impl: official``; ``neuropictor_h200.sh official`` runs both).
 """
 from __future__ import annotations
 
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in a.modes.split(","):
             torch.manual_seed(0)
             fn = bench_train if bench == "train" else bench_sample
-            rec = {**prov, "model": a.model, "mode": mode, "precision": a.precision, "device": str(device),
-                   **fn(a, device, mode)}
+            rec = {**prov, "impl": "ours", "model": a.model, "mode": mode, "precision": a.precision,
+                   "device": str(device), **fn(a, device, mode)}
             rows.append(rec)
             with open(a.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -4,7 +4,8 @@
 set -euo pipefail
 name=${1:?name}
 top=$(git rev-parse --show-toplevel)
-declare -A REPOS=([FusionReID]="https://github.com/924973292/FusionReID")
+declare -A REPOS=([FusionReID]="https://github.com/924973292/FusionReID"
+  [neuropictor]="https://github.com/jingyanghuo/neuropictor")
 src=${2:-}
 dest="$top/.upstream/$name"
 rm -rf "$dest" && mkdir -p "$dest"

@@ -81,6 +81,13 @@ MODEL_CARD: dict[str, Any] = {
                             "block), vae 83.65 (frozen), text_encoder 354.03 (frozen); trainable 672.73; adapters: "
                             "67.17 shared stem + ~V x 1024 per voxel subject (none at paper size with NSD surfaces)",
     },
+    "speed_h200": "One NVIDIA H200, commit bd1ea31, random weights (benchmarks/results/neuropictor.jsonl, "
+                  "benchmarks/neuropictor_h200.sh train): the paper-size fine-tuning step of neuropictor_sd21 (batch "
+                  "16, 512 px, bf16-mixed, AdamW; 672.7 M trainable of 1,976.6 M) takes 361 ms eager (44.3 "
+                  "samples/s, 40.5 GiB peak) and 296 ms under torch.compile (54.1 samples/s, 31.9 GiB; cold compile "
+                  "264 s). The official code's step at the same shapes (benchmarks/neuropictor_official.py, run by "
+                  "neuropictor_h200.sh official; its AdamW holds 676.2 M, of which the same 672.7 M get gradients) "
+                  "and DDIM 50-step CFG-5.0 sampling are not measured yet.",
     "deviations": [
         "fMRI encoder depth and heads are not in the official repository (they sit in the Hugging Face "
         "fMRI_AutoEncoder.yaml, not retrievable here): encoder_depth=24, encoder_heads=16 (ViT-L-like at width "
@@ -101,7 +108,7 @@ MODEL_CARD: dict[str, Any] = {
         "Subjects given as a 256x256 surface image (NSD as the authors preprocess it) use no adapter, exactly the "
         "NeuroPictor model; voxel subjects (Haxby, synthetic) need one. A batch holds one subject when adapters "
         "are used (their voxel counts differ).",
-        "The official ControlNet keeps ControlNet's unused image hint block (input_hint_block, 0.36M params); it is "
+        "The official ControlNet keeps ControlNet's unused image hint block (input_hint_block, 1.09M params); it is "
         "dropped here (convert_official_checkpoint discards those keys). Its fMRI mapper becomes the diffusers "
         "ControlNet's controlnet_cond_embedding, which adds it after conv_in (= the official first input block).",
         "unet_encoder_no_grad=True reproduces the multi-subject pre-training's no_grad over the frozen UNet's input "

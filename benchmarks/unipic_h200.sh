@@ -73,8 +73,9 @@ digits() {  # one (model, lr) piece of the recipe: its config with models / lrs 
   "$PY" -c 'import sys, yaml
 c = yaml.safe_load(open("configs/unipic/results_digits_h200.yaml"))
 arm, lr = sys.argv[2], float(sys.argv[3])
-if arm not in c["models"] or not any(abs(lr - float(x)) < 1e-12 for x in c["train"]["lrs"]):
-    sys.exit(f"digits: {arm} / {lr} is not a model / lr of the recipe ({list(c[\"models\"])}, {c[\"train\"][\"lrs\"]})")
+models, lrs = list(c["models"]), [float(x) for x in c["train"]["lrs"]]
+if arm not in models or not any(abs(lr - x) < 1e-12 for x in lrs):
+    sys.exit(f"digits: {arm} / {lr:g} is not a model / lr of the recipe (models {models}, lrs {lrs})")
 c["models"] = {arm: c["models"][arm]}
 c["train"].update(lrs=[lr], in_memory=True)
 yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' "$piece/config.yaml" "$ARM" "$LR" || exit 2
@@ -88,6 +89,8 @@ from pathlib import Path
 
 root = Path(sys.argv[1])
 pieces = [json.loads(p.read_text()) for p in sorted(root.glob("*_lr*/results.json"))]
+if not pieces:
+    sys.exit(f"digits_pick: no {root}/<model>_lr<lr>/results.json yet (run the digits pieces first)")
 best = {}
 for r in pieces:
     o = r["ours"][0]

@@ -55,7 +55,10 @@ maths of their step):
 ``--tiny`` (CPU smoke): their ``FMRIToControlModel()`` and ``FMRIToSemanticModel()`` are built with hard-coded
 257 tokens x 1024, 320 channels and a 64x64 latent, so the reduced config keeps those and 512-px targets; it shrinks
 the rest: surface 64 with patch 4 (257 tokens), encoder depth 1, UNet/ControlNet channel_mult [1, 1] with one res
-block and attention at 32x32, a 32-channel VAE, a 2-layer width-1024 OpenCLIP text tower, batch 1, fp32.
+block and attention at 32x32, a 32-channel VAE, a 2-layer width-1024 OpenCLIP text tower, batch 1, fp32. (bf16
+on a CPU fails inside their code: the gradient checkpoint's recompute, ldm/modules/diffusionmodules/util.py
+``CheckpointFunction.backward``, re-enters CUDA autocast only, so under CPU autocast it recomputes on bf16 inputs
+without autocast. On a GPU it re-enters the bf16 autocast it saw, as in their training.)
 
 One JSON line per run, with the fields of bench_neuropictor.py (command, commit, versions, step_ms_median,
 samples_per_s, peak_mem_gib, params, trainable_params) and ``impl: official``, is appended to ``--out``
@@ -328,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.bench import default_precision, provenance, time_steps
 
     device = torch.device("meta" if a.count_only else a.device)
-    a.precision = a.precision or default_precision(torch.device(a.device) if not a.count_only else device)
-    if a.tiny:
-        a.precision = "32-true" if device.type == "cpu" else a.precision
+    a.precision = a.precision or default_precision(torch.device(a.device))
     if device.type == "cuda":  # the same backend flags as bench_neuropictor.py
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

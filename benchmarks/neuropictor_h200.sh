@@ -7,7 +7,8 @@
 #   benchmarks/neuropictor_h200.sh all [OUT_DIR]      both (only when a warm inductor cache makes it fit)
 #   benchmarks/neuropictor_h200.sh official [OUT_DIR] side by side: our eager step, then the official code's step
 #     (benchmarks/neuropictor_official.py: their CLDM_for_FMRI from their models/finetune.yaml, random init, bf16,
-#     batch 16, 512 px) with its xformers branch on torch SDPA, then with its no-xformers fp32-attention fallback.
+#     batch 16, 512 px) as configured (xformers branch on torch SDPA, gradient checkpointing on), then without its
+#     gradient checkpointing, then with its no-xformers fp32-attention fallback (≤ 9 min in all).
 #     Needs `benchmarks/fetch_upstream.sh neuropictor` (-> .upstream/neuropictor) and the wheels of their pins in
 #     .whl/official/ (open_clip_torch 2.23.0, omegaconf 2.3.0, antlr4-python3-runtime 4.9.3, timm 0.6.13); carry
 #     .whl and .upstream/neuropictor. Their pins go to their own /tmp/site_official, first on their sys.path only.
@@ -26,8 +27,10 @@ official() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site_official \
     .whl/official/*.whl || { echo "official: wheels missing from .whl/official"; return 1; }
   O=(python3 benchmarks/neuropictor_official.py --site /tmp/site_official --out "$D/neuropictor.jsonl")
-  timeout 180 "${O[@]}" --attention xformers-sdpa --steps 20 --warmup 3 || echo "official xformers-sdpa: rc $?"
-  timeout 180 "${O[@]}" --attention vanilla --steps 10 --warmup 2 || echo "official vanilla: rc $?"
+  timeout 150 "${O[@]}" --attention xformers-sdpa --steps 20 --warmup 3 || echo "official xformers-sdpa: rc $?"
+  timeout 110 "${O[@]}" --attention xformers-sdpa --no-checkpointing --steps 10 --warmup 2 ||
+    echo "official no-checkpointing: rc $?"
+  timeout 110 "${O[@]}" --attention vanilla --steps 10 --warmup 2 || echo "official vanilla: rc $?"
 }
 sample() {
   timeout 120 "${B[@]}" --benches sample --modes eager --sample-iters 3 || echo "sample eager: rc $?"

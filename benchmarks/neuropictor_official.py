@@ -60,6 +60,10 @@ on a CPU fails inside their code: the gradient checkpoint's recompute, ldm/modul
 ``CheckpointFunction.backward``, re-enters CUDA autocast only, so under CPU autocast it recomputes on bf16 inputs
 without autocast. On a GPU it re-enters the bf16 autocast it saw, as in their training.)
 
+Their config turns gradient checkpointing on (``use_checkpoint: True``: UNet and ControlNet blocks recompute their
+forward in backward); ours has none. ``--no-checkpointing`` sets it false (same maths, more memory) for a look at
+what that choice costs them; the default is their config.
+
 One JSON line per run, with the fields of bench_neuropictor.py (command, commit, versions, step_ms_median,
 samples_per_s, peak_mem_gib, params, trainable_params) and ``impl: official``, is appended to ``--out``
 (default benchmarks/results/neuropictor.jsonl; --tiny: a temporary file). ``trainable_params`` counts the
@@ -132,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    ".whl/official/*.whl); put first on sys.path")
     p.add_argument("--attention", default="xformers-sdpa", choices=["xformers-sdpa", "vanilla"],
                    help="their xformers branch on torch SDPA (their environment) or their no-xformers fallback")
+    p.add_argument("--no-checkpointing", action="store_true", help="use_checkpoint false in their UNet/ControlNet "
+                   "config (theirs: true; ours has no gradient checkpointing); same maths, more memory")
     p.add_argument("--batch", type=int, default=None, help="training batch (default 16, their config's; tiny: 1)")
     p.add_argument("--precision", default=None, choices=["bf16-mixed", "32-true"],
                    help="default bf16-mixed on a GPU (their config's bf16), 32-true on a CPU")
@@ -241,6 +247,8 @@ def _model_config(up: types.SimpleNamespace, a: argparse.Namespace, tmp: Path) -
     m.val_perceptual_metrics = False  # validation-only LPIPS / EfficientNet / Inception (downloads)
     if a.device == "cpu" or a.count_only:
         m.cond_stage_config.params.device = "cpu"  # their FrozenOpenCLIPEmbedder moves tokens to 'cuda' by default
+    if a.no_checkpointing:
+        m.unet_config.params.use_checkpoint = m.control_stage_config.params.use_checkpoint = False
     if a.tiny:
         (tmp / "sharezoo-smoke-text.json").write_text(json.dumps(TINY_TEXT_TOWER))
         up.open_clip.add_model_config(tmp / "sharezoo-smoke-text.json")
@@ -361,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
            "timm": timm.__version__, "last_loss": float(step.losses[0]),
            "model": "official:models/finetune.yaml" + (" (tiny)" if a.tiny else ""), "mode": "eager",
            "precision": a.precision, "device": str(device), "attention": a.attention,
+           "gradient_checkpointing": not a.no_checkpointing,
            "allow_tf32": torch.backends.cuda.matmul.allow_tf32, "bench": "train",
            "batch": a.batch, "image_size": 512, "fmri_encoder": "reconstructed yaml: " + json.dumps(up.encoder),
            **counts, **r, "build_s": build_s, "samples_per_s": a.batch / (r["step_ms_median"] / 1e3)}

@@ -26,13 +26,14 @@ from .neo_layers import (
     NativeMask,
     NativeRope,
     PatchEmbedding,
+    StaticKVCache,
     TokenIds,
     native_positions,
     patchify,
     smart_resize,
 )
 
-__all__ = ["NEO", "NEOOutput", "PatchEmbedding", "checkpoint_filter_fn", "patchify", "qwen3_to_neo", "smart_resize"]
+__all__ = ["NEO", "NEOOutput", "NEOStaticDecoder", "PatchEmbedding", "checkpoint_filter_fn", "patchify", "qwen3_to_neo", "smart_resize"]
 
 #: ImageNet statistics (NEO normalises with them by default)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -214,13 +215,36 @@ class NEO(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,
-                 eos_id: int | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 eos_id: int | None = None, doc_ids: torch.Tensor | None = None, static_cache: bool = True,
+                 compile_decode: bool | str = False, cuda_graphs: bool = False,
+                 max_cache_len: int | None = None) -> torch.Tensor:
         """Greedy decoding with the KV cache: the prompt is prefilled with the mixed mask, then every new token
         attends causally with t continuing. Rows may be left-padded (give ``doc_ids`` -1 on the padding).
+
+        Args:
+            input_ids: (B, L) prompt ids.
+            images: the prompt's images in order of appearance.
+            max_new_tokens: most tokens generated.
+            eos_id: end token (a row repeats it once generated; decoding stops when every row has it).
+            doc_ids: (B, L) packed-document ids (decoding continues each row's last document).
+            static_cache: decode with fixed shapes (:class:`NEOStaticDecoder`: a static KV cache, one step of
+                fixed-shape ops); False: the eager path with a transformers ``DynamicCache`` (same tokens).
+            compile_decode: ``torch.compile`` the decode step (``fullgraph``; True: inductor, a string: that
+                backend). Static cache only.
+            cuda_graphs: capture the decode step as a CUDA graph (on CUDA; elsewhere it runs eagerly). Static only.
+            max_cache_len: cache slots (default prompt + ``max_new_tokens``, rounded up to 64): decoders are kept
+                per (batch, slots, ...), so calls with equal slots reuse a compiled / captured step.
 
         Returns:
             (B, n) new token ids (after ``eos_id`` a row repeats ``eos_id``).
         """
+        if static_cache:
+            n = input_ids.shape[1] + max_new_tokens
+            slots = max(max_cache_len or 0, n + (-n) % 64)
+            dec = self.static_decoder(input_ids.shape[0], slots, eos_id, compile_decode, cuda_graphs)
+            return dec.generate(input_ids, images, max_new_tokens, doc_ids)
+        if compile_decode or cuda_graphs:
+            raise ValueError("compile_decode / cuda_graphs need static_cache=True")
         out = self(input_ids, images, doc_ids=doc_ids, use_cache=True)
         cache, nxt = out.cache, out.logits[:, -1].argmax(-1)
         row_doc = (doc_ids[:, -1:] if doc_ids is not None else torch.zeros_like(input_ids[:, -1:]))
@@ -236,6 +260,19 @@ class NEO(nn.Module):
             out = self(nxt[:, None], doc_ids=row_doc, cache=cache, use_cache=True)
             nxt = out.logits[:, -1].argmax(-1)
         return torch.stack(new, 1)
+
+    def static_decoder(self, batch: int, slots: int, eos_id: int | None = None, compile_decode: bool | str = False,
+                       cuda_graphs: bool = False) -> NEOStaticDecoder:
+        """The kept :class:`NEOStaticDecoder` for these settings (built on first use; the last 4 are kept)."""
+        dev = self.lm.model.embed_tokens.weight
+        ac = torch.is_autocast_enabled(dev.device.type), torch.get_autocast_dtype(dev.device.type)
+        key = (batch, slots, eos_id, compile_decode, cuda_graphs, dev.device, dev.dtype, dev.data_ptr(), ac)
+        kept = self.__dict__.setdefault("_static_decoders", _Kept())
+        if key not in kept.items:
+            while len(kept.items) >= 4:
+                kept.items.pop(next(iter(kept.items)))
+            kept.items[key] = NEOStaticDecoder(self, batch, slots, eos_id, compile_decode, cuda_graphs)
+        return kept.items[key]
 
     def compile_regions(self) -> list[nn.Module]:
         """The decoder layers (``compile: regional``)."""
@@ -266,6 +303,151 @@ class NEO(nn.Module):
             if p.requires_grad:
                 names.append(n)
         return names
+
+
+class _Kept:
+    """Decoders kept on a model (not copied, pickled or saved with it)."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple, NEOStaticDecoder] = {}
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __deepcopy__(self, memo: dict) -> _Kept:
+        return _Kept()
+
+
+class NEOStaticDecoder:
+    """Greedy decoding of :class:`NEO` with fixed shapes: a :class:`~zoo.neo_layers.StaticKVCache` and one decode
+    step whose tensors keep their shapes and addresses from step to step.
+
+    The prefill runs eagerly (its length varies) and fills the cache. Each step then reads the last token from a
+    static buffer, embeds it at t = the row's next t (h = w = 0), runs every layer on it — K/V written at the cache's
+    position tensor, attention over all slots under the length / document mask as two explicit matmuls — and writes
+    the argmax back (``eos_id`` handling on the device), advancing the position and t on the device: nothing is read
+    back to the host. So the step can run eagerly, under ``torch.compile(fullgraph=True)``, or as one captured CUDA
+    graph (warm-up steps on a side stream, then capture, as ``tasks.llm.methods.ape_graphs`` and
+    :class:`zoo.ppgflowecg.StaticSampler` do). Tokens equal the dynamic-cache path's (``tests/test_neo.py``).
+
+    Args:
+        model: the NEO model.
+        batch: rows.
+        slots: cache slots (prompt + generated tokens at most).
+        eos_id: end token (None: none).
+        compile_decode: ``torch.compile`` the step with ``fullgraph=True`` (True: inductor; a string: that backend).
+        cuda_graphs: capture the step as a CUDA graph on CUDA (elsewhere: the same step, eagerly).
+        warmup: eager steps (on a side stream) before the capture.
+    """
+
+    #: on CUDA, decoding checks whether every row has ended (a host sync) every this many steps (CPU: every step)
+    eos_check_every = 8
+
+    def __init__(self, model: NEO, batch: int, slots: int, eos_id: int | None = None,
+                 compile_decode: bool | str = False, cuda_graphs: bool = False, warmup: int = 2) -> None:
+        self.model, self.batch, self.slots, self.eos_id, self.warmup = model, batch, slots, eos_id, warmup
+        dev = model.lm.model.embed_tokens.weight.device
+        self.device = dev
+        self.cache = StaticKVCache(batch, slots, dev)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=dev)  # the token the next step reads
+        self.next_t = torch.zeros(batch, dtype=torch.long, device=dev)  # its t
+        self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self.tokens = torch.zeros(batch, slots, dtype=torch.long, device=dev)  # the generated tokens
+        self.index = torch.zeros(1, dtype=torch.long, device=dev)  # column of the next generated token
+        self.step = self._step
+        if compile_decode:
+            backend = compile_decode if isinstance(compile_decode, str) else "inductor"
+            self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
+        self.graphed = cuda_graphs and dev.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    def _emit(self, nxt: torch.Tensor) -> None:
+        if self.eos_id is not None:
+            nxt = torch.where(self.done, self.eos_id, nxt)
+            self.done |= nxt == self.eos_id
+        self.tokens.index_copy_(1, self.index, nxt[:, None])
+        self.index += 1
+        self.token.copy_(nxt[:, None])
+
+    def _step(self) -> None:
+        """One decode step on the static buffers (the graph / compiled region)."""
+        m, cache = self.model, self.cache
+        h = m.lm.model.embed_tokens(self.token)
+        t = self.next_t[:, None]
+        pos = m.rope(torch.stack((t, torch.zeros_like(t), torch.zeros_like(t))), h.dtype, hw=False)
+        mask = cache.mask()
+        for layer in m.lm.model.layers:
+            h = layer(h, attention_mask=mask, position_embeddings=pos, cache=cache)
+        self._emit(m.logits(m.lm.model.norm(h)[:, -1]).argmax(-1))
+        cache.pos += 1
+        self.next_t += 1
+
+    def _autocast(self) -> torch.autocast:
+        # the weight-cast cache off: a captured graph must cast the live weights on every replay
+        t = self.device.type
+        return torch.autocast(t, dtype=torch.get_autocast_dtype(t), enabled=torch.is_autocast_enabled(t),
+                              cache_enabled=False)
+
+    def _capture(self) -> None:
+        state = [x.clone() for x in (self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token)]
+        dev = self.device
+        stream = torch.cuda.Stream(dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(stream), self._autocast():
+            for _ in range(max(self.warmup, 1)):
+                self.step()
+        torch.cuda.current_stream(dev).wait_stream(stream)
+        for x, saved in zip((self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token), state):
+            x.copy_(saved)  # the warm-up steps' K/V writes sit at slots the real steps overwrite before reading
+        torch.cuda.synchronize(dev)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), self._autocast():
+            self.step()
+        for x, saved in zip((self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token), state):
+            x.copy_(saved)  # capture records the step without running it; the state is as before
+        torch.cuda.synchronize(dev)
+
+    def run_step(self) -> None:
+        """One decode step (replayed graph, compiled or eager)."""
+        if not self.graphed:
+            return self.step()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,
+                 doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`NEO.generate`'s greedy tokens (B, n) for a prompt of this decoder's batch."""
+        b, n = input_ids.shape
+        if b != self.batch or n + max_new_tokens > self.slots:
+            raise ValueError(f"decoder for {self.batch} rows and {self.slots} slots got {b} rows of {n} tokens + "
+                             f"{max_new_tokens} new")
+        doc = doc_ids if doc_ids is not None else torch.zeros_like(input_ids)
+        cache = self.cache
+        cache.prefilling, cache.neo_state = True, None
+        out = self.model(input_ids, images, doc_ids=doc, cache=cache, use_cache=True)
+        cache.start(doc)
+        self.next_t.copy_(cache.neo_state["next_t"])
+        self.done.zero_()
+        self.index.zero_()
+        self._emit(out.logits[:, -1].argmax(-1))
+        every = 1 if self.device.type == "cpu" else self.eos_check_every
+        emitted = 1
+        while emitted < max_new_tokens:
+            if self.eos_id is not None and emitted % every == 0 and bool(self.done.all()):
+                break
+            self.run_step()
+            emitted += 1
+        new = self.tokens[:, :emitted].clone()
+        if self.eos_id is not None:  # cut after the first column where every row has ended (as the eager loop)
+            ended = (new == self.eos_id).all(0)
+            if bool(ended.any()):
+                new = new[:, : int(ended.int().argmax()) + 1]
+        return new
 
 
 def init_fresh_layer(layer: nn.Module, index: int, std: float = 0.02) -> None:

@@ -16,7 +16,8 @@ from torch import nn
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3RMSNorm, apply_rotary_pos_emb
 
 __all__ = [
-    "NativeAttention", "NativeMask", "NativeRope", "PatchEmbedding", "native_positions", "smart_resize",
+    "NativeAttention", "NativeMask", "NativeRope", "PatchEmbedding", "StaticKVCache", "attend_masked",
+    "native_positions", "smart_resize",
 ]
 
 
@@ -316,15 +317,99 @@ def _flex(q, k, v, block_mask, scale):
     return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: NativeMask | None, scale: float) -> torch.Tensor:
+def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+                  ) -> torch.Tensor:
+    """Attention as two explicit matmuls: softmax(scale · q·kᵀ masked by ``allowed``)·v, the queries grouped per KV
+    head (GQA without repeating the keys). For decoding (one query row): SDPA with a boolean mask and Q/K wider than V
+    (2·head_dim vs head_dim) falls back to its unfused math path; these few ops fuse under ``torch.compile``.
+
+    Args:
+        q: (B, Hq, Lq, Dqk) queries.
+        k: (B, Hkv, Lk, Dqk) keys.
+        v: (B, Hkv, Lk, Dv) values.
+        allowed: boolean, broadcastable to (B, 1, Lq, Lk) (True = attend; every query needs one allowed key).
+        scale: score scale.
+    """
+    b, hq, lq, _ = q.shape
+    hkv = k.shape[1]
+    rep = hq // hkv
+    scores = torch.matmul(q.reshape(b, hkv, rep * lq, -1), k.transpose(-1, -2)).float() * scale
+    if lq > 1:  # grouped rows are (repeat, query): the mask rows repeat per query head of the group
+        allowed = allowed.expand(b, 1, lq, k.shape[2]).repeat(1, 1, rep, 1)
+    probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).to(v.dtype)
+    return torch.matmul(probs, v).view(b, hq, lq, -1)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: NativeMask | torch.Tensor | None,
+           scale: float) -> torch.Tensor:
     """Attention of (B, Hq, Lq, Dqk) queries on (B, Hkv, Lk, Dqk) keys and (B, Hkv, Lk, Dv) values under ``mask``
-    (None: every key visible): FlexAttention with the block mask, or SDPA with the dense mask."""
+    (None: every key visible): FlexAttention with the block mask, SDPA with the dense mask, or for a boolean tensor
+    (the fixed-shape decode step's, :class:`StaticKVCache`) :func:`attend_masked`."""
+    if isinstance(mask, torch.Tensor):
+        return attend_masked(q, k, v, mask, scale)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     no_flex_backward = not q.is_cuda and torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
     if mask.backend == "flex" and not no_flex_backward:
         return _flex(q, k, v, mask.block_mask(), scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), scale=scale, enable_gqa=True)
+
+
+class StaticKVCache:
+    """A KV cache of fixed size for decoding with fixed shapes (the step can be compiled or captured as a CUDA graph).
+
+    Per layer K (B, Hkv, capacity, 2·head_dim) and V (B, Hkv, capacity, head_dim), allocated at the first prefill in
+    its dtype and then reused (written in place, never reallocated). While ``prefilling`` the layers' K/V are copied
+    into slots [0, L) and returned unchanged (the prefill attends with its own mixed mask); afterwards each
+    :meth:`update` writes one token at :attr:`pos` (a 0-d tensor on the device) and returns the whole buffers, which
+    are attended under :meth:`mask`: the prompt keys of the row's last document, and every decoded key up to ``pos``
+    (the unwritten tail and the stale slots of an earlier call are masked out).
+
+    Args:
+        batch: rows.
+        capacity: slots (prompt + decoded tokens).
+        device: where the buffers live.
+    """
+
+    def __init__(self, batch: int, capacity: int, device: torch.device | str) -> None:
+        self.batch, self.capacity = batch, capacity
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.key_index = torch.arange(capacity, device=device)
+        self.allowed = torch.zeros(batch, capacity, dtype=torch.bool, device=device)  # before the ``pos`` cut
+        self.prefilling = True
+        self.neo_state = None  # NEO.forward's decoding state (set by the prefill)
+
+    def start(self, doc_ids: torch.Tensor) -> None:
+        """After a prefill of ``doc_ids`` (B, L): decoding continues each row's last document at slot L."""
+        n = doc_ids.shape[1]
+        if n >= self.capacity:
+            raise ValueError(f"prompt of {n} tokens leaves no slot in a cache of {self.capacity}")
+        self.allowed[:, :n] = doc_ids == doc_ids[:, -1:]
+        self.allowed[:, n:] = True
+        self.pos.fill_(n)
+        self.prefilling = False
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the layer's new K/V; returns the K/V to attend (see the class docstring)."""
+        if self.prefilling:
+            kb = self.keys.get(layer_idx)
+            want = (self.batch, k.shape[1], self.capacity)
+            if kb is None or kb.shape[:3] != want or kb.shape[3] != k.shape[3] or kb.dtype != k.dtype:
+                self.keys[layer_idx] = k.new_zeros(*want, k.shape[3])
+                self.values[layer_idx] = v.new_zeros(*want, v.shape[3])
+            self.keys[layer_idx][:, :, : k.shape[2]].copy_(k)
+            self.values[layer_idx][:, :, : v.shape[2]].copy_(v)
+            return k, v
+        at = self.pos.view(1)
+        self.keys[layer_idx].index_copy_(2, at, k)
+        self.values[layer_idx].index_copy_(2, at, v)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, 1, capacity) keys the token at :attr:`pos` attends."""
+        return (self.allowed & (self.key_index <= self.pos))[:, None, None]
 
 
 class NativeAttention(Qwen3Attention):

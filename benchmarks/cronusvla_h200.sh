@@ -13,7 +13,7 @@
 #   benchmarks/cronusvla_h200.sh smoke [OUT_DIR]   CPU-sized check of bench (what was tested on the CPU)
 #   CRONUSVLA_H200_SMOKE=1 benchmarks/cronusvla_h200.sh train OUT_DIR     CPU-sized check of train (a few steps)
 # `train` needs the demonstrations recorded beforehand on the CPU machine (the GPU image has no pybullet wheel for
-# its Python 3.12; 23 MB, carry it): `python -m datamodules.robot_sim.record --root runs/cronusvla/demos_h200
+# its Python 3.12; 19.8 MB, carry it): `python -m datamodules.robot_sim.record --root runs/cronusvla/demos_h200
 # --episodes 100 --spread 0.25 --no-wrist`. Environment: CRONUSVLA_DEMOS (that folder), CRONUSVLA_H200_WORK (the runs'
 # folder, runs/cronusvla_h200), CRONUSVLA_H200_SEEDS ("0 1 2"), PYTHON (python3). The closed-loop evaluation runs on
 # the CPU machine (pybullet), per returned checkpoint:

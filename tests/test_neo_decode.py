@@ -1,0 +1,135 @@
+"""NEO's fixed-shape decoding (static KV cache, one fixed-shape step: compiled / CUDA-graph capturable) equals the
+dynamic-cache decode and full forwards without a cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.test_neo import _AtenLog, _doc, _greedy_no_cache, _images, _model
+from zoo.neo_layers import attend_masked
+
+
+def _packed():
+    # two documents with images; the first is longer (larger t) than the last one, which decoding continues
+    ids = torch.tensor([_doc(9, (2, 3), answer=4) + _doc(1, (3, 2), answer=0)])
+    doc = torch.tensor([[0] * (9 + 8 + 4) + [1] * (1 + 8)])
+    return ids, doc, _images((2, 3), (3, 2))
+
+
+def _padded():
+    # two rows, the shorter one left-padded (padding is document -1)
+    a, b = _doc(3, (2, 3), answer=2), _doc(5, (3, 2), answer=3)
+    n = len(b) - len(a)
+    ids = torch.tensor([[0] * n + a, b])
+    doc = torch.tensor([[-1] * n + [0] * len(a), [0] * len(b)])
+    return ids, doc, _images((2, 3), (3, 2))
+
+
+class _HeadLog:
+    """The last-position logits of every LM-head call (prefill, then one per decode step)."""
+
+    def __init__(self, m) -> None:
+        self.rows: list[torch.Tensor] = []
+        self.hook = m.lm.lm_head.register_forward_hook(self)
+
+    def __call__(self, mod, args, out) -> None:
+        self.rows.append((out[:, -1] if out.ndim == 3 else out).clone())
+
+    def __enter__(self) -> _HeadLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hook.remove()
+
+
+@pytest.mark.parametrize("case", [_packed, _padded])
+def test_static_greedy_equals_dynamic_and_no_cache_greedy(case):
+    m = _model()
+    ids, doc, ims = case()
+    n = 7
+    with torch.no_grad():
+        with _HeadLog(m) as dyn_log:
+            dyn = m.generate(ids, ims, max_new_tokens=n, doc_ids=doc, static_cache=False)
+        with _HeadLog(m) as st_log:
+            static = m.generate(ids, ims, max_new_tokens=n, doc_ids=doc)
+        if case is _packed:
+            plain = _greedy_no_cache(m, ids, ims, doc, n)
+        else:  # each row alone, without padding and without a cache
+            plain = torch.cat([_greedy_no_cache(m, ids[i: i + 1, doc[i] >= 0], ims[i: i + 1],
+                                                doc[i: i + 1, doc[i] >= 0], n) for i in range(2)])
+    assert torch.equal(static, dyn) and torch.equal(static, plain)
+    # the dynamic path runs one more (discarded) step; the static one stops at the last kept token
+    dyn_logits, st_logits = torch.stack(dyn_log.rows[:n]), torch.stack(st_log.rows)
+    assert st_logits.shape == (n, *dyn_logits.shape[1:])
+    torch.testing.assert_close(st_logits, dyn_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_static_eos_cut_equals_dynamic_and_decoders_are_reused():
+    m = _model()
+    ids, doc, ims = _padded()
+    with torch.no_grad():
+        free = m.generate(ids, ims, max_new_tokens=8, doc_ids=doc, static_cache=False)
+        for eos in (int(free[0, 2]), int(free[1, 1]), 9999):  # row 0 ends at 3, row 1 at 2, never
+            dyn = m.generate(ids, ims, max_new_tokens=8, doc_ids=doc, eos_id=eos, static_cache=False)
+            static = m.generate(ids, ims, max_new_tokens=8, doc_ids=doc, eos_id=eos)
+            assert torch.equal(static, dyn), eos
+        # a decoder is kept per (batch, slots, eos, ...): calls of other lengths within the slots reuse it
+        kept = m._static_decoders.items
+        before = dict(kept)
+        again = m.generate(ids[:, 2:], ims, max_new_tokens=5, doc_ids=doc[:, 2:], eos_id=9999)
+        assert dict(kept) == before
+        assert torch.equal(again, m.generate(ids[:, 2:], ims, max_new_tokens=5, doc_ids=doc[:, 2:], eos_id=9999,
+                                             static_cache=False))
+    with pytest.raises(ValueError, match="static_cache"):
+        m.generate(ids, ims, doc_ids=doc, static_cache=False, cuda_graphs=True)
+
+
+def test_attend_masked_equals_sdpa_with_gqa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 3, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 6,
+                                                                                                      generator=g)
+    allowed = torch.rand(2, 1, 3, 5, generator=g) > 0.4
+    allowed[..., 0] = True
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=0.3, enable_gqa=True)
+    torch.testing.assert_close(attend_masked(q, k, v, allowed, 0.3), ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(attend_masked(q[:, :, :1], k, v, allowed[:, :, :1], 0.3), ref[:, :, :1],
+                               atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_decode_step_compiles_as_one_graph_without_recompiles(backend):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    m = _model()
+    ids, doc, ims = _packed()
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        want = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, static_cache=False)
+        got = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, compile_decode=backend, max_cache_len=64)
+        # another prompt length in the same slots: the same compiled step, no recompile
+        short = m.generate(ids[:, 21:], ims[1:], max_new_tokens=4, doc_ids=doc[:, 21:], compile_decode=backend,
+                           max_cache_len=64)
+    assert torch.equal(got, want)
+    assert torch.equal(short, m.generate(ids[:, 21:], ims[1:], max_new_tokens=4, doc_ids=doc[:, 21:],
+                                         static_cache=False))
+    assert counters["stats"]["unique_graphs"] == 1  # fullgraph: one graph for every step of both calls
+    torch._dynamo.reset()
+
+
+def test_static_decode_step_has_fewer_ops_and_no_host_sync():
+    m = _model()
+    ids, doc, ims = _packed()
+    with torch.no_grad():
+        dec = m.static_decoder(1, 64)
+        dec.generate(ids, ims, max_new_tokens=3, doc_ids=doc)
+        with _AtenLog() as static:
+            dec.run_step()
+        out = m(ids, ims, doc_ids=doc, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        with _AtenLog() as dynamic:
+            m(tok, doc_ids=doc[:, -1:], cache=out.cache, use_cache=True)
+    assert not {"_local_scalar_dense", "is_nonzero", "item"} & set(static.ops)
+    assert len(static.ops) < len(dynamic.ops), (len(static.ops), len(dynamic.ops))

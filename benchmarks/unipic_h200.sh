@@ -23,6 +23,11 @@
 #                                                      or mar_only) at one lr of its grid (3e-4, 1e-3, 3e-3), 3000
 #                                                      steps, val-best step -> issue16/unipic_digits_h200/ARM_lrLR/
 #                                                      (~4-5 min each; 6 pieces)
+#   benchmarks/unipic_h200.sh digits_all [OUT_DIR]     the 6 pieces AT ONCE on the one GPU (small models leave it mostly
+#                                                      idle), each with a max_time guard (DIGITS_MAX_TIME, default
+#                                                      00:00:07:30: the steps reached are in each results.json), then
+#                                                      digits_pick; the pieces' folder packed as
+#                                                      OUT_DIR/unipic_digits_h200.tar.gz for the trip back (~8-9 min)
 #   benchmarks/unipic_h200.sh digits_pick [OUT_DIR]    CPU only: per arm, the lr piece with the best val accuracy ->
 #                                                      issue16/unipic_digits_h200/picked.{json,md}
 #   TINY=1 benchmarks/unipic_h200.sh <case> ...         the CPU smoke version of a case (tiny model, seconds to minutes)
@@ -78,9 +83,24 @@ if arm not in models or not any(abs(lr - x) < 1e-12 for x in lrs):
     sys.exit(f"digits: {arm} / {lr:g} is not a model / lr of the recipe (models {models}, lrs {lrs})")
 c["models"] = {arm: c["models"][arm]}
 c["train"].update(lrs=[lr], in_memory=True)
-yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' "$piece/config.yaml" "$ARM" "$LR" || exit 2
+if len(sys.argv) > 4 and sys.argv[4]:
+    c["train"]["max_time"] = sys.argv[4]
+yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' "$piece/config.yaml" "$ARM" "$LR" "${MAX_TIME:-}" || exit 2
   timeout 570 "$PY" -m tasks.results.unipic --config "$piece/config.yaml" "${EXTRA[@]}" --out "$piece" \
     || echo "digits $ARM $LR: rc $?"
+}
+digits_all() {  # every (model, lr) piece of the recipe at once, then the val pick; one tarball comes back
+  local arms lrs pids=()
+  arms=$("$PY" -c 'import yaml; print(" ".join(yaml.safe_load(open("configs/unipic/results_digits_h200.yaml"))["models"]))')
+  lrs=$("$PY" -c 'import yaml; print(" ".join(str(x) for x in yaml.safe_load(open("configs/unipic/results_digits_h200.yaml"))["train"]["lrs"]))')
+  mkdir -p "$DIGITS"
+  for a in $arms; do for l in $lrs; do
+    ( ARM=$a LR=$l MAX_TIME=${DIGITS_MAX_TIME:-00:00:07:30} digits > "$DIGITS/../${a}_lr${l}.log" 2>&1 ) & pids+=($!)
+  done; done
+  for p in "${pids[@]}"; do wait "$p"; done
+  tail -n 2 "$DIGITS"/../*_lr*.log
+  digits_pick
+  tar czf "$D/unipic_digits_h200.tar.gz" -C "$DIGITS/.." "$(basename "$DIGITS")" $(cd "$DIGITS/.." && ls ./*_lr*.log)
 }
 digits_pick() {  # per arm, the lr piece whose val accuracy is best (ties: the smaller lr); test rows of that piece
   "$PY" - "$DIGITS" <<'EOF'
@@ -117,7 +137,8 @@ train_eager) train_eager ;;
 train_compile) train_compile ;;
 compare) compare ;;
 digits) digits ;;
+digits_all) digits_all ;;
 digits_pick) digits_pick ;;
-*) echo "usage: $0 gen|train_eager|train_compile|compare|digits_pick [OUT_DIR] | digits ARM LR [OUT_DIR]" >&2
+*) echo "usage: $0 gen|train_eager|train_compile|compare|digits_all|digits_pick [OUT_DIR] | digits ARM LR [OUT_DIR]" >&2
   exit 2 ;;
 esac

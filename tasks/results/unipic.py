@@ -259,7 +259,8 @@ def _cond_acc(net: Any, judge: Any, per_class: int, num_iter: int, cfg: float, s
 
 def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any], judge: Any, out: Path
                 ) -> dict[str, Any]:
-    """Train one UniPicTask on the written digits for ``train.max_steps`` steps, keeping the val-best weights."""
+    """Train one UniPicTask on the written digits for ``train.max_steps`` steps (or until the optional
+    ``train.max_time`` guard, "DD:HH:MM:SS": the steps reached are reported), keeping the val-best weights."""
     from tasks.unipic import UniPicTask
 
     tr, ev, size = cfg["train"], cfg["eval"], int(cfg["dataset"]["image_size"])
@@ -274,7 +275,7 @@ def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any]
                      size)
     trainer = pl.Trainer(accelerator=tr.get("accelerator", "cpu"), devices=1,
                          precision=tr.get("precision", "32-true"), max_steps=int(tr["max_steps"]),
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         max_time=tr.get("max_time"), logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[sel], default_root_dir=str(out))
     t0 = time.time()

@@ -4,7 +4,7 @@
     python3 benchmarks/bench_neo.py ablation --device cpu                  # the CPU ablation of docs/neo.md
     python3 benchmarks/bench_neo.py ablation --device cuda --size small --steps 3000   # larger, on a GPU
     python3 benchmarks/bench_neo.py step --device cuda                     # neo_2b packed step, bf16, flex vs sdpa
-    python3 benchmarks/bench_neo.py decode --device cuda                   # neo_2b decode tokens/s with the KV cache
+    python3 benchmarks/bench_neo.py decode --device cuda                   # neo_2b decode tokens/s per decode mode
     python3 benchmarks/bench_neo.py ablation --tiny                        # smoke test of each mode (also step/decode)
 
 ``ablation``: each variant of :data:`VARIANTS` is trained from scratch with the same seed, data order, steps and
@@ -14,7 +14,8 @@ then answers every held-out test question greedily; exact match overall, per que
 non-square test images (aspect ratios never seen in training). ``step``: one packed row of ``--seq`` tokens (documents
 of one 512×512 image = 256 tokens + text), forward + backward + AdamW step in bf16 autocast, tokens/s and MFU
 (6·N_non-embedding·tokens + the attention matmuls, against ``--peak-tflops``). ``decode``: prefill one image +
-question, then greedy decoding of ``--new`` tokens with the KV cache. Weights are random. Every result is one JSON
+question, then greedy decoding of ``--new`` tokens with the KV cache, one row per mode of :data:`DECODE_MODES`
+(dynamic cache eager; static cache eager / compiled / CUDA graph / compiled + CUDA graph) and batch. Weights are random. Every result is one JSON
 line with the command, machine, versions and commit (``--out``; ``--tiny`` writes to a temporary file).
 """
 from __future__ import annotations
@@ -218,7 +219,47 @@ def step(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
 
 
+#: decode modes: generate() options of each row
+DECODE_MODES: dict[str, dict[str, Any]] = {
+    "dynamic": {"static_cache": False},  # the eager path with a transformers DynamicCache
+    "static": {},  # static KV cache, fixed-shape step, eager
+    "static_compile": {"compile_decode": True},  # ... the step under torch.compile(fullgraph=True) (inductor)
+    "static_graph": {"cuda_graphs": True},  # ... the eager step captured as one CUDA graph
+    "static_compile_graph": {"compile_decode": True, "cuda_graphs": True},  # ... the compiled step, captured
+}
+
+
+class RowTimeout(Exception):
+    """A decode row ran past ``--row-timeout``."""
+
+
+def _alarm(seconds: int):
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit():
+        if seconds <= 0:
+            yield
+            return
+
+        def fire(signum, frame):
+            raise RowTimeout(f"row ran past {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, fire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    return limit()
+
+
 def decode(args: argparse.Namespace) -> None:
+    """Greedy decoding rows per (mode, batch): a warm-up generate (compilation / capture, same cache slots), a timed
+    prefill, then a timed generate of ``--new`` tokens (minus one prefill); each row under ``--row-timeout``."""
     import zoo
 
     torch.manual_seed(0)
@@ -227,28 +268,43 @@ def decode(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         model.to(torch.bfloat16)
     s, c, e = model.ids.start, model.ids.context, model.ids.end
-    for bsz in (int(b) for b in args.decode_batches.split(",")):
-        prompt = [11] * 8 + [s] + [c] * args.grid * args.grid + [e] + [12] * 16
-        ids = torch.tensor([prompt] * bsz, device=args.device)
-        images = [torch.randn(3, args.grid * model.token_px, args.grid * model.token_px, device=args.device,
-                              dtype=next(model.parameters()).dtype) for _ in range(bsz)]
-        model.generate(ids, images, max_new_tokens=4)  # warm-up
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.time()
-        out = model(ids, images, use_cache=True)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.time()
-        new = model.generate(ids, images, max_new_tokens=args.new)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.time()
-        decode_s = (t2 - t1) - (t1 - t0)  # generate() includes one prefill
-        _write(args, {"bench": "decode", "model": args.model, "batch": bsz, "prompt_tokens": len(prompt),
-                      "new_tokens": new.shape[1], "prefill_s": round(t1 - t0, 4),
-                      "decode_tokens_per_s": round(bsz * new.shape[1] / max(decode_s, 1e-9), 1)})
-        del out
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    modes = args.decode_modes.split(",") if args.decode_modes else [
+        m for m in DECODE_MODES if args.device == "cuda" or "graph" not in m]
+    reference: dict[int, torch.Tensor] = {}
+    for mode in modes:
+        kw = DECODE_MODES[mode]
+        for bsz in (int(b) for b in args.decode_batches.split(",")):
+            prompt = [11] * 8 + [s] + [c] * args.grid * args.grid + [e] + [12] * 16
+            ids = torch.tensor([prompt] * bsz, device=args.device)
+            g = torch.Generator(args.device).manual_seed(bsz)
+            images = [torch.randn(3, args.grid * model.token_px, args.grid * model.token_px, device=args.device,
+                                  generator=g).to(next(model.parameters()).dtype) for _ in range(bsz)]
+            gen = dict(kw, max_cache_len=len(prompt) + args.new) if kw.get("static_cache", True) else kw
+            row = {"bench": "decode", "model": args.model, "mode": mode, "batch": bsz, "prompt_tokens": len(prompt)}
+            try:
+                with _alarm(args.row_timeout):
+                    t0 = time.time()
+                    model.generate(ids, images, max_new_tokens=4, **gen)  # warm-up: compile / capture
+                    sync()
+                    t1 = time.time()
+                    out = model(ids, images, use_cache=True)
+                    sync()
+                    t2 = time.time()
+                    new = model.generate(ids, images, max_new_tokens=args.new, **gen)
+                    sync()
+                    t3 = time.time()
+                del out
+            except Exception as err:  # noqa: BLE001 (a failing mode is a row; the next one runs)
+                _write(args, {**row, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+                continue
+            decode_s = (t3 - t2) - (t2 - t1)  # generate() includes one prefill
+            ref = reference.setdefault(bsz, new)
+            _write(args, {**row, "new_tokens": new.shape[1], "warmup_s": round(t1 - t0, 2),
+                          "prefill_s": round(t2 - t1, 4), "ms_per_step": round(1e3 * decode_s / new.shape[1], 2),
+                          "decode_tokens_per_s": round(bsz * new.shape[1] / max(decode_s, 1e-9), 1),
+                          # greedy tokens against the first mode's (bf16 on CUDA: near-ties may differ)
+                          "same_tokens_as_" + modes[0]: bool(torch.equal(new, ref))})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -282,12 +338,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak (H200 SXM: 989)")
     p.add_argument("--new", type=int, default=128, help="decoded tokens")
     p.add_argument("--decode-batches", default="1,8")
+    p.add_argument("--decode-modes", default=None,
+                   help=f"comma list of {','.join(DECODE_MODES)} (default: all; on the CPU those without graph)")
+    p.add_argument("--row-timeout", type=int, default=0, help="seconds per decode row (0: none); a late row is an "
+                   "error row and the next one runs")
     a = p.parse_args(argv)
     if a.tiny:
         a.size, a.steps, a.n_train, a.n_test, a.limit_eval = "tiny", 3, 12, 6, 8
         a.model, a.seq, a.grid, a.text, a.warmup, a.iters, a.new = "neo_tiny", 96, 4, 4, 1, 1, 4
         a.variants = "neo,rope_1d" if a.variants == ",".join(VARIANTS) else a.variants
         a.decode_batches = "1"
+        a.row_timeout = a.row_timeout or 60
         a.out = a.out or str(Path(tempfile.mkdtemp()) / "neo.jsonl")
     a.out = a.out or str(ROOT / "benchmarks" / "results" / "neo.jsonl")
     return a

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # NEO on one H200 (issue 21), random weights, bench script benchmarks/bench_neo.py; each case appends JSON lines to
-# $D/neo.jsonl as it goes and runs under `timeout`. Two 10-minute device commands: `all` (step + decode, <= 6.5 min)
-# and `ablation` (<= 9.5 min) — the 5 ablation variants take ~70 s each, they no longer share a call with the step.
+# $D/neo.jsonl as it goes and runs under `timeout`. Three 10-minute device commands: `all` (step + a short decode,
+# <= 6.5 min), `decode` (every decode mode, <= 9.5 min) and `ablation` (<= 9.5 min).
 #   benchmarks/neo_h200.sh step [OUT_DIR]      neo_2b packed training step (rows of 8,192 tokens = 21 docs of one
 #                                              512x512 image + text, bf16 autocast, activation checkpointing, AdamW):
 #                                              FlexAttention block mask (compiled) vs SDPA dense boolean mask;
 #                                              tokens/s, MFU vs 989 TFLOP/s, peak memory
-#   benchmarks/neo_h200.sh decode [OUT_DIR]    neo_2b bf16 greedy decoding of 128 tokens with the KV cache after a
-#                                              one-image prompt, batch 1 and 8: decode tokens/s
+#   benchmarks/neo_h200.sh decode [OUT_DIR]    neo_2b bf16 greedy decoding of 128 tokens after a one-image prompt,
+#                                              batch 1 and 8, one row per mode: dynamic cache (eager), static cache
+#                                              as a CUDA graph, compiled + CUDA graph, static eager, compiled
+#                                              (each row <= 120 s: a slow compile cannot eat the call)
 #   benchmarks/neo_h200.sh ablation [OUT_DIR]  the scene-VQA ablation of docs/neo.md, larger: the 'small' size
 #                                              (hidden 384, 2 pre-Buffer + 4 LLM layers), 4000 training scenes,
 #                                              500 steps per variant, 5 variants, exact match on 1,200 test questions
@@ -15,7 +17,8 @@
 #                                              VQA, same split and baselines) larger: the 'small' size (hidden 384,
 #                                              2 pre-Buffer + 4 LLM layers), bf16, 4 packed rows per step, 3,000
 #                                              steps (best-val checkpoint, val every 250) -> $D/issue16/neo_digits_h200
-#   benchmarks/neo_h200.sh all [OUT_DIR]       step, decode in that order (not ablation, not digits: own calls)
+#   benchmarks/neo_h200.sh all [OUT_DIR]       step, then decode_quick: 32 tokens, dynamic cache vs static cache
+#                                              as a CUDA graph (not decode, ablation, digits: own calls)
 #   benchmarks/neo_h200.sh smoke [OUT_DIR]     every mode at --tiny sizes on the GPU (~1 min; checks the script)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -27,7 +30,14 @@ step() {
   timeout 100 "${B[@]}" step --model neo_2b --seq 8192 --grid 16 --text 64 --ckpt --warmup 1 --iters 3 \
     --backends sdpa || echo "step sdpa: rc $?"
 }
-decode() { timeout 120 "${B[@]}" decode --model neo_2b --grid 16 --new 128 --decode-batches 1,8 || echo "decode: rc $?"; }
+decode() {
+  timeout 570 "${B[@]}" decode --model neo_2b --grid 16 --new 128 --decode-batches 1,8 --row-timeout 120 \
+    --decode-modes dynamic,static_graph,static_compile_graph,static,static_compile || echo "decode: rc $?"
+}
+decode_quick() {
+  timeout 110 "${B[@]}" decode --model neo_2b --grid 16 --new 32 --decode-batches 1,8 --row-timeout 40 \
+    --decode-modes dynamic,static_graph || echo "decode_quick: rc $?"
+}
 ablation() {
   timeout 570 "${B[@]}" ablation --size small --n-train 4000 --n-test 300 --steps 500 --batch 4 --lr 1e-3 --workers 6 \
     --variants neo,rope_1d,causal_mask,no_prebuffer,no_prebuffer_same_depth --root /tmp/neo_h200 || echo "ablation: rc $?"
@@ -50,9 +60,10 @@ step) step ;;
 decode) decode ;;
 ablation) ablation ;;
 digits) digits ;;
-all) step; decode ;;
+decode_quick) decode_quick ;;
+all) step; decode_quick ;;
 smoke) for b in ablation step decode; do timeout 120 "${B[@]}" "$b" --tiny || echo "$b smoke: rc $?"; done
   timeout 120 python3 -m tasks.results.neo --config configs/neo/results_digits.yaml --tiny \
     --out "$D/neo_digits_smoke" || echo "digits smoke: rc $?" ;;
-*) echo "usage: $0 step|decode|ablation|digits|all|smoke [OUT_DIR]" >&2; exit 2 ;;
+*) echo "usage: $0 step|decode|decode_quick|ablation|digits|all|smoke [OUT_DIR]" >&2; exit 2 ;;
 esac

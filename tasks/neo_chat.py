@@ -2,7 +2,7 @@
 
 The image is smart-resized to the model's token size within the checkpoint's data bounds (``--min-pixels`` /
 ``--max-pixels`` override), the question is wrapped in ChatML with ``<image>`` expanded, and the answer is decoded
-greedily with the KV cache (:meth:`zoo.neo.NEO.generate`).
+greedily with a static KV cache (:meth:`zoo.neo.NEO.generate`, fixed-shape decode step).
 """
 from __future__ import annotations
 

@@ -133,3 +133,33 @@ def test_static_decode_step_has_fewer_ops_and_no_host_sync():
             m(tok, doc_ids=doc[:, -1:], cache=out.cache, use_cache=True)
     assert not {"_local_scalar_dense", "is_nonzero", "item"} & set(static.ops)
     assert len(static.ops) < len(dynamic.ops), (len(static.ops), len(dynamic.ops))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile_decode", [False, True])
+def test_cuda_graph_decode_equals_dynamic_cuda(compile_decode):
+    m = _model().cuda()
+    ids, doc, ims = _padded()
+    ids, doc, ims = ids.cuda(), doc.cuda(), [i.cuda() for i in ims]
+    with torch.no_grad():
+        want = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, static_cache=False)
+        for _ in range(2):  # captured once, replayed by the second call
+            got = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, cuda_graphs=True, compile_decode=compile_decode)
+            assert torch.equal(got, want)
+    dec = next(iter(m._static_decoders.items.values()))
+    assert dec.graphed and dec._graph is not None
+
+
+@pytest.mark.script
+def test_bench_decode_tiny_smoke(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "neo.jsonl"
+    subprocess.run([sys.executable, "benchmarks/bench_neo.py", "decode", "--tiny", "--device", "cpu", "--out", str(out),
+                    "--decode-modes", "dynamic,static,static_compile"], check=True, timeout=300)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mode"] for r in rows] == ["dynamic", "static", "static_compile"]
+    assert all("error" not in r and r["same_tokens_as_dynamic"] for r in rows), rows

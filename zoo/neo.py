@@ -239,8 +239,8 @@ class NEO(nn.Module):
             (B, n) new token ids (after ``eos_id`` a row repeats ``eos_id``).
         """
         if static_cache:
-            n = input_ids.shape[1] + max_new_tokens
-            slots = max(max_cache_len or 0, n + (-n) % 64)
+            n = max(max_cache_len or 0, input_ids.shape[1] + max_new_tokens)
+            slots = n + (-n) % 64
             dec = self.static_decoder(input_ids.shape[0], slots, eos_id, compile_decode, cuda_graphs)
             return dec.generate(input_ids, images, max_new_tokens, doc_ids)
         if compile_decode or cuda_graphs:

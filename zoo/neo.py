@@ -33,7 +33,8 @@ from .neo_layers import (
     smart_resize,
 )
 
-__all__ = ["NEO", "NEOOutput", "NEOStaticDecoder", "PatchEmbedding", "checkpoint_filter_fn", "patchify", "qwen3_to_neo", "smart_resize"]
+__all__ = ["NEO", "NEOOutput", "NEOStaticDecoder", "PatchEmbedding", "checkpoint_filter_fn", "patchify", "qwen3_to_neo",
+           "smart_resize"]
 
 #: ImageNet statistics (NEO normalises with them by default)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

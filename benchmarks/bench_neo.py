@@ -16,7 +16,8 @@ of one 512×512 image = 256 tokens + text), forward + backward + AdamW step in b
 (6·N_non-embedding·tokens + the attention matmuls, against ``--peak-tflops``). ``decode``: prefill one image +
 question, then greedy decoding of ``--new`` tokens with the KV cache, one row per mode of :data:`DECODE_MODES`
 (dynamic cache eager; static cache eager / compiled / CUDA graph / compiled + CUDA graph) and batch. Weights are
-random. Every result is one JSON line with the command, machine, versions and commit (``--out``; ``--tiny`` writes to a temporary file).
+random. Every result is one JSON line with the command, machine, versions and commit (``--out``; ``--tiny`` writes to
+a temporary file).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from torch import nn
 from ._builder import build_model
 from ._data_config import register_data_config
 from ._registry import register_model
+from .layers.cuda_graph import CapturedCall
 from .llm.causal_lm import build_causal_lm, causal_lm_config
 from .neo_layers import (
     NativeAttention,
@@ -363,7 +364,7 @@ class NEOStaticDecoder:
             backend = compile_decode if isinstance(compile_decode, str) else "inductor"
             self.step = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
         self.graphed = cuda_graphs and dev.type == "cuda"
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph: CapturedCall | None = None
 
     def _emit(self, nxt: torch.Tensor) -> None:
         if self.eos_id is not None:
@@ -393,23 +394,15 @@ class NEOStaticDecoder:
                               cache_enabled=False)
 
     def _capture(self) -> None:
-        state = [x.clone() for x in (self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token)]
-        dev = self.device
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream), self._autocast():
-            for _ in range(max(self.warmup, 1)):
-                self.step()
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        for x, saved in zip((self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token), state):
-            x.copy_(saved)  # the warm-up steps' K/V writes sit at slots the real steps overwrite before reading
-        torch.cuda.synchronize(dev)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"), self._autocast():
-            self.step()
-        for x, saved in zip((self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token), state):
-            x.copy_(saved)  # capture records the step without running it; the state is as before
-        torch.cuda.synchronize(dev)
+        live = (self.cache.pos, self.next_t, self.done, self.tokens, self.index, self.token)
+        state = [x.clone() for x in live]
+
+        def reset() -> None:  # the warm-up steps' K/V writes sit at slots the real steps overwrite before reading
+            for x, saved in zip(live, state):
+                x.copy_(saved)
+
+        self._graph = CapturedCall(self.step, self.device, self.warmup, reset=reset, context=self._autocast)
+        reset()
 
     def run_step(self) -> None:
         """One decode step (replayed graph, compiled or eager)."""
@@ -417,7 +410,7 @@ class NEOStaticDecoder:
             return self.step()
         if self._graph is None:
             self._capture()
-        self._graph.replay()
+        self._graph()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,

@@ -40,6 +40,7 @@ from torch import nn
 
 from ._builder import TASK_PREFIX, build_model, strip_task_prefix
 from ._registry import register_model
+from .layers.cuda_graph import CapturedCall
 from .layers.signal_blocks import BasicBlock1d, Downsample1d, SignalResBlock, SignalSelfAttentionBlock
 
 __all__ = [
@@ -616,8 +617,7 @@ class StaticSampler:
         self.eps = torch.zeros(lat, device=dev)
         self.x0 = torch.zeros(lat, device=dev)
         self.graphed = cuda_graph and dev.type == "cuda"
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._out: torch.Tensor | None = None
+        self._graph: CapturedCall | None = None
 
     def _run(self) -> torch.Tensor:
         # autocast's weight-cast cache off: a captured graph must cast the live weights on every replay
@@ -627,27 +627,12 @@ class StaticSampler:
             cond = PPGFlowECG.reparameterize(*self._encoder(self.ppg), sample=self.sample_posterior, noise=self.eps)
             return self._decoder(euler_sample(self._flow, cond, self.steps, noise=self.x0))
 
-    def _capture(self) -> None:
-        dev = self.device
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
-            for _ in range(max(self.warmup, 1)):
-                self._run()
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        torch.cuda.synchronize(dev)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):
-            self._out = self._run()
-        torch.cuda.synchronize(dev)
-
     def _chunk(self) -> torch.Tensor:
         if not self.graphed:
             return self._run()
         if self._graph is None:
-            self._capture()
-        self._graph.replay()
-        return self._out
+            self._graph = CapturedCall(self._run, self.device, self.warmup)
+        return self._graph()
 
     @torch.no_grad()
     def __call__(

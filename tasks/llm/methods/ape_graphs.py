@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from zoo.layers import CapturedCall
 from zoo.llm.prefix import attention_with_lse, lm_logits, merge_partials, run_with_spec
 from zoo.llm.prefix.segments import KVSegment
 
@@ -94,28 +95,6 @@ class StaticOwnAttention:
         return out.transpose(1, 2).contiguous()
 
 
-class _Graph:
-    """One callable with static inputs/outputs, captured as a CUDA graph after ``warmup`` eager calls."""
-
-    def __init__(self, fn: Callable[[], object], reset: Callable[[], None], device: torch.device, warmup: int) -> None:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                reset()
-                fn()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        torch.cuda.synchronize(device)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn()
-        torch.cuda.synchronize(device)
-
-    def __call__(self):
-        self.graph.replay()
-        return self.out
-
-
 class APEStaticDecoder:
     """Query logits and greedy decoding over one fixed (prefix, contexts) pair with fixed shapes.
 
@@ -183,7 +162,7 @@ class APEStaticDecoder:
             raise ValueError(f"this decoder was built for {self.query_len} query tokens, got {query_ids.numel()}")
         self.query_ids.copy_(query_ids.view(1, -1))
         if self.graphed and self._prefill is None:
-            self._prefill = _Graph(self._prefill_eager, self._reset, self.device, self._warmup)
+            self._prefill = CapturedCall(self._prefill_eager, self.device, self._warmup, reset=self._reset)
         self._reset()
         return self._prefill() if self.graphed else self._prefill_eager()
 
@@ -204,7 +183,7 @@ class APEStaticDecoder:
                 for dst, src in zip((self.spec.length, self.position, self.token, self.tokens, self.step), saved):
                     dst.copy_(src)
 
-            self._decode = _Graph(self._decode_eager, reset, self.device, self._warmup)
+            self._decode = CapturedCall(self._decode_eager, self.device, self._warmup, reset=reset)
             reset()
         step = self._decode if self.graphed else self._decode_eager
         for _ in range(self.max_new_tokens - 1):

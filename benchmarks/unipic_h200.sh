@@ -90,9 +90,10 @@ yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' "$piece/config.yaml"
     || echo "digits $ARM $LR: rc $?"
 }
 digits_all() {  # every (model, lr) piece of the recipe at once, then the val pick; one tarball comes back
-  local arms lrs pids=()
-  arms=$("$PY" -c 'import yaml; print(" ".join(yaml.safe_load(open("configs/unipic/results_digits_h200.yaml"))["models"]))')
-  lrs=$("$PY" -c 'import yaml; print(" ".join(str(x) for x in yaml.safe_load(open("configs/unipic/results_digits_h200.yaml"))["train"]["lrs"]))')
+  local arms lrs pids=() recipe=configs/unipic/results_digits_h200.yaml
+  arms=$("$PY" -c 'import sys, yaml; print(" ".join(yaml.safe_load(open(sys.argv[1]))["models"]))' "$recipe")
+  lrs=$("$PY" -c 'import sys, yaml; print(" ".join(map(str, yaml.safe_load(open(sys.argv[1]))["train"]["lrs"])))' \
+    "$recipe")
   mkdir -p "$DIGITS"
   for a in $arms; do for l in $lrs; do
     ( ARM=$a LR=$l MAX_TIME=${DIGITS_MAX_TIME:-00:00:07:30} digits > "$DIGITS/../${a}_lr${l}.log" 2>&1 ) & pids+=($!)

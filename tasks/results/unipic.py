@@ -275,8 +275,8 @@ def train_model(spec: dict[str, Any], lr: float, root: Path, cfg: dict[str, Any]
                      size)
     trainer = pl.Trainer(accelerator=tr.get("accelerator", "cpu"), devices=1,
                          precision=tr.get("precision", "32-true"), max_steps=int(tr["max_steps"]),
-                         max_time=tr.get("max_time"), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         max_time=tr.get("max_time"), logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[sel], default_root_dir=str(out))
     t0 = time.time()
     trainer.fit(task, datamodule=dm)

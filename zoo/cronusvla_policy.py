@@ -1,6 +1,12 @@
 """CronusVLA closed-loop inference: the feature deque (one VLM pass per control step), history padding, action
 post-processing (clip, gripper binarisation, q01/q99 un-normalisation), CogACT's adaptive ensemble and the sticky
 gripper of the released SimplerEnv policy.
+
+``CronusVLAPolicy(cuda_graphs=True)`` replays the two fixed-shape parts of a control step as CUDA graphs
+(:class:`zoo.layers.CapturedCall`): the single-frame VLM pass (static pixel / prompt buffers, one graph per input
+shape, so a prompt of another length captures another) and the DDIM + CFG sampling of the action chunk (static
+feature-chunk buffer). The deque, padding, post-processing, ensemble and sticky gripper stay in Python. Off CUDA the
+option changes nothing (the same eager calls).
 """
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ from collections import deque
 
 import numpy as np
 import torch
+
+from .layers.cuda_graph import CapturedCall
 
 __all__ = ["AdaptiveEnsembler", "StickyGripper", "CronusVLAPolicy", "pad_history", "postprocess_actions",
            "ENSEMBLE_HORIZON"]
@@ -96,6 +104,12 @@ class CronusVLAPolicy:
     """Closed-loop CronusVLA: ``act(image)`` runs the VLM once on the current frame, forms the feature chunk from the
     cached past features, samples a chunk and returns it post-processed (``[T, A]`` in dataset units).
 
+    Sampling noise: on the CPU from the policy's own generator (``seed``); on CUDA from the device's default generator
+    (seed it with ``torch.manual_seed``). With ``cuda_graphs`` the noise is drawn inside the sampling graph from that
+    same generator: torch's CUDA generator is graph-safe (each replay reads the generator's current seed and offset
+    and advances the offset as an eager call would), so a graphed step draws exactly the noise the eager step would
+    from the same generator state, and no static noise buffer or extra copy is needed.
+
     Args:
         model: a ``CronusVLA`` network (its q01/q99 buffers un-normalise).
         input_ids: ``[1, L]`` the tokenised prompt of the episode (with the cognition suffix).
@@ -103,32 +117,72 @@ class CronusVLAPolicy:
         num_steps: DDIM steps (10).
         cfg_scale: guidance scale (1.5).
         time_axis_cfg_quirk: the released guidance quirk (see ``sample_action_chunk``).
-        seed: sampling noise seed.
+        seed: sampling noise seed (CPU generator).
         bank: optional ``FeatureActionBank`` (retrieval-prior models).
+        cuda_graphs: replay the VLM pass and the action sampling as CUDA graphs on a CUDA model (captured on first
+            use, per input shape); no effect off CUDA.
+        graph_warmup: eager calls before each capture (lazy initialisation, compiled regions' first call).
     """
 
     def __init__(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  num_steps: int = 10, cfg_scale: float = 1.5, time_axis_cfg_quirk: bool = True, seed: int = 0,
-                 bank: object | None = None) -> None:
+                 bank: object | None = None, cuda_graphs: bool = False, graph_warmup: int = 1) -> None:
         self.model = model
-        self.input_ids = input_ids
-        self.attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        self.set_prompt(input_ids, attention_mask)
         self.num_steps, self.cfg_scale, self.quirk = num_steps, cfg_scale, time_axis_cfg_quirk
         self.generator = torch.Generator().manual_seed(seed)
         self.bank = bank
+        self.cuda_graphs, self.graph_warmup = cuda_graphs, graph_warmup
+        # shape key -> (static inputs, captured call)
+        self._vlm_graphs: dict[tuple, tuple[tuple[torch.Tensor, ...], CapturedCall]] = {}
+        self._sample_graphs: dict[tuple, tuple[tuple[torch.Tensor | None, ...], CapturedCall]] = {}
         self.history: deque[torch.Tensor] = deque(maxlen=max(model.num_frames - 1, 1))
         self.vlm_passes = 0
 
     def reset(self) -> None:
         self.history.clear()
 
+    def set_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
+        """Use another prompt from the next step on (a graph of its length is captured on first use); the feature
+        cache is kept (``reset`` clears it)."""
+        self.input_ids = input_ids
+        self.attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+
+    def _graphed(self, device: torch.device) -> bool:
+        return self.cuda_graphs and device.type == "cuda"
+
+    @staticmethod
+    def _replay(graphs: dict, key: tuple, inputs: tuple[torch.Tensor | None, ...], fn, device: torch.device,
+                warmup: int, reset=None) -> torch.Tensor:
+        """Copy ``inputs`` into the static buffers of ``key`` (capturing ``fn(*buffers)`` the first time) and replay;
+        returns a copy of the output (the static one is overwritten by the next replay)."""
+        entry = graphs.get(key)
+        if entry is None:
+            bufs = tuple(None if x is None else x.clone() for x in inputs)
+            entry = graphs[key] = (bufs, CapturedCall(lambda: fn(*bufs), device, warmup, reset=reset))
+        else:
+            for dst, src in zip(entry[0], inputs):
+                if dst is not None:
+                    dst.copy_(src)
+        return entry[1]().clone()
+
+    @torch.no_grad()
+    def frame_feature(self, image: torch.Tensor) -> torch.Tensor:
+        """The current frame's cognition feature ``[1, d]`` (one VLM pass; nothing cached)."""
+        m = self.model
+        dev = next(m.parameters()).device
+        img = image.to(dev)[None] if image.ndim == 3 else image.to(dev)
+        ids, mask = self.input_ids.to(dev), self.attention_mask.to(dev)
+        if not self._graphed(dev):
+            return m.frame_features(img, ids, mask)
+        key = (tuple(img.shape), img.dtype, tuple(ids.shape), ids.dtype, mask.dtype)
+        return self._replay(self._vlm_graphs, key, (img, ids, mask), m.frame_features, dev, self.graph_warmup)
+
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """One VLM pass on ``[3, H, W]`` (or ``[1, 3, H, W]``) in [0, 1]; pushes it to the cache; the chunk."""
         m = self.model
-        dev = next(m.parameters()).device
-        img = image.to(dev)[None] if image.ndim == 3 else image.to(dev)
-        cur = m.frame_features(img, self.input_ids.to(dev), self.attention_mask.to(dev))
+        cur = self.frame_feature(image)
         self.vlm_passes += 1
         chunk = pad_history(list(self.history), cur, m.num_frames)
         if m.num_frames > 1:
@@ -136,12 +190,33 @@ class CronusVLAPolicy:
         return chunk
 
     @torch.no_grad()
+    def sample(self, chunk: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """The normalised action chunk ``[B, T, A]`` sampled (DDIM + CFG) from a feature chunk ``[B, M, d]``."""
+        m = self.model
+        gen = self.generator if chunk.device.type == "cpu" else None
+
+        def run(c: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+            return m.sample_actions(c, self.num_steps, self.cfg_scale, self.quirk, generator=gen, prior_actions=p)
+
+        dev = chunk.device
+        if not self._graphed(dev):
+            return run(chunk, prior)
+        key = (tuple(chunk.shape), chunk.dtype, None if prior is None else (tuple(prior.shape), prior.dtype))
+        reset = None
+        if key not in self._sample_graphs:  # the warm-up calls draw noise: put the generator back each time
+            state = torch.cuda.get_rng_state(dev)
+
+            def reset() -> None:
+                torch.cuda.set_rng_state(state, dev)
+
+        return self._replay(self._sample_graphs, key, (chunk, prior), run, dev, self.graph_warmup, reset)
+
+    @torch.no_grad()
     def act(self, image: torch.Tensor) -> np.ndarray:
         """The post-processed action chunk ``[T, A]`` for the current frame."""
         m = self.model
         chunk = self.features(image)
         prior = self.bank.query(chunk) if self.bank is not None else None
-        gen = self.generator if chunk.device.type == "cpu" else None
-        norm = m.sample_actions(chunk, self.num_steps, self.cfg_scale, self.quirk, generator=gen, prior_actions=prior)
+        norm = self.sample(chunk, prior)
         out = postprocess_actions(norm[0].float(), m.action_q01, m.action_q99, m.action_mask)
         return out.cpu().numpy()

@@ -2,6 +2,12 @@
 pass and DDIM + CFG sampling replay to the eager actions (fp32), across history padding and a prompt-length change."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +56,7 @@ def test_graph_option_is_eager_off_cuda():
         np.testing.assert_array_equal(x, y)
     for x, y in zip(fa, fb):
         assert torch.equal(x, y)
-    assert not pol._vlm_graphs and not pol._sample_graphs  # nothing captured off CUDA
+    assert pol.captured_graphs == 0  # nothing captured off CUDA
     assert len(set(map(bytes, map(np.ndarray.tobytes, a)))) == len(a)  # padding, then a full cache: all differ
 
 
@@ -66,7 +72,7 @@ def test_graphed_policy_equals_eager_on_cuda():
     pol = CronusVLAPolicy(model, prompts[0], num_steps=3, cuda_graphs=True)
     a, fa = _episode(ref, frames, prompts, reseed=True)
     b, fb = _episode(pol, frames, prompts, reseed=True)
-    assert len(pol._vlm_graphs) == 2 and len(pol._sample_graphs) == 1
+    assert pol.captured_graphs == 3  # VLM pass at two prompt lengths, one sampler
     for x, y in zip(fa, fb):
         torch.testing.assert_close(y, x, rtol=1e-3, atol=1e-3)
     for x, y in zip(a, b):
@@ -77,3 +83,22 @@ def test_graphed_policy_equals_eager_on_cuda():
     torch.manual_seed(5)
     d = pol.sample(pol.features(frames[0]))
     torch.testing.assert_close(d, c, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.script
+def test_bench_step_graph_modes_smoke(tmp_path):
+    """bench_cronusvla.py --modes graph on the CPU: rows with the eager-vs-graphed check (no CUDA, so
+    nothing is captured and the check is exact)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cv.jsonl"
+    r = subprocess.run([sys.executable, str(root / "benchmarks/bench_cronusvla.py"), "--device", "cpu", "--tiny",
+                        "--benches", "step,train", "--modes", "graph", "--out", str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=root,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                            **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["bench"], x["mode"]) for x in rows] == [("step", "graph")]  # train has no graph mode here
+    row = rows[0]
+    assert row["cuda_graphs"] and row["captured_graphs"] == 0 and row["graph_check_ok"]
+    assert row["graph_check_action_max_abs"] == 0 and row["graph_check_action_scale"] > 0

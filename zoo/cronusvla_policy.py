@@ -148,6 +148,11 @@ class CronusVLAPolicy:
         self.input_ids = input_ids
         self.attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
 
+    @property
+    def captured_graphs(self) -> int:
+        """CUDA graphs captured so far (VLM passes per input shape + samplers); 0 off CUDA or without the option."""
+        return len(self._vlm_graphs) + len(self._sample_graphs)
+
     def _graphed(self, device: torch.device) -> bool:
         return self.cuda_graphs and device.type == "cuda"
 

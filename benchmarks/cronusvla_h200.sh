@@ -9,7 +9,7 @@
 #                                                  checkpoints at the last step both M reached, a summary JSON, logs
 #   benchmarks/cronusvla_h200.sh bench [OUT_DIR]   paper shapes, random weights (benchmarks/bench_cronusvla.py):
 #                                                  control-step latency 7B and 0.5B, 0.5B post-training step,
-#                                                  eager vs compiled (regional)
+#                                                  eager vs compiled (regional) vs CUDA-graphed control step
 #   benchmarks/cronusvla_h200.sh smoke [OUT_DIR]   CPU-sized check of bench (what was tested on the CPU)
 #   CRONUSVLA_H200_SMOKE=1 benchmarks/cronusvla_h200.sh train OUT_DIR     CPU-sized check of train (a few steps)
 # `train` needs the demonstrations recorded beforehand on the CPU machine (the GPU image has no pybullet wheel for
@@ -63,10 +63,13 @@ train() {
   "$py" benchmarks/cronusvla_h200_collect.py --work "$work" --out "$D" --seeds $seeds
 }
 bench() {
-  timeout 150 "${B[@]}" --benches step --model cronusvla_7b --modes eager || echo "step 7b eager: rc $?"
-  timeout 90 "${B[@]}" --benches step --model cronusvla_0_5b --modes eager || echo "step 0.5b eager: rc $?"
-  timeout 100 "${B[@]}" --benches train --model cronusvla_0_5b --batch 32 --modes eager --iters 10 || echo "train eager: rc $?"
-  timeout 200 "${B[@]}" --benches step --model cronusvla_7b --modes compile || echo "step 7b compile: rc $?"
+  # timeouts sum to 540 s (the four commands took 168 s in all before the graph lines)
+  timeout 120 "${B[@]}" --benches step --model cronusvla_7b --modes eager || echo "step 7b eager: rc $?"
+  timeout 70 "${B[@]}" --benches step --model cronusvla_0_5b --modes eager || echo "step 0.5b eager: rc $?"
+  timeout 90 "${B[@]}" --benches train --model cronusvla_0_5b --batch 32 --modes eager --iters 10 || echo "train eager: rc $?"
+  for m in cronusvla_7b:90 cronusvla_0_5b:60; do  # whole-step CUDA graphs (CronusVLAPolicy(cuda_graphs=True))
+    timeout "${m#*:}" "${B[@]}" --benches step --model "${m%:*}" --modes graph || echo "step ${m%:*} graph: rc $?"; done
+  timeout 110 "${B[@]}" --benches step --model cronusvla_7b --modes compile || echo "step 7b compile: rc $?"
 }
 smoke() {
   "${B[@]}" --device cpu --tiny --modes eager

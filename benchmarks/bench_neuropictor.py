@@ -25,7 +25,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.sample_iters = a.sample_iters or (1 if a.tiny else 3)
     if a.tiny and a.batch == 16:
         a.batch = 2
-    if a.out is None:
-        a.out = (str(Path(tempfile.gettempdir()) / "bench_neuropictor_smoke.jsonl") if a.tiny
-                 else str(ROOT / "benchmarks" / "results" / "neuropictor.jsonl"))
+    from tasks.bench import results_path
+
+    a.out = a.out or results_path("neuropictor", a.tiny, "bench_neuropictor")
     for name, allowed in (("benches", {"train", "sample"}), ("modes", {"eager", "compile"})):
         bad = set(getattr(a, name).split(",")) - allowed
         if bad:

@@ -48,11 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.image_size = a.image_size or (64 if a.tiny else 256)
     a.throughput_batch = a.throughput_batch or (4 if a.tiny else 64)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 10)
-    if a.out is None:
-        import tempfile
+    from tasks.bench import results_path
 
-        a.out = (str(Path(tempfile.gettempdir()) / "bench_pepsi_smoke.jsonl") if a.tiny
-                 else str(ROOT / "benchmarks" / "results" / "pepsi.jsonl"))
+    a.out = a.out or results_path("pepsi", a.tiny, "bench_pepsi")
     return a
 
 

@@ -149,9 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.batch = a.batch or (1 if a.tiny else 16)
     a.steps = a.steps or (1 if a.tiny else 20)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 3)
-    if a.out is None:
-        a.out = (str(Path(tempfile.gettempdir()) / "neuropictor_official_smoke.jsonl") if a.tiny
-                 else str(ROOT / "benchmarks" / "results" / "neuropictor.jsonl"))
+    from tasks.bench import results_path
+
+    a.out = a.out or results_path("neuropictor", a.tiny, "neuropictor_official")
     return a
 
 

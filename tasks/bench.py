@@ -379,6 +379,17 @@ def time_datamodule(dm, batches: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ provenance
+def results_path(name: str, tiny: bool = False, smoke_name: str | None = None) -> str:
+    """Where a benchmark script appends its JSON lines by default: ``benchmarks/results/<name>.jsonl``; for a
+    ``--tiny`` smoke run a file in the temporary folder (``<smoke_name or name>_smoke.jsonl``), so that smoke numbers
+    never land in the committed results."""
+    if tiny:
+        import tempfile
+
+        return str(Path(tempfile.gettempdir()) / f"{smoke_name or name}_smoke.jsonl")
+    return str(ROOT / "benchmarks" / "results" / f"{name}.jsonl")
+
+
 def git_commit(untracked: bool = True) -> tuple[str, bool]:
     """(commit, dirty) of this checkout for result provenance. ``SHAREZOO_GIT_COMMIT`` wins: a copy of the tree on a
     remote GPU machine may carry no ``.git`` or a stale one. ("", False) when neither answers. ``untracked=False``:

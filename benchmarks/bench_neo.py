@@ -112,11 +112,15 @@ def ablation(args: argparse.Namespace) -> None:
     from tasks.neo import NEOTask
 
     root = scene_root(args)
+    if args.prepare_only:
+        print(f"scene set ready: {root}")
+        return
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     for name in args.variants.split(","):
-        pl.seed_everything(args.seed, verbose=False)
+        pl.seed_everything(train_seed, verbose=False)
         dm = VLMConversationDataModule(str(root), token_px=16, min_pixels=16 * 16, max_pixels=128 * 128,
                                        max_len=args.max_len, batch_size=args.batch, eval_batch_size=64,
-                                       limit_eval=args.limit_eval, seed=args.seed, num_workers=args.workers)
+                                       limit_eval=args.limit_eval, seed=train_seed, num_workers=args.workers)
         kw = {**SIZES[args.size], **VARIANTS[name]}
         task = NEOTask("neo_tiny", model_kwargs=kw, lr=args.lr, warmup_steps=max(args.steps // 20, 1),
                        max_new_tokens=3)
@@ -131,6 +135,7 @@ def ablation(args: argparse.Namespace) -> None:
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
             em = evaluate(task, dm, args.device)
         _write(args, {"bench": "ablation", "variant": name, "size": args.size, "steps": args.steps,
+                      "scene_seed": args.seed, "train_seed": train_seed,
                       "batch_rows": args.batch, "max_len": args.max_len, "lr": args.lr, "n_train_scenes": args.n_train,
                       "params": sum(p.numel() for p in task.net.parameters()),
                       "final_loss": round(float(trainer.callback_metrics["train/loss"]), 4),
@@ -314,7 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="smoke test: tiny sizes, few steps, temporary output")
     p.add_argument("--out", default=None, help="JSON-lines file (default benchmarks/results/neo.jsonl)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="scene-set seed (and the training seed unless --train-seed)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="ablation: seed of the initialisation and the data order (default --seed); the scene set "
+                        "stays the one of --seed")
     # ablation
     p.add_argument("--size", default="cpu", choices=sorted(SIZES))
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -326,6 +334,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=300, help="test scenes (a third at unseen aspect ratios)")
     p.add_argument("--limit-eval", type=int, default=None)
     p.add_argument("--workers", type=int, default=0, help="data-loader workers")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="ablation: write the scene set under --root and stop (before runs that share it start at once)")
     p.add_argument("--root", default=None, help="folder for the scene set (default: the temp dir)")
     # step / decode
     p.add_argument("--model", default="neo_2b")

@@ -19,6 +19,10 @@
 #                                              steps (best-val checkpoint, val every 250) -> $D/issue16/neo_digits_h200
 #   benchmarks/neo_h200.sh all [OUT_DIR]       step, then decode_quick: 32 tokens, dynamic cache vs static cache
 #                                              as a CUDA graph (not decode, ablation, digits: own calls)
+#   benchmarks/neo_h200.sh ablation_seeds [OUT_DIR]  the same ablation, every variant x training seed (SEEDS,
+#                                              default "0 1"; the scene set of seed 0 for all) as concurrent
+#                                              processes on the one GPU (10 runs; each <= 560 s; their logs
+#                                              in neo_ablation_logs.tar.gz); TINY=1: a CPU smoke run
 #   benchmarks/neo_h200.sh smoke [OUT_DIR]     every mode at --tiny sizes on the GPU (~1 min; checks the script)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -42,6 +46,20 @@ ablation() {
   timeout 570 "${B[@]}" ablation --size small --n-train 4000 --n-test 300 --steps 500 --batch 4 --lr 1e-3 --workers 6 \
     --variants neo,rope_1d,causal_mask,no_prebuffer,no_prebuffer_same_depth --root /tmp/neo_h200 || echo "ablation: rc $?"
 }
+ablation_seeds() {  # every variant x training seed at once on the one GPU (small models leave it mostly idle)
+  local v s logs=/tmp/neo_ablation_logs pids=()
+  local abl=(--size small --n-train 4000 --n-test 300 --steps 500 --batch 4 --lr 1e-3 --root /tmp/neo_h200)
+  [[ "${TINY:-0}" == 1 ]] && abl=(--tiny --device cpu --out "$D/neo_seeds_smoke.jsonl" --root "$D/neo_scenes_smoke")
+  mkdir -p "$logs"
+  timeout 120 "${B[@]}" ablation "${abl[@]}" --prepare-only || { echo "ablation_seeds: scene set: rc $?"; return; }
+  for s in ${SEEDS:-0 1}; do for v in ${VARIANTS:-neo rope_1d causal_mask no_prebuffer no_prebuffer_same_depth}; do
+    timeout 560 "${B[@]}" ablation "${abl[@]}" --variants "$v" --train-seed "$s" --workers 1 \
+      > "$logs/${v}_s$s.log" 2>&1 & pids+=($!)
+  done; done
+  for p in "${pids[@]}"; do wait "$p" || echo "ablation_seeds: a run ended with rc $?"; done
+  tail -qn 1 "$logs"/*.log
+  tar czf "$D/neo_ablation_logs.tar.gz" -C "$logs" .  # one file back (a device call returns at most 8)
+}
 digits() {  # the CPU recipe's config with a larger model and budget, written next to the results
   mkdir -p "$D/issue16/neo_digits_h200"
   python3 -c 'import sys, yaml
@@ -59,11 +77,12 @@ case "${1:-all}" in
 step) step ;;
 decode) decode ;;
 ablation) ablation ;;
+ablation_seeds) ablation_seeds ;;
 digits) digits ;;
 decode_quick) decode_quick ;;
 all) step; decode_quick ;;
 smoke) for b in ablation step decode; do timeout 120 "${B[@]}" "$b" --tiny || echo "$b smoke: rc $?"; done
   timeout 120 python3 -m tasks.results.neo --config configs/neo/results_digits.yaml --tiny \
     --out "$D/neo_digits_smoke" || echo "digits smoke: rc $?" ;;
-*) echo "usage: $0 step|decode|decode_quick|ablation|digits|all|smoke [OUT_DIR]" >&2; exit 2 ;;
+*) echo "usage: $0 step|decode|decode_quick|ablation|ablation_seeds|digits|all|smoke [OUT_DIR]" >&2; exit 2 ;;
 esac

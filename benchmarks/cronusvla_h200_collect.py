@@ -31,7 +31,7 @@ def checkpoint_steps(run: Path) -> dict[int, Path]:
     """{global step: checkpoint} of one run (step checkpoints and last.ckpt; the newest version folder)."""
     out: dict[int, Path] = {}
     for ckpt in sorted(run.glob("lightning_logs/version_*/checkpoints/*.ckpt")):
-        step = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+        step = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
         out.setdefault(step, ckpt)
     return out
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(a.ckpt).is_file():
         raise SystemExit(f"--ckpt {a.ckpt} does not exist (a NEOTask checkpoint, e.g. runs/neo_demo/checkpoints/"
                          "last.ckpt after `sharezoo fit --config configs/neo/demo.yaml`)")
-    task = NEOTask.load_from_checkpoint(a.ckpt, map_location="cpu", weights_only=False)
+    task = NEOTask.load_from_checkpoint(a.ckpt, map_location="cpu", weights_only=True)
     tok = ChatTokenizer()
     for im in a.image:
         print(f"{im}: {answer(task, im, a.question, a.min_pixels, a.max_pixels, a.max_new_tokens, tok)}")

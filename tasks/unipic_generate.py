@@ -23,7 +23,7 @@ import zoo
 def load_model(model: str, ckpt: str | None, model_kwargs: dict | None = None) -> torch.nn.Module:
     """The network of ``model`` with the weights of ``ckpt`` (a task checkpoint's EMA when present)."""
     path = Path(ckpt) if ckpt else None
-    state = torch.load(path, map_location="cpu", weights_only=False) if path and path.suffix == ".ckpt" else None
+    state = torch.load(path, map_location="cpu", weights_only=True) if path and path.suffix == ".ckpt" else None
     if state is not None:  # a task checkpoint: the architecture from its hyperparameters
         hp = state.get("hyper_parameters", {})
         model, model_kwargs = hp.get("model", model), {**(hp.get("model_kwargs") or {}), **(model_kwargs or {})}

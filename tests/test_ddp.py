@@ -165,7 +165,7 @@ def test_ddp_and_fsdp_checkpoints_load_in_one_process(multi_runs, run):
 
     cls = {"uni": UniEncoderTask, "dens3r": GeometryTask, "pepsi": InpaintingTask}.get(run.split("-")[0], GRPOTask)
     ckpt = multi_runs / f"{run}.ckpt"
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert not any("_fsdp" in k or "_checkpoint_wrapped" in k for k in saved), "plain parameter names"
     task = cls.load_from_checkpoint(ckpt, map_location="cpu")
     trained = torch.load(multi_runs / f"{run}_params.pt", map_location="cpu")

@@ -156,7 +156,7 @@ def test_cli_fit_test_and_chat(tmp_path, capsys, monkeypatch):
     main(["test", *args, "--ckpt_path", str(ckpt)])
     assert "test/exact_match=" in capsys.readouterr().out
     assert (tmp_path / "scenes" / "SYNTHETIC.md").is_file()
-    task = NEOTask.load_from_checkpoint(ckpt, weights_only=False)
+    task = NEOTask.load_from_checkpoint(ckpt, weights_only=True)
     assert task.net.ids.context == ChatTokenizer().image_token_ids[1]
     img = next((tmp_path / "scenes" / "test" / "images").glob("*.png"))
     chat(["--ckpt", str(ckpt), "--image", str(img), "--question", "how many circles are there?",

@@ -159,7 +159,7 @@ def test_cli_fit_and_test_tiny(tmp_path, capsys):
     assert "test/pixcorr=" in summary  # the reconstruction metric collection, computed over every sampled batch
     from tasks.neuropictor import NeuroPictorAdapterTask
 
-    task = NeuroPictorAdapterTask.load_from_checkpoint(ckpt, weights_only=False)
+    task = NeuroPictorAdapterTask.load_from_checkpoint(ckpt, weights_only=True)
     assert task.net.adapters.num_voxels("sub001") == 530 and task.net.num_classes == 8
 
 

@@ -99,13 +99,13 @@ def test_cli_fit_and_test_end_to_end(tmp_path):
     main(["fit", "--config", str(s1)])
     ckpt1 = tmp_path / "stage1" / "ckpt" / "last.ckpt"
     assert ckpt1.is_file()
-    reloaded = CardioAlignTask.load_from_checkpoint(str(ckpt1), weights_only=False)
+    reloaded = CardioAlignTask.load_from_checkpoint(str(ckpt1), weights_only=True)
     assert reloaded.net.seq_len == 256
     s2 = _tmp_config("demo_stage2.yaml", tmp_path, "stage2", stage1_checkpoint=str(ckpt1), ema_start=1)
     main(["fit", "--config", str(s2)])
     ckpt2 = tmp_path / "stage2" / "ckpt" / "last.ckpt"
     main(["test", "--config", str(s2), "--ckpt_path", str(ckpt2)])
-    task = ECGFlowTask.load_from_checkpoint(str(ckpt2), weights_only=False)
+    task = ECGFlowTask.load_from_checkpoint(str(ckpt2), weights_only=True)
     assert task.flow_ema.steps == 4  # the host-side EMA step count round-trips through the checkpoint
     # stage 1 stayed frozen through stage 2
     torch.testing.assert_close(task.net.encoder.state_dict(), reloaded.net.encoder.state_dict())

@@ -116,7 +116,7 @@ def test_init_from_loads_an_earlier_stage_and_is_not_read_on_restore(tmp_path):
     torch.save({"state_dict": s2.state_dict(), "hyper_parameters": dict(s2.hparams),
                 "pytorch-lightning_version": pl.__version__}, tmp_path / "s2.ckpt")
     (tmp_path / "s1.ckpt").unlink()
-    back = ECGFlowTask.load_from_checkpoint(tmp_path / "s2.ckpt", map_location="cpu", weights_only=False)
+    back = ECGFlowTask.load_from_checkpoint(tmp_path / "s2.ckpt", map_location="cpu", weights_only=True)
     assert back.hparams.stage1_checkpoint == str(tmp_path / "s1.ckpt")
     torch.testing.assert_close(back.net.state_dict(), s2.net.state_dict())
     with pytest.raises(FileNotFoundError, match=r"stage1_checkpoint=.*s1.ckpt does not exist"):

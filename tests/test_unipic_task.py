@@ -126,7 +126,7 @@ def test_cli_fit_and_test_demo(tmp_path, scenes, capsys):
     main(["test", *args, "--ckpt_path", str(ckpt)])
     summary = capsys.readouterr().out
     assert "test/geneval_overall" in summary and "test/edit_acc" in summary and "test/vqa_em" in summary
-    task = UniPicTask.load_from_checkpoint(ckpt, weights_only=False)
+    task = UniPicTask.load_from_checkpoint(ckpt, weights_only=True)
     assert task.net.mar.buffer_size == 4
 
 

@@ -168,7 +168,7 @@ def evaluate_neo(ckpt: str | Path, dm: Any, split: str = "test") -> tuple[float,
     ``answer`` and ``normalise_answer``)."""
     from tasks.neo import NEOTask, normalise_answer
 
-    task = NEOTask.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=False).eval()
+    task = NEOTask.load_from_checkpoint(str(ckpt), map_location="cpu", weights_only=True).eval()
     loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
     answers, hits = [], []
     for batch in loader:

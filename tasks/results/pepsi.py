@@ -222,7 +222,7 @@ def run(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     for name, spec in cfg["models"].items():
         pl.seed_everything(int(cfg.get("seed", 0)), workers=True)
         path = Path(given[name]) if name in given else train_model(name, spec["task"], dm, cfg["training"], out)
-        task = InpaintingTask.load_from_checkpoint(str(path), map_location="cpu", weights_only=False).eval().float()
+        task = InpaintingTask.load_from_checkpoint(str(path), map_location="cpu", weights_only=True).eval().float()
         label = spec.get("label", name)
         models[label] = (lambda net: lambda im, m: net(im, m).composite)(task.net)
         curves[name] = _val_curve(out / name, "val/psnr_hole")

@@ -151,7 +151,7 @@ def evaluate(stage2_ckpt: str | os.PathLike, dm: Any, cfg: dict[str, Any], out: 
 
     ev = cfg.get("eval", {})
     fs = float(dm.fs)
-    task = ECGFlowTask.load_from_checkpoint(str(stage2_ckpt), map_location="cpu", weights_only=False).eval()
+    task = ECGFlowTask.load_from_checkpoint(str(stage2_ckpt), map_location="cpu", weights_only=True).eval()
     net, flow = task.net.float(), task.flow_ema.module.float()
     test_ecg, test_ppg = split_arrays(dm, "test")
     train, val = split_arrays(dm, "train"), split_arrays(dm, "val")

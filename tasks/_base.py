@@ -109,7 +109,9 @@ class ZooTask(pl.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``; the network is built without reading ``init_from`` (the checkpoint
-        holds every weight, and that earlier file may be gone)."""
+        holds every weight, and that earlier file may be gone). The file is unpickled with ``weights_only=True``
+        unless a caller says otherwise."""
+        kwargs.setdefault("weights_only", True)
         token = _RESTORING.set(True)
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -125,3 +125,40 @@ def test_import_resolution(src, expected, tmp_path):
     p = tmp_path / "m.py"
     p.write_text(src)
     assert [m for m, _ in _imports("tasks.m", p)] == [expected]
+
+
+
+def _calls(text: str, name: str) -> list[str]:
+    """The source of each call ``name(...)`` in ``text`` (parentheses balanced)."""
+    out, start = [], text.find(name + "(")
+    while start >= 0:
+        depth, j = 0, start + len(name)
+        while True:
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+            if depth == 0:
+                break
+        out.append(text[start:j])
+        start = text.find(name + "(", j)
+    return out
+
+
+def test_pickles_load_only_with_weights_only(monkeypatch):
+    """Every torch.load in the library and the benchmarks passes weights_only=True, nothing passes False, and
+    ZooTask.load_from_checkpoint (every task's) defaults it to True: reading a checkpoint never runs its code."""
+    import pytorch_lightning as pl
+
+    from tasks._base import ZooTask
+
+    bad = []
+    for folder in ("zoo", "datamodules", "tasks", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text()
+            bad += [f"{path.relative_to(ROOT)}: {c}" for c in _calls(text, "torch.load") if "weights_only=True" not in c]
+            bad += [f"{path.relative_to(ROOT)}: weights_only=False"] * text.count("weights_only=False")
+    assert not bad, bad
+    seen: dict = {}
+    monkeypatch.setattr(pl.LightningModule, "load_from_checkpoint",
+                        classmethod(lambda cls, path, *args, **kw: seen.update(kw)))
+    ZooTask.load_from_checkpoint("some.ckpt", map_location="cpu")
+    assert seen == {"map_location": "cpu", "weights_only": True}

@@ -17,6 +17,7 @@ Batches are dicts of per-task sub-batches (``{"text2image": ..., "image_edit": .
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -99,16 +100,23 @@ def _find(folder: Path, kind: str) -> Path | None:
     return None
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """An RGB image as a (3, size, size) tensor in [-1, 1] (resized by albumentations, area interpolation)."""
+@functools.lru_cache(maxsize=8)
+def _resize(size: int) -> Any:
+    """albumentations' area-interpolation resize to ``size`` x ``size``, built once per size (its construction
+    validates its arguments, which costs more than resizing a small image)."""
     import albumentations as A
     import cv2
 
+    return A.Resize(size, size, interpolation=cv2.INTER_AREA)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """An RGB image as a (3, size, size) tensor in [-1, 1] (resized by albumentations, area interpolation)."""
     try:
         arr = open_rgb8(path)  # 16-bit images rescaled, not clipped
     except (OSError, RuntimeError, ValueError) as e:
         raise OSError(f"cannot read image {path}: {e.__cause__ or e}") from e
-    arr = A.Resize(size, size, interpolation=cv2.INTER_AREA)(image=arr)["image"]
+    arr = _resize(size)(image=arr)["image"]
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 127.5 - 1.0
 
 

@@ -30,8 +30,10 @@ test: $(STAMP)
 # `make test-gpu` uses .venv; on an image that already holds the stack: `make test-gpu PYTHON=python3 JOBS=12`.
 PYTHON ?= $(BIN)/python
 JOBS ?= auto
+# MARKS="gpu or script": only the GPU tests and the device scripts' smoke runs (the rest ran on the CPU already)
+MARKS ?= (not slow and not multigpu) or gpu or script
 test-gpu:
-	SHAREZOO_TEST_GPU=1 $(PYTHON) -m pytest -q -n $(JOBS) -m "(not slow and not multigpu) or gpu or script" -p no:cacheprovider
+	SHAREZOO_TEST_GPU=1 $(PYTHON) -m pytest -q -n $(JOBS) -m "$(MARKS)" -p no:cacheprovider
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ""

@@ -5,7 +5,8 @@ set -euo pipefail
 name=${1:?name}
 top=$(git rev-parse --show-toplevel)
 declare -A REPOS=([FusionReID]="https://github.com/924973292/FusionReID"
-  [neuropictor]="https://github.com/jingyanghuo/neuropictor")
+  [neuropictor]="https://github.com/jingyanghuo/neuropictor"
+  [CronusVLA]="https://github.com/InternRobotics/CronusVLA")
 src=${2:-}
 dest="$top/.upstream/$name"
 rm -rf "$dest" && mkdir -p "$dest"

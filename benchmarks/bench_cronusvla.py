@@ -19,8 +19,9 @@ on ``example_batch`` (M frames per sample, past frames under no_grad, repeated d
 ``compile='regional'``.
 
 Every measurement is one JSON line (command, machine, versions, commit) appended to ``--out``. The official code's
-``predict_action`` is not run beside it (it needs the Prismatic package tree and its pinned transformers 4.40 /
-timm 0.9 stack, not in the device image).
+``predict_action`` runs in its own process beside it (``benchmarks/cronusvla_official.py``: their classes, random
+init, their pinned transformers 4.40.1 / timm 0.9.10 / draccus from ``.whl/official_cronusvla``;
+``cronusvla_h200.sh official``), its rows marked ``impl: official`` in the same file.
 """
 from __future__ import annotations
 

@@ -10,6 +10,11 @@
 #   benchmarks/cronusvla_h200.sh bench [OUT_DIR]   paper shapes, random weights (benchmarks/bench_cronusvla.py):
 #                                                  control-step latency 7B and 0.5B, 0.5B post-training step,
 #                                                  eager vs compiled (regional) vs CUDA-graphed control step
+#   benchmarks/cronusvla_h200.sh official [OUT_DIR]  the OFFICIAL predict_action (benchmarks/cronusvla_official.py:
+#                                                  their classes, random init, their pins from .whl/official_cronusvla
+#                                                  into /tmp/site_cronus; carry .upstream/CronusVLA and that folder),
+#                                                  7B and 0.5B, fp32 weights as their policy and --bf16-vlm, rows
+#                                                  appended beside ours (impl: official; <= 8 min)
 #   benchmarks/cronusvla_h200.sh smoke [OUT_DIR]   CPU-sized check of bench (what was tested on the CPU)
 #   CRONUSVLA_H200_SMOKE=1 benchmarks/cronusvla_h200.sh train OUT_DIR     CPU-sized check of train (a few steps)
 # `train` needs the demonstrations recorded beforehand on the CPU machine (the GPU image has no pybullet wheel for
@@ -74,9 +79,26 @@ bench() {
 smoke() {
   "${B[@]}" --device cpu --tiny --modes eager
 }
+official() {  # their process gets their pinned transformers / timm first on sys.path (tokenizers: the python's ABI)
+  local abi site=/tmp/site_cronus m f extra=()
+  local precisions=("" --bf16-vlm)  # their policy's fp32 weights (VLM under CUDA bf16 autocast), and its use_bf16
+  # CPU smoke: tiny sizes, fp32 only (their autocast is CUDA-only, so a bf16 VLM cannot run on a CPU)
+  [[ "${TINY:-0}" == 1 ]] && extra=(--tiny --iters 1 --warmup 0) && precisions=("")
+  abi=cp$(python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+  test -d .upstream/CronusVLA || { echo "no .upstream/CronusVLA: carry it (fetch_upstream.sh CronusVLA)" >&2; exit 2; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" \
+    $(ls .whl/official_cronusvla/*.whl | grep -v '/tokenizers-') .whl/official_cronusvla/tokenizers-*-"$abi"-*.whl \
+    || { echo "official: wheels: rc $?" >&2; exit 2; }
+  for m in 7b 0_5b; do for f in "${precisions[@]}"; do
+    # shellcheck disable=SC2086
+    HF_HUB_OFFLINE=1 timeout 110 python3 benchmarks/cronusvla_official.py --site "$site" --model $m $f --iters 20 \
+      --warmup 3 "${extra[@]}" --out "$D/cronusvla.jsonl" || echo "official $m $f: rc $?"
+  done; done
+}
 case "${1:-train}" in
 train) train ;;
 bench) bench ;;
+official) official ;;
 smoke) smoke ;;
-*) echo "usage: $0 train|bench|smoke [OUT_DIR]" >&2; exit 2 ;;
+*) echo "usage: $0 train|bench|official|smoke [OUT_DIR]" >&2; exit 2 ;;
 esac

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--out", default=None, help="also append the row to this JSON-lines file (e.g. "
+                   "benchmarks/results/cronusvla.jsonl, beside bench_cronusvla.py's rows)")
     return p.parse_args(argv)
 
 
@@ -209,13 +212,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     versions = dict(python=sys.version.split()[0], torch=torch.__version__, transformers=transformers.__version__,
                     timm=timm.__version__)
-    row = dict(impl="official", model=args.model, tiny=args.tiny, device=device, frames=m,
-               ddim_steps=args.ddim_steps, step_ms_median=statistics.median(times),
+    # no tasks.bench import here: this process runs their pinned transformers, not ours (commit from the variable)
+    row = dict(bench="step", impl="official", model=args.model, tiny=args.tiny, device=device, frames=m,
+               ddim_steps=args.ddim_steps, step_ms_median=statistics.median(times), step_ms_min=min(times),
                bf16_vlm=args.bf16_vlm, attn=net.vlm.llm_backbone.llm.config._attn_implementation,
-               prompt_tokens=_prompt_tokens(net, kw["instruction"]), params=sum(p.numel() for p in net.parameters()), actions_shape=list(actions.shape),
-               feature_shape=list(feature.shape), actions_finite=bool(np.isfinite(actions).all()),
-               versions=versions)
+               prompt_tokens=_prompt_tokens(net, kw["instruction"]), params=sum(p.numel() for p in net.parameters()),
+               actions_shape=list(actions.shape), feature_shape=list(feature.shape),
+               actions_finite=bool(np.isfinite(actions).all()),
+               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+               versions=versions, command="python3 benchmarks/cronusvla_official.py " + " ".join(sys.argv[1:]),
+               git_commit=os.environ.get("SHAREZOO_GIT_COMMIT", ""))
     print(json.dumps(row))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
     return row
 
 

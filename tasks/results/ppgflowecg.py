@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.results._report import prepare_run, runner_parser
+from tasks.results._report import checkout_commit, prepare_run, runner_parser
 
 __all__ = ["evaluate", "hr_mae", "nk_heart_rate", "ridge_baseline", "run", "split_arrays", "train_stage"]
 
@@ -254,12 +254,6 @@ def _machine() -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} thread(s) of {os.cpu_count()} cores (torch {torch.__version__})"
 
 
-def _commit() -> str:
-    from tasks.bench import git_commit
-
-    return git_commit(untracked=False)[0][:12] or "unknown"
-
-
 # ------------------------------------------------------------------------------------------------ entry point
 def smoke(cfg: dict[str, Any]) -> None:
     """Shrink a recipe in place to a CPU smoke run: 2 steps per stage, validation every step, 1 sample, no workers."""
@@ -303,7 +297,7 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
     res["val_curves"] = curves
     command = f"python -m tasks.results.ppgflowecg --config {a.config}" + (" --tiny" if a.tiny else "")
     meta = {"command": command, "machine": _machine(),
-            "commit": _commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "time split"),
+            "commit": checkout_commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "time split"),
             "config": cfg}
     print(write_table(res, out, meta))
     return res

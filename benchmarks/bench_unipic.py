@@ -70,17 +70,6 @@ COMPILE_VARIANTS = {"off": ("eager",), "regional": ("regional",), "whole": ("who
 _TASK_COMPILE = {"eager": False, "regional": "regional", "whole": True}
 
 
-def _seed_all(seed: int) -> None:
-    """Python, NumPy and torch RNGs: the prompt dropout, MAR orders / masks and diffusion timesteps of the steps."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def bench_train(args: argparse.Namespace, save: Any = None) -> dict:
     """Per stage and compile variant: build the task (same seed), then ``--steps`` AdamW steps on one fixed example
     batch with the RNGs reseeded, so every variant sees the same masks, timesteps and prompt dropout and its losses
@@ -88,6 +77,8 @@ def bench_train(args: argparse.Namespace, save: Any = None) -> dict:
     later step a recompile (the negative prompt's other sequence length makes the LLM layers' shapes dynamic);
     ``compile_overhead_s`` sums every step's time over the median; ``step_s_median`` is over the steps from the third
     on. ``save(result)`` is called after every row."""
+    import pytorch_lightning as pl
+
     from tasks.bench import load_config
     from tasks.unipic import UniPicTask
 
@@ -115,7 +106,7 @@ def bench_train(args: argparse.Namespace, save: Any = None) -> dict:
             times, losses = [], []
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _seed_all(1)
+            pl.seed_everything(1, verbose=False)  # prompt dropout, MAR orders / masks, timesteps
             for i in range(args.steps):
                 _sync(device)
                 t = time.perf_counter()

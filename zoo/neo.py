@@ -332,8 +332,8 @@ class NEOStaticDecoder:
     position tensor, attention over all slots under the length / document mask as two explicit matmuls — and writes
     the argmax back (``eos_id`` handling on the device), advancing the position and t on the device: nothing is read
     back to the host. So the step can run eagerly, under ``torch.compile(fullgraph=True)``, or as one captured CUDA
-    graph (warm-up steps on a side stream, then capture, as ``tasks.llm.methods.ape_graphs`` and
-    :class:`zoo.ppgflowecg.StaticSampler` do). Tokens equal the dynamic-cache path's (``tests/test_neo.py``).
+    graph (:class:`zoo.layers.CapturedCall`, as APE's static decoder and :class:`zoo.ppgflowecg.StaticSampler`).
+    Tokens equal the dynamic-cache path's (``tests/test_neo_decode.py``).
 
     Args:
         model: the NEO model.

@@ -8,12 +8,11 @@ absent (CI has neither).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from official_helpers import install_site, run_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / ".upstream" / "CronusVLA"
@@ -26,10 +25,7 @@ NEEDED = ("transformers-4.40", "tokenizers-0.19", "huggingface_hub-0.26", "timm-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    site = tmp_path_factory.mktemp("official_cronusvla") / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--target", str(site), *map(str, WHEELS)], check=True, capture_output=True, timeout=180)
-    return site
+    return install_site(WHEELS, tmp_path_factory.mktemp("official_cronusvla") / "site")
 
 
 @pytest.mark.script
@@ -39,10 +35,7 @@ def site(tmp_path_factory):
                     reason="wheels for the official code absent from .whl/official_cronusvla/")
 @pytest.mark.parametrize("model,frames,llm", [("7b", 7, "llama"), ("0_5b", 4, "qwen")])
 def test_official_predict_action_tiny_cpu(site, model, frames, llm):
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/cronusvla_official.py"), "--device", "cpu", "--tiny",
-                        "--model", model, "--site", str(site)], capture_output=True, text=True, timeout=600,
-                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                            **{k: os.environ[k] for k in ("PYTHONPATH", "HOME") if k in os.environ}})
+    r = run_harness("cronusvla_official.py", "--model", model, "--site", str(site))
     assert r.returncode == 0, r.stderr[-3000:]
     row = json.loads(r.stdout.strip().splitlines()[-1])
     assert row["impl"] == "official" and row["model"] == model and row["frames"] == frames

@@ -7,12 +7,10 @@ antlr4-python3-runtime 4.9.3, timm 0.6.13); skips when either is absent (CI has 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from official_helpers import install_site, run_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / ".upstream" / "neuropictor"
@@ -26,14 +24,9 @@ NEEDED = ("open_clip_torch-2.23", "omegaconf-", "antlr4_python3_runtime-", "timm
 @pytest.mark.skipif(not all(any(w.name.startswith(n) for w in WHEELS) for n in NEEDED),
                     reason="wheels for the official code absent from .whl/official/")
 def test_official_step_tiny_cpu(tmp_path):
-    site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--target", str(site), *map(str, WHEELS)], check=True, capture_output=True, timeout=120)
+    site = install_site(WHEELS, tmp_path / "site", timeout=120)
     out = tmp_path / "official.jsonl"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/neuropictor_official.py"), "--device", "cpu", "--tiny",
-                        "--site", str(site), "--out", str(out)], capture_output=True, text=True, timeout=600,
-                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                            **{k: os.environ[k] for k in ("PYTHONPATH", "HOME") if k in os.environ}})
+    r = run_harness("neuropictor_official.py", "--site", str(site), "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["impl"] == "official" and row["bench"] == "train" and row["mode"] == "eager"

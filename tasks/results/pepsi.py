@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.results._report import prepare_run, runner_parser
-from tasks.results.ppgflowecg import _commit, _machine
+from tasks.results._report import checkout_commit, prepare_run, runner_parser
+from tasks.results.ppgflowecg import _machine
 
 __all__ = ["cv2_inpaint", "evaluate", "mean_fill", "run", "score", "to_uint8"]
 
@@ -233,7 +233,7 @@ def run(argv: Sequence[str] = ()) -> list[dict[str, Any]]:
     _plot(out / "inpainted_vs_opencv.png", samples, int(ev.get("num_plot", 3)))
     command = f"python -m tasks.results.pepsi --config {a.config}" + (" --tiny" if a.tiny else "")
     meta = {"command": command, "machine": _machine(),
-            "commit": _commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "held-out photographs"),
+            "commit": checkout_commit(), "wall_s": time.time() - t0, "split": cfg.get("split_rule", "held-out photographs"),
             "image_size": dm.image_size, "config": cfg}
     print(write_table(rows, out, meta, {"val_curves": curves, "checkpoints": best}))
     return rows

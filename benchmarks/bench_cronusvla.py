@@ -130,7 +130,7 @@ def bench_step(args: argparse.Namespace, mode: str) -> dict:
 
 def _graph_check(model, pol, ids: torch.Tensor, img: torch.Tensor, ddim_steps: int) -> dict:
     """The graphed policy's step against an eager one's on the same model, frame, full cache and noise: max abs
-    difference of the current feature (relative to its largest entry) and of the normalised action chunk."""
+    difference of the current feature and of the action chunk, each relative to the eager one's largest entry."""
     from zoo.cronusvla_policy import CronusVLAPolicy
 
     ref = CronusVLAPolicy(model, ids, num_steps=ddim_steps)
@@ -145,10 +145,12 @@ def _graph_check(model, pol, ids: torch.Tensor, img: torch.Tensor, ddim_steps: i
     (fe, ae), (fg, ag) = out
     feat = ((fg - fe).abs().max() / fe.abs().max().clamp_min(1e-12)).item()
     act = (ag - ae).abs().max().item()
+    scale = ae.abs().max().item()
+    act_rel = act / max(scale, 1e-12)  # random weights give actions far outside [-1, 1]: judge them relative
     tol = 5e-2 if img.dtype == torch.bfloat16 else 1e-3
     return {"graph_check_feature_max_rel": round(feat, 6), "graph_check_action_max_abs": round(act, 6),
-            "graph_check_action_scale": round(ae.abs().max().item(), 4), "graph_check_tol": tol,
-            "graph_check_ok": feat <= tol and act <= tol}
+            "graph_check_action_scale": round(scale, 4), "graph_check_action_max_rel": round(act_rel, 6),
+            "graph_check_tol": tol, "graph_check_ok": feat <= tol and act_rel <= tol}
 
 
 def bench_train(args: argparse.Namespace, mode: str) -> dict:

@@ -6,7 +6,8 @@ name=${1:?name}
 top=$(git rev-parse --show-toplevel)
 declare -A REPOS=([FusionReID]="https://github.com/924973292/FusionReID"
   [neuropictor]="https://github.com/jingyanghuo/neuropictor"
-  [CronusVLA]="https://github.com/InternRobotics/CronusVLA")
+  [CronusVLA]="https://github.com/InternRobotics/CronusVLA"
+  [UniPic]="https://github.com/SkyworkAI/UniPic")
 src=${2:-}
 dest="$top/.upstream/$name"
 rm -rf "$dest" && mkdir -p "$dest"

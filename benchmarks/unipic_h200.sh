@@ -30,6 +30,14 @@
 #                                                      OUT_DIR/unipic_digits_h200.tar.gz for the trip back (~8-9 min)
 #   benchmarks/unipic_h200.sh digits_pick [OUT_DIR]    CPU only: per arm, the lr piece with the best val accuracy ->
 #                                                      issue16/unipic_digits_h200/picked.{json,md}
+#   benchmarks/unipic_h200.sh official [OUT_DIR]       beside the OFFICIAL code (benchmarks/unipic_official.py: their
+#                                                      UniPic-1 config and classes, random init, their pins from
+#                                                      .whl/official_unipic into /tmp/site_unipic; carry
+#                                                      .upstream/UniPic and that folder): ours first (gen 1024 /
+#                                                      64 steps / CFG 3 -> unipic_h200_official_ours_gen.json; train
+#                                                      eager stage1_pt + stage3_ct, 4 steps ->
+#                                                      unipic_h200_official_ours_train.json), then theirs, the same
+#                                                      shapes -> unipic_h200_official.jsonl (impl: official; <= 9 min)
 #   TINY=1 benchmarks/unipic_h200.sh <case> ...         the CPU smoke version of a case (tiny model, seconds to minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -132,14 +140,36 @@ lines += [json.dumps(row) for row in rows]
 print("\n".join(lines))
 EOF
 }
+official() {  # their process gets their pinned transformers / timm / mmengine first on sys.path (own site folder)
+  local site=/tmp/site_unipic abi off=(--size 1024 --num-iter 64)
+  [[ "${TINY:-0}" == 1 ]] && off=(--tiny --device cpu)
+  test -f .upstream/UniPic/UniPic-1/configs/models/qwen2_5_1_5b_kl16_mar_h.py \
+    || { echo "no .upstream/UniPic: carry it (benchmarks/fetch_upstream.sh UniPic)" >&2; exit 2; }
+  abi=cp$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+  # shellcheck disable=SC2046
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" \
+    $(ls .whl/official_unipic/*.whl | grep -v '/tokenizers-') .whl/official_unipic/tokenizers-*-"$abi"-*.whl \
+    || { echo "official: wheels: rc $?" >&2; exit 2; }
+  # ours first, so both sides come from one run (timeouts sum to 530 s)
+  timeout 120 "${B[@]}" gen --model "$MODEL" "${EXTRA[@]}" --size "$SIZE" --num-iter 64 \
+    --out "$D/${P}_official_ours_gen.json" || echo "ours gen: rc $?"
+  timeout 140 "${B[@]}" train --model "$MODEL" "${EXTRA[@]}" --batch 1 --stages stage1_pt stage3_ct --compile off \
+    --steps 4 --out "$D/${P}_official_ours_train.json" || echo "ours train: rc $?"
+  timeout 130 "$PY" benchmarks/unipic_official.py train --site "$site" "${off[@]}" --stages stage1_pt stage3_ct \
+    --steps 4 --out "$D/${P}_official.jsonl" || echo "official train: rc $?"
+  timeout 140 "$PY" benchmarks/unipic_official.py gen --site "$site" "${off[@]}" --out "$D/${P}_official.jsonl" \
+    || echo "official gen: rc $?"
+}
 case "$CASE" in
 gen) gen ;;
+official) official ;;
 train_eager) train_eager ;;
 train_compile) train_compile ;;
 compare) compare ;;
 digits) digits ;;
 digits_all) digits_all ;;
 digits_pick) digits_pick ;;
-*) echo "usage: $0 gen|train_eager|train_compile|compare|digits_all|digits_pick [OUT_DIR] | digits ARM LR [OUT_DIR]" >&2
+*) echo "usage: $0 gen|train_eager|train_compile|compare|official|digits_all|digits_pick [OUT_DIR]" \
+    "| digits ARM LR [OUT_DIR]" >&2
   exit 2 ;;
 esac

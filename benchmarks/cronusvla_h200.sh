@@ -13,8 +13,11 @@
 #   benchmarks/cronusvla_h200.sh official [OUT_DIR]  the OFFICIAL predict_action (benchmarks/cronusvla_official.py:
 #                                                  their classes, random init, their pins from .whl/official_cronusvla
 #                                                  into /tmp/site_cronus; carry .upstream/CronusVLA and that folder),
-#                                                  7B and 0.5B, fp32 weights as their policy and --bf16-vlm, rows
-#                                                  appended beside ours (impl: official; <= 8 min)
+#                                                  fp32 weights as their policy and --bf16-vlm, rows appended
+#                                                  beside ours (impl: official), our eager + graphed control step
+#                                                  of the same model first (same call). MODELS ("7b 0_5b"; one
+#                                                  model <= 5.5 min, both <= 10.5: give one per call),
+#                                                  TRAIN_COMPILE=1 adds the 0.5B compiled post-training step (2.5 min)
 #   benchmarks/cronusvla_h200.sh smoke [OUT_DIR]   CPU-sized check of bench (what was tested on the CPU)
 #   CRONUSVLA_H200_SMOKE=1 benchmarks/cronusvla_h200.sh train OUT_DIR     CPU-sized check of train (a few steps)
 # `train` needs the demonstrations recorded beforehand on the CPU machine (the GPU image has no pybullet wheel for
@@ -89,11 +92,20 @@ official() {  # their process gets their pinned transformers / timm first on sys
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" \
     $(ls .whl/official_cronusvla/*.whl | grep -v '/tokenizers-') .whl/official_cronusvla/tokenizers-*-"$abi"-*.whl \
     || { echo "official: wheels: rc $?" >&2; exit 2; }
-  for m in 7b 0_5b; do for f in "${precisions[@]}"; do
-    # shellcheck disable=SC2086
-    HF_HUB_OFFLINE=1 timeout 110 python3 benchmarks/cronusvla_official.py --site "$site" --model $m $f --iters 20 \
-      --warmup 3 "${extra[@]}" --out "$D/cronusvla.jsonl" || echo "official $m $f: rc $?"
-  done; done
+  for m in ${MODELS:-7b 0_5b}; do
+    if [[ "${TINY:-0}" != 1 ]]; then  # ours first, in the same call: eager and CUDA-graphed control steps
+      timeout 100 "${B[@]}" --benches step --model "cronusvla_$m" --modes eager,graph || echo "ours $m: rc $?"
+    fi
+    for f in "${precisions[@]}"; do
+      # shellcheck disable=SC2086
+      HF_HUB_OFFLINE=1 timeout 110 python3 benchmarks/cronusvla_official.py --site "$site" --model $m $f --iters 20 \
+        --warmup 3 "${extra[@]}" --out "$D/cronusvla.jsonl" || echo "official $m $f: rc $?"
+    done
+  done
+  if [[ "${TRAIN_COMPILE:-0}" == 1 ]]; then  # the 0.5B post-training step, regional compile (eager: session 8)
+    timeout 150 "${B[@]}" --benches train --model cronusvla_0_5b --batch 32 --modes compile --iters 10 ||
+      echo "train compile: rc $?"
+  fi
 }
 case "${1:-train}" in
 train) train ;;

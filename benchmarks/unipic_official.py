@@ -213,7 +213,7 @@ def _import_official(a: argparse.Namespace) -> types.SimpleNamespace:
 
 
 def model_config(up: types.SimpleNamespace, tiny: bool, dtype: torch.dtype) -> dict[str, Any]:
-    """Their ``model`` dict with the hub loads swapped (see the module docstring); ``tiny`` shrinks MAR / LLM / SigLIP."""
+    """Their ``model`` dict with the hub loads swapped (see the module docstring); ``tiny`` shrinks MAR, LLM, SigLIP."""
     m = dict(up.cfg.model)
     m["vae"] = {**m["vae"], "ckpt_path": None}
     m["llm"] = dict(type=_llm_builder(tiny, dtype))
@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # the same backend flags as bench_unipic.py (defaults)
         torch.backends.cuda.matmul.allow_tf32 = False
     head = {"impl": "official", "upstream": UPSTREAM, "upstream_commit_checked": UPSTREAM_COMMIT_CHECKED,
-            "upstream_files_sha256": _file_hashes(up.repo), "model": "official:" + CONFIG + (" (tiny)" if a.tiny else ""),
+            "upstream_files_sha256": _file_hashes(up.repo),
+            "model": "official:" + CONFIG + (" (tiny)" if a.tiny else ""),
             "command": "python3 benchmarks/unipic_official.py " + " ".join(shlex.quote(x) for x in argv),
             "git_commit": git_commit()[0][:12], "machine": platform.node(), "device": str(device),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "versions": up.versions,

@@ -26,3 +26,29 @@ def test_bench_neuropictor_smoke(tmp_path):
         assert x["command"].startswith("python3 benchmarks/bench_neuropictor.py") and "git_commit" in x
         assert x["torch"] and x["model"] == "neuropictor_tiny" and x["step_ms_median"] > 0
     assert rows[1]["ddim_steps"] == 3 and rows[1]["guidance"] == 5.0
+
+
+def test_bench_neuropictor_modes_record_their_switches(tmp_path):
+    """In process: the ``_cl`` modes turn on the task's channels_last; every train row records its switches (the
+    optimiser's actual ``fused``); unknown modes are refused."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_neuropictor as bench
+
+    assert bench.mode_options("compile_cl") == (True, True) and bench.mode_options("regional") == ("regional", False)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--modes", "compiled"])
+    out = tmp_path / "np.jsonl"
+    assert bench.main(["--device", "cpu", "--tiny", "--benches", "train", "--modes", "eager,eager_cl", "--fused-adamw",
+                       "on", "--steps", "1", "--warmup", "1", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["mode"], r["channels_last"], r["fused_adamw"], r["compile"], r["compile_vae"]) for r in rows] == [
+        ("eager", False, True, False, False), ("eager_cl", True, True, False, False)]
+
+
+def test_neuropictor_h200_script_parses_and_names_its_cases():
+    script = ROOT / "benchmarks/neuropictor_h200.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "official|ablation" in r.stderr
+    text = script.read_text()
+    assert "--modes compile_cl" in text and "--no-checkpointing" in text and "--modes regional_cl" in text

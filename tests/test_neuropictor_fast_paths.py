@@ -44,7 +44,8 @@ def reference():
     return _step(_task(channels_last=False, fused_adamw=False))
 
 
-@pytest.mark.parametrize("kw", [dict(channels_last=True, fused_adamw=False), dict(channels_last=False, fused_adamw=True),
+@pytest.mark.parametrize("kw", [dict(channels_last=True, fused_adamw=False),
+                                dict(channels_last=False, fused_adamw=True),
                                 dict(channels_last=True, fused_adamw=True)], ids=["channels_last", "fused", "both"])
 def test_fast_paths_equal_the_default(reference, kw):
     task = _task(**kw)

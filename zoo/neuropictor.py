@@ -91,7 +91,11 @@ MODEL_CARD: dict[str, Any] = {
                   "ours eager 359.8 ms vs theirs 557.8 ms as released (checkpointing on) = 1.55x, 466.0 ms with "
                   "checkpointing off = 1.30x; the issue's 2x target is not reached yet (compiled 296 ms is 1.88x, "
                   "not the same run). DDIM 50 steps, CFG 5.0, batch 4 at 512 px: 3.11 s eager, 1.87 s with "
-                  "the UNet and ControlNet compiled (0.47 s an image; benchmarks/README.md, NeuroPictor).",
+                  "the UNet and ControlNet compiled (0.47 s an image; benchmarks/README.md, NeuroPictor). The steps "
+                  "above ran PyTorch's default (foreach) AdamW, channels-first, the VAE encoder eager; the task now "
+                  "fuses AdamW on CUDA and, with compile on, compiles the VAE encoder, and neuropictor_h200.sh "
+                  "official times their two runs beside our compile_cl step (+ channels_last), ablation the eager, "
+                  "eager_cl and regional_cl steps (bench_neuropictor.py --modes).",
     "deviations": [
         "fMRI encoder depth and heads are not in the official repository (they sit in the Hugging Face "
         "fMRI_AutoEncoder.yaml, not retrievable here): encoder_depth=24, encoder_heads=16 (ViT-L-like at width "

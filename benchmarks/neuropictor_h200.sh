@@ -10,8 +10,8 @@
 #     batch 16, 512 px) as configured (xformers branch on torch SDPA, gradient checkpointing on), then without its
 #     gradient checkpointing, then our fastest exact step: compile_cl (whole forward + backward compiled, the frozen
 #     VAE encoder compiled too, UNet / ControlNet / VAE channels-last, fused AdamW; cold compile ~5 min).
-#     OFFICIAL_VANILLA=1 adds their no-xformers fp32-attention fallback (≤ 110 s more: past one 10-minute command
-#     unless our compile is warm).
+#     Then, only while the 570-s budget (NEUROPICTOR_BUDGET_S) leaves room: our eager_cl step (~80 s), and with
+#     OFFICIAL_VANILLA=1 their no-xformers fp32-attention fallback (~45 s).
 #     Needs `benchmarks/fetch_upstream.sh neuropictor` (-> .upstream/neuropictor) and the wheels of their pins in
 #     .whl/official/ (open_clip_torch 2.23.0, omegaconf 2.3.0, antlr4-python3-runtime 4.9.3, timm 0.6.13); carry
 #     .whl and .upstream/neuropictor. Their pins go to their own /tmp/site_official, first on their sys.path only.
@@ -23,6 +23,15 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 D=${2:-benchmarks/results}
 B=(python3 benchmarks/bench_neuropictor.py --out "$D/neuropictor.jsonl")
+BUDGET=${NEUROPICTOR_BUDGET_S:-570}  # seconds one call may take in all (the device's limit is 600 a command)
+left() { echo $((BUDGET - SECONDS)); }
+# extra RUN_NAME SECONDS_NEEDED CMD...: run CMD under the time still left, only if at least SECONDS_NEEDED are left
+extra() {
+  local name=$1 need=$2
+  shift 2
+  if (($(left) < need)); then echo "$name: skipped ($(left) s left, needs ~$need)"; return 0; fi
+  timeout $(($(left) - 5)) "$@" || echo "$name: rc $?"
+}
 train() {
   timeout 150 "${B[@]}" --benches train --modes eager --steps 20 --warmup 3 || echo "train eager: rc $?"
   timeout 400 "${B[@]}" --benches train --modes compile --steps 20 --warmup 3 || echo "train compile: rc $?"
@@ -35,13 +44,14 @@ official() {
   timeout 75 "${O[@]}" --attention xformers-sdpa --no-checkpointing --steps 10 --warmup 2 ||
     echo "official no-checkpointing: rc $?"
   timeout 395 "${B[@]}" --benches train --modes compile_cl --steps 20 --warmup 3 || echo "train compile_cl: rc $?"
-  if [ "${OFFICIAL_VANILLA:-0}" = 1 ]; then
-    timeout 110 "${O[@]}" --attention vanilla --steps 10 --warmup 2 || echo "official vanilla: rc $?"
-  fi
+  # with the time left (or if the compile failed early): our eager channels-last step, then their fp32 attention
+  extra "train eager_cl" 80 "${B[@]}" --benches train --modes eager_cl --steps 10 --warmup 2
+  [ "${OFFICIAL_VANILLA:-0}" = 1 ] && extra "official vanilla" 45 "${O[@]}" --attention vanilla --steps 10 --warmup 2
+  return 0
 }
 ablation() {
   timeout 170 "${B[@]}" --benches train --modes eager,eager_cl --steps 20 --warmup 3 || echo "train eager(_cl): rc $?"
-  timeout 390 "${B[@]}" --benches train --modes regional_cl --steps 20 --warmup 3 || echo "train regional_cl: rc $?"
+  extra "train regional_cl" 200 "${B[@]}" --benches train --modes regional_cl --steps 20 --warmup 3
 }
 sample() {
   timeout 120 "${B[@]}" --benches sample --modes eager --sample-iters 3 || echo "sample eager: rc $?"

@@ -15,7 +15,11 @@ non-square test images (aspect ratios never seen in training). ``step``: one pac
 of one 512×512 image = 256 tokens + text), forward + backward + AdamW step in bf16 autocast, tokens/s and MFU
 (6·N_non-embedding·tokens + the attention matmuls, against ``--peak-tflops``). ``decode``: prefill one image +
 question, then greedy decoding of ``--new`` tokens with the KV cache, one row per mode of :data:`DECODE_MODES`
-(dynamic cache eager; static cache eager / compiled / CUDA graph / compiled + CUDA graph) and batch. Weights are
+(dynamic cache eager; static cache eager / compiled / CUDA graph / compiled + CUDA graph) and batch, each with its
+agreement with the first mode (:func:`agreement`: first diverging token, and each mode teacher-forced on the first
+mode's tokens: logit differences relative to the logit scale, argmax agreement, the reference's margin where the
+argmax flips), then a ``decode_fp32`` row per batch (:func:`fp32_check`: the model in float32, greedy tokens of
+``--fp32-modes`` against the dynamic path's, and every mode's low-precision logits against float32's). Weights are
 random. Every result is one JSON line with the command, machine, versions and commit (``--out``; ``--tiny`` writes to
 a temporary file).
 """
@@ -263,6 +267,142 @@ def _alarm(seconds: int):
     return limit()
 
 
+def _sig(x: float | torch.Tensor, digits: int = 4) -> float:
+    return float(f"{float(x):.{digits}g}")
+
+
+def cache_slots(prompt_len: int, new: int, max_cache_len: int | None) -> int:
+    """The cache slots :meth:`zoo.neo.NEO.generate` picks (its kept static decoder is looked up by them)."""
+    n = max(max_cache_len or 0, prompt_len + new)
+    return n + (-n) % 64
+
+
+@torch.no_grad()
+def dynamic_teacher_forced(model, input_ids: torch.Tensor, images: list[torch.Tensor], tokens: torch.Tensor
+                           ) -> torch.Tensor:
+    """(n, B, vocab) float32 logits of the dynamic-cache path (``generate(static_cache=False)``'s prefill and steps)
+    when the decoded tokens are ``tokens`` (B, n): [0] after the prompt, [i] after ``tokens[:, :i]``."""
+    out = model(input_ids, images, use_cache=True)
+    rows, cache = [out.logits[:, -1].to(torch.float32, copy=True)], out.cache
+    doc = torch.zeros_like(input_ids[:, -1:])
+    for i in range(1, tokens.shape[1]):
+        out = model(tokens[:, i - 1: i], doc_ids=doc, cache=cache, use_cache=True)
+        rows.append(out.logits[:, -1].to(torch.float32, copy=True))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def teacher_forced(model, mode: str, input_ids: torch.Tensor, images: list[torch.Tensor], tokens: torch.Tensor,
+                   slots: int) -> torch.Tensor:
+    """:func:`dynamic_teacher_forced` for a mode of :data:`DECODE_MODES`: a static mode runs the kept decoder of its
+    generate() calls (the same compiled / captured step: no recompilation) through
+    :meth:`zoo.neo.NEOStaticDecoder.teacher_forced`."""
+    kw = DECODE_MODES[mode]
+    if not kw.get("static_cache", True):
+        return dynamic_teacher_forced(model, input_ids, images, tokens)
+    dec = model.static_decoder(input_ids.shape[0], slots, None, kw.get("compile_decode", False),
+                               kw.get("cuda_graphs", False))
+    return dec.teacher_forced(input_ids, tokens, images)
+
+
+@torch.no_grad()
+def logit_diff(ref: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """Per-position differences of (n, B, vocab) logits: the largest absolute one, the largest and median of
+    max|Δ| / std(ref logits over the vocabulary) (relative to the logit scale), and argmax agreement."""
+    diff = (other - ref).abs().amax(-1)
+    rel = diff / ref.std(-1).clamp_min(1e-12)
+    return {"max_abs": _sig(diff.max()), "max_rel": _sig(rel.max()), "median_rel": _sig(rel.median()),
+            "argmax_agreement": _sig((other.argmax(-1) == ref.argmax(-1)).float().mean())}
+
+
+@torch.no_grad()
+def agreement(ref_tokens: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor, tf_logits: torch.Tensor
+              ) -> dict[str, Any]:
+    """How a mode's greedy decode agrees with the reference mode's.
+
+    Args:
+        ref_tokens: (B, n) the reference's greedy tokens.
+        ref_logits: (n, B, vocab) the reference's logits on them (teacher-forced: its own).
+        tokens: (B, m) the mode's greedy tokens.
+        tf_logits: (n, B, vocab) the mode's logits teacher-forced on ``ref_tokens``.
+
+    Returns:
+        ``first_divergence_step`` (first token column that differs in any row; None: none), ``token_agreement``
+        (fraction of equal tokens), ``tf_step0_max_abs_logit_diff`` (the prefill's), ``tf_max_abs_logit_diff``,
+        ``tf_max_rel_logit_diff`` / ``tf_median_rel_logit_diff`` (per position max|Δ| over the reference's logit std),
+        ``tf_argmax_agreement`` (the mode's teacher-forced argmax == the reference token), ``tf_argmax_flips``, and
+        ``tf_flip_max_ref_margin_rel``: the largest reference margin (its logit of its token minus its logit of the
+        mode's argmax, over its logit std) among the flips — small when flips only happen at near-ties (rounding),
+        large for a real bug; ``ref_margin_rel_median``: the reference's median top-1 minus top-2 margin, for scale;
+        at the first divergence, ``ref_margin_rel_at_divergence`` and ``tf_rel_logit_diff_at_divergence``.
+    """
+    n = min(ref_tokens.shape[1], tokens.shape[1])
+    same = tokens[:, :n] == ref_tokens[:, :n]
+    cols = same.all(0)
+    first = None if bool(cols.all()) else int((~cols).int().argmax())
+    d = logit_diff(ref_logits, tf_logits)
+    scale = ref_logits.std(-1).clamp_min(1e-12)  # (n, B)
+    rel = (tf_logits - ref_logits).abs().amax(-1) / scale
+    ref_tok = ref_tokens.T[: ref_logits.shape[0], :, None]  # (n, B, 1)
+    arg = tf_logits.argmax(-1, keepdim=True)
+    flips = (arg != ref_tok)[..., 0]
+    margin = (ref_logits.gather(-1, ref_tok) - ref_logits.gather(-1, arg))[..., 0] / scale
+    top2 = ref_logits.topk(2, -1).values
+    top_margin = (top2[..., 0] - top2[..., 1]) / scale
+    out = {"first_divergence_step": first, "token_agreement": _sig(same.float().mean()),
+           "tf_step0_max_abs_logit_diff": _sig((tf_logits[0] - ref_logits[0]).abs().max()),
+           "tf_max_abs_logit_diff": d["max_abs"], "tf_max_rel_logit_diff": d["max_rel"],
+           "tf_median_rel_logit_diff": d["median_rel"],
+           "tf_argmax_agreement": _sig((~flips).float().mean()), "tf_argmax_flips": int(flips.sum()),
+           "tf_flip_max_ref_margin_rel": _sig(margin[flips].max()) if bool(flips.any()) else None,
+           "ref_margin_rel_median": _sig(top_margin.median())}
+    if first is not None and first < ref_logits.shape[0]:
+        r = int((~same[:, first]).int().argmax())
+        out |= {"ref_margin_rel_at_divergence": _sig(top_margin[first, r]),
+                "tf_rel_logit_diff_at_divergence": _sig(rel[first, r])}
+    return out
+
+
+def fp32_check(args: argparse.Namespace, model, inputs: dict[int, tuple], references: dict[int, torch.Tensor],
+               kept: dict[int, dict[str, torch.Tensor]]) -> None:
+    """One ``decode_fp32`` row per batch, the model cast to float32 (last: it stays float32): each mode of
+    ``--fp32-modes`` decodes ``--fp32-check-new`` greedy tokens, against the float32 dynamic path's (``modes``:
+    :func:`agreement` fields, teacher-forced on its tokens) — float32 must agree; and every low-precision mode's
+    logits of the timed rows (teacher-forced on the reference tokens) against float32's on the same tokens
+    (``low_precision_vs_fp32``: :func:`logit_diff`) — the rounding error of each mode."""
+    low = str(next(model.parameters()).dtype).removeprefix("torch.")
+    model.float()
+    modes = [m for m in args.fp32_modes.split(",") if args.device == "cuda" or "graph" not in m]
+    for bsz, (ids, images) in inputs.items():
+        n = min(args.fp32_check_new, references[bsz].shape[1])
+        images = [im.float() for im in images]
+        row = {"bench": "decode_fp32", "model": args.model, "batch": bsz, "prompt_tokens": ids.shape[1],
+               "new_tokens": n, "low_precision": low, "reference_mode": modes[0]}
+        slots = cache_slots(ids.shape[1], args.new, ids.shape[1] + args.new)
+        try:
+            with _alarm(args.row_timeout), torch.no_grad():
+                ref_kw = DECODE_MODES[modes[0]]
+                ref = model.generate(ids, images, max_new_tokens=n, **_gen(ref_kw, ids.shape[1], args.new))
+                ref_logits = teacher_forced(model, modes[0], ids, images, ref, slots)
+                row["modes"] = {}
+                for mode in modes[1:]:
+                    toks = model.generate(ids, images, max_new_tokens=n,
+                                          **_gen(DECODE_MODES[mode], ids.shape[1], args.new))
+                    tf = teacher_forced(model, mode, ids, images, ref, slots)
+                    row["modes"][mode] = {"same_tokens": bool(torch.equal(toks, ref)),
+                                          **agreement(ref, ref_logits, toks, tf)}
+                fp32 = dynamic_teacher_forced(model, ids, images, references[bsz][:, :n])
+                row["low_precision_vs_fp32"] = {mode: logit_diff(fp32, tf[:n]) for mode, tf in kept[bsz].items()}
+        except Exception as err:  # noqa: BLE001 (a failing check is a row; the next batch runs)
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        _write(args, row)
+
+
+def _gen(kw: dict[str, Any], prompt_len: int, new: int) -> dict[str, Any]:
+    """generate() options of a mode (static modes: slots for ``new`` tokens, so every call shares one decoder)."""
+    return dict(kw, max_cache_len=prompt_len + new) if kw.get("static_cache", True) else dict(kw)
+
+
 def decode(args: argparse.Namespace) -> None:
     """Greedy decoding rows per (mode, batch): a warm-up generate (compilation / capture, same cache slots), a timed
     prefill, then a timed generate of ``--new`` tokens (minus one prefill); each row under ``--row-timeout``."""
@@ -271,13 +411,17 @@ def decode(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     with torch.device(args.device):
         model = zoo.create_model(args.model).eval()
-    if args.device == "cuda":
-        model.to(torch.bfloat16)
+    dtype = args.dtype if args.dtype != "auto" else "bfloat16" if args.device == "cuda" else "float32"
+    model.to(getattr(torch, dtype))
     s, c, e = model.ids.start, model.ids.context, model.ids.end
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     modes = args.decode_modes.split(",") if args.decode_modes else [
         m for m in DECODE_MODES if args.device == "cuda" or "graph" not in m]
-    reference: dict[int, torch.Tensor] = {}
+    reference: dict[int, torch.Tensor] = {}  # per batch: the first mode's tokens ...
+    ref_logits: dict[int, torch.Tensor] = {}  # ... and its logits on them
+    inputs: dict[int, tuple] = {}
+    kept: dict[int, dict[str, torch.Tensor]] = {}  # per batch and mode: teacher-forced logits for the fp32 check
+    fp32 = args.agreement and args.fp32_check_new > 0 and dtype != "float32"
     for mode in modes:
         kw = DECODE_MODES[mode]
         for bsz in (int(b) for b in args.decode_batches.split(",")):
@@ -286,15 +430,18 @@ def decode(args: argparse.Namespace) -> None:
             g = torch.Generator(args.device).manual_seed(bsz)
             images = [torch.randn(3, args.grid * model.token_px, args.grid * model.token_px, device=args.device,
                                   generator=g).to(next(model.parameters()).dtype) for _ in range(bsz)]
-            gen = dict(kw, max_cache_len=len(prompt) + args.new) if kw.get("static_cache", True) else kw
-            row = {"bench": "decode", "model": args.model, "mode": mode, "batch": bsz, "prompt_tokens": len(prompt)}
+            inputs.setdefault(bsz, (ids, images))
+            gen = _gen(kw, len(prompt), args.new)
+            row = {"bench": "decode", "model": args.model, "mode": mode, "batch": bsz, "prompt_tokens": len(prompt),
+                   "dtype": dtype}
             try:
                 with _alarm(args.row_timeout):
                     t0 = time.time()
                     model.generate(ids, images, max_new_tokens=4, **gen)  # warm-up: compile / capture
                     sync()
                     t1 = time.time()
-                    out = model(ids, images, use_cache=True)
+                    with torch.no_grad():  # as inside generate(), whose prefill this is subtracted as
+                        out = model(ids, images, use_cache=True)
                     sync()
                     t2 = time.time()
                     new = model.generate(ids, images, max_new_tokens=args.new, **gen)
@@ -306,11 +453,31 @@ def decode(args: argparse.Namespace) -> None:
                 continue
             decode_s = (t3 - t2) - (t2 - t1)  # generate() includes one prefill
             ref = reference.setdefault(bsz, new)
-            _write(args, {**row, "new_tokens": new.shape[1], "warmup_s": round(t1 - t0, 2),
-                          "prefill_s": round(t2 - t1, 4), "ms_per_step": round(1e3 * decode_s / new.shape[1], 2),
-                          "decode_tokens_per_s": round(bsz * new.shape[1] / max(decode_s, 1e-9), 1),
-                          # greedy tokens against the first mode's (bf16 on CUDA: near-ties may differ)
-                          "same_tokens_as_" + modes[0]: bool(torch.equal(new, ref))})
+            row |= {"new_tokens": new.shape[1], "warmup_s": round(t1 - t0, 2),
+                    "prefill_s": round(t2 - t1, 4), "ms_per_step": round(1e3 * decode_s / new.shape[1], 2),
+                    "decode_tokens_per_s": round(bsz * new.shape[1] / max(decode_s, 1e-9), 1),
+                    # greedy tokens against the first mode's (bf16 on CUDA: near-ties may flip; the agreement
+                    # fields below tell a rounding flip from a bug)
+                    "same_tokens_as_" + modes[0]: bool(torch.equal(new, ref))}
+            if args.agreement:  # untimed: this mode teacher-forced on the reference tokens
+                try:
+                    with _alarm(args.row_timeout):
+                        t4 = time.time()
+                        tf = teacher_forced(model, mode, ids, images, ref, cache_slots(len(prompt), args.new,
+                                                                                       gen.get("max_cache_len")))
+                        if new is ref:  # this row is the reference: its own logits are the reference's
+                            ref_logits[bsz] = tf
+                        if bsz not in ref_logits:
+                            raise RuntimeError("the reference row has no teacher-forced logits")
+                        row |= agreement(ref, ref_logits[bsz], new, tf)
+                        row["agreement_s"] = round(time.time() - t4, 2)
+                        if fp32:
+                            kept.setdefault(bsz, {})[mode] = tf[: args.fp32_check_new].clone()
+                except Exception as err:  # noqa: BLE001
+                    row["agreement_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            _write(args, row)
+    if fp32 and reference:
+        fp32_check(args, model, {b: inputs[b] for b in reference}, reference, kept)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -351,6 +518,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-batches", default="1,8")
     p.add_argument("--decode-modes", default=None,
                    help=f"comma list of {','.join(DECODE_MODES)} (default: all; on the CPU those without graph)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="decode: model weights' dtype (auto: bfloat16 on CUDA, float32 elsewhere)")
+    p.add_argument("--no-agreement", dest="agreement", action="store_false",
+                   help="decode: skip the teacher-forced agreement fields and the fp32 check (timing only)")
+    p.add_argument("--fp32-check-new", type=int, default=32,
+                   help="decode: greedy tokens of the float32 check after the rows (0: none; skipped in float32)")
+    p.add_argument("--fp32-modes", default="dynamic,static,static_graph",
+                   help="decode: modes of the float32 check, the first is the reference (off CUDA: without graph)")
     p.add_argument("--row-timeout", type=int, default=0, help="seconds per decode row (0: none); a late row is an "
                    "error row and the next one runs")
     a = p.parse_args(argv)

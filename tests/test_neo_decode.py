@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.bench_loader import load_benchmark
 from tests.test_neo import _AtenLog, _doc, _greedy_no_cache, _images, _model
 from zoo.neo_layers import attend_masked
 
@@ -83,6 +84,103 @@ def test_static_eos_cut_equals_dynamic_and_decoders_are_reused():
                                              static_cache=False))
     with pytest.raises(ValueError, match="static_cache"):
         m.generate(ids, ims, doc_ids=doc, static_cache=False, cuda_graphs=True)
+
+
+def _forced_no_cache(m, ids, ims, doc, toks):
+    """(n, B, vocab) logits of one full forward without a cache over the prompt + ``toks[:, :-1]`` (continuing the
+    last document): [i] predicts ``toks[:, i]``."""
+    n = toks.shape[1]
+    full = torch.cat((ids, toks[:, :-1]), 1)
+    fdoc = torch.cat((doc, doc[:, -1:].expand(-1, n - 1)), 1)
+    return m(full, ims, doc_ids=fdoc).logits[:, ids.shape[1] - 1:].transpose(0, 1)
+
+
+@pytest.mark.parametrize("case", [_packed, _padded])
+def test_static_teacher_forced_logits_equal_full_forward(case):
+    m = _model()
+    ids, doc, ims = case()
+    toks = torch.randint(0, 500, (ids.shape[0], 6), generator=torch.Generator().manual_seed(3))  # not the greedy
+    with torch.no_grad():
+        want = _forced_no_cache(m, ids, ims, doc, toks)
+        dec = m.static_decoder(ids.shape[0], 64)
+        got = dec.teacher_forced(ids, toks, ims, doc_ids=doc)
+        # the decoder generates as before afterwards (teacher forcing leaves no state behind)
+        greedy = m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, max_cache_len=64)
+        assert torch.equal(greedy, m.generate(ids, ims, max_new_tokens=6, doc_ids=doc, static_cache=False))
+    assert got.dtype == torch.float32 and got.shape == (6, ids.shape[0], 512)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_teacher_forced_dynamic_and_compiled_equal_greedy_logits():
+    bench = load_benchmark("bench_neo")
+    bench.DECODE_MODES["static_compile_eager"] = {"compile_decode": "eager"}  # a cheap compile backend
+    m = _model()
+    ids, ims = torch.tensor([_doc(5, (2, 3), answer=2)] * 2), _images((2, 3), (2, 3))
+    with torch.no_grad():
+        toks = m.generate(ids, ims, max_new_tokens=5, static_cache=False)
+        dyn = bench.dynamic_teacher_forced(m, ids, ims, toks)
+        gen = bench._gen(bench.DECODE_MODES["static_compile_eager"], ids.shape[1], 5)
+        m.generate(ids, ims, max_new_tokens=5, **gen)
+        kept = dict(m._static_decoders.items)
+        comp = bench.teacher_forced(m, "static_compile_eager", ids, ims, toks,
+                                    bench.cache_slots(ids.shape[1], 5, gen["max_cache_len"]))
+    assert dict(m._static_decoders.items) == kept  # the generate() call's decoder (compiled step) was reused
+    assert torch.equal(dyn.argmax(-1), toks.T)  # teacher-forced on its own greedy tokens: its own logits
+    torch.testing.assert_close(comp, dyn, atol=1e-5, rtol=1e-5)
+
+
+def test_bench_agreement_fields():
+    bench = load_benchmark("bench_neo")
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(6, 2, 40, generator=g)
+    ref_tokens = ref.argmax(-1).T
+    same = bench.agreement(ref_tokens, ref, ref_tokens, ref)
+    assert same["first_divergence_step"] is None and same["tf_argmax_agreement"] == 1.0
+    assert same["tf_max_abs_logit_diff"] == 0 and same["tf_flip_max_ref_margin_rel"] is None
+    # a near-tie at step 3 of row 1 (runner-up 1e-3 below), which the other mode's rounding (+2e-3) flips
+    top = int(ref[3, 1].argmax())
+    j = (top + 1) % 40
+    ref[3, 1, j] = ref[3, 1, top] - 1e-3
+    other = ref.clone()
+    other[3, 1, j] += 2e-3
+    tokens = ref_tokens.clone()
+    tokens[1, 3:] = j
+    a = bench.agreement(ref_tokens, ref, tokens, other)
+    sd = float(ref[3, 1].std())
+    assert a["first_divergence_step"] == 3 and a["tf_argmax_flips"] == 1
+    assert a["tf_argmax_agreement"] == pytest.approx(11 / 12, abs=1e-3)
+    assert a["tf_max_abs_logit_diff"] == pytest.approx(2e-3, rel=1e-2)
+    assert a["tf_flip_max_ref_margin_rel"] == pytest.approx(1e-3 / sd, rel=1e-2)
+    assert a["ref_margin_rel_at_divergence"] == pytest.approx(1e-3 / sd, rel=1e-2)
+    assert a["tf_rel_logit_diff_at_divergence"] == pytest.approx(2e-3 / sd, rel=1e-2)
+    assert a["ref_margin_rel_median"] > 10 * a["tf_flip_max_ref_margin_rel"]
+    assert bench.logit_diff(ref, other)["argmax_agreement"] == pytest.approx(11 / 12, abs=1e-3)
+
+
+def test_bf16_static_and_dynamic_differ_by_rounding_only():
+    """bf16 weights: the static step's attention (bf16 matmuls) and the dynamic path's (SDPA's math path, float32
+    inside) round differently, so greedy tokens may flip at near-ties; teacher-forced on the same tokens the two
+    paths' logits differ by a few % of the logit scale, the prefill not at all, and each is as close to float32 as
+    the other (a position / mask / cache bug would show as a difference of the logit scale's order)."""
+    import copy
+
+    bench = load_benchmark("bench_neo")
+    m = _model().to(torch.bfloat16)
+    ids, ims = torch.tensor([_doc(8, (4, 4), answer=16)]), [im.bfloat16() for im in _images((4, 4))]
+    with torch.no_grad():
+        toks = m.generate(ids, ims, max_new_tokens=24, static_cache=False)
+        dyn = bench.dynamic_teacher_forced(m, ids, ims, toks)
+        static = m.static_decoder(1, 128).teacher_forced(ids, toks, ims)
+        m32 = copy.deepcopy(m).float()
+        fp32 = bench.dynamic_teacher_forced(m32, ids, [im.float() for im in ims], toks)
+        assert torch.equal(m32.static_decoder(1, 128).teacher_forced(ids, toks, [im.float() for im in ims]).argmax(-1),
+                           fp32.argmax(-1))
+    between, err_dyn, err_static = bench.logit_diff(dyn, static), bench.logit_diff(fp32, dyn), bench.logit_diff(
+        fp32, static)
+    assert torch.equal(static[0], dyn[0])  # the same prefill
+    assert 0 < between["max_rel"] < 0.1 and between["argmax_agreement"] >= 0.9, between
+    assert err_dyn["max_rel"] < 0.1 and err_static["max_rel"] < 0.1, (err_dyn, err_static)
+    assert err_static["median_rel"] <= 1.5 * err_dyn["median_rel"], (err_dyn, err_static)
 
 
 def test_attend_masked_equals_sdpa_with_gqa():
@@ -163,3 +261,15 @@ def test_bench_decode_tiny_smoke(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["mode"] for r in rows] == ["dynamic", "static", "static_compile"]
     assert all("error" not in r and r["same_tokens_as_dynamic"] for r in rows), rows
+    assert all(r["first_divergence_step"] is None and r["tf_argmax_agreement"] == 1.0 and r["dtype"] == "float32"
+               for r in rows), rows
+    # bf16 weights: the agreement fields, then the float32 check's row
+    bf16 = tmp_path / "bf16.jsonl"
+    subprocess.run([sys.executable, "benchmarks/bench_neo.py", "decode", "--tiny", "--device", "cpu", "--out", str(bf16),
+                    "--decode-modes", "dynamic,static", "--dtype", "bfloat16"], check=True, timeout=300)
+    rows = [json.loads(line) for line in bf16.read_text().splitlines()]
+    assert [r["bench"] for r in rows] == ["decode", "decode", "decode_fp32"], rows
+    assert all("agreement_error" not in r and 0 <= r["tf_max_rel_logit_diff"] < 0.1 for r in rows[:2]), rows
+    fp32 = rows[2]
+    assert "error" not in fp32 and fp32["modes"]["static"]["same_tokens"] and fp32["low_precision"] == "bfloat16"
+    assert set(fp32["low_precision_vs_fp32"]) == {"dynamic", "static"}

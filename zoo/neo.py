@@ -374,8 +374,9 @@ class NEOStaticDecoder:
         self.index += 1
         self.token.copy_(nxt[:, None])
 
-    def _step(self) -> None:
-        """One decode step on the static buffers (the graph / compiled region)."""
+    def _step(self) -> torch.Tensor:
+        """One decode step on the static buffers (the graph / compiled region); returns the step's (B, vocab)
+        logits (a static output: the same tensor on every replay of a captured step)."""
         m, cache = self.model, self.cache
         h = m.lm.model.embed_tokens(self.token)
         t = self.next_t[:, None]
@@ -383,9 +384,11 @@ class NEOStaticDecoder:
         mask = cache.mask()
         for layer in m.lm.model.layers:
             h = layer(h, attention_mask=mask, position_embeddings=pos, cache=cache)
-        self._emit(m.logits(m.lm.model.norm(h)[:, -1]).argmax(-1))
+        logits = m.logits(m.lm.model.norm(h)[:, -1])
+        self._emit(logits.argmax(-1))
         cache.pos += 1
         self.next_t += 1
+        return logits
 
     def _autocast(self) -> torch.autocast:
         # the weight-cast cache off: a captured graph must cast the live weights on every replay
@@ -404,22 +407,22 @@ class NEOStaticDecoder:
         self._graph = CapturedCall(self.step, self.device, self.warmup, reset=reset, context=self._autocast)
         reset()
 
-    def run_step(self) -> None:
-        """One decode step (replayed graph, compiled or eager)."""
+    def run_step(self) -> torch.Tensor:
+        """One decode step (replayed graph, compiled or eager); returns its (B, vocab) logits (on a captured step the
+        graph's static output, overwritten by the next replay)."""
         if not self.graphed:
             return self.step()
         if self._graph is None:
             self._capture()
-        self._graph()
+        return self._graph()
 
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,
-                 doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`NEO.generate`'s greedy tokens (B, n) for a prompt of this decoder's batch."""
+    def _prefill(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None, new_tokens: int,
+                 doc_ids: torch.Tensor | None) -> torch.Tensor:
+        """Prefill the cache, reset the decoding state and emit the first token; returns its (B, vocab) logits."""
         b, n = input_ids.shape
-        if b != self.batch or n + max_new_tokens > self.slots:
+        if b != self.batch or n + new_tokens > self.slots:
             raise ValueError(f"decoder for {self.batch} rows and {self.slots} slots got {b} rows of {n} tokens + "
-                             f"{max_new_tokens} new")
+                             f"{new_tokens} new")
         doc = doc_ids if doc_ids is not None else torch.zeros_like(input_ids)
         cache = self.cache
         cache.prefilling, cache.neo_state = True, None
@@ -428,7 +431,15 @@ class NEOStaticDecoder:
         self.next_t.copy_(cache.neo_state["next_t"])
         self.done.zero_()
         self.index.zero_()
-        self._emit(out.logits[:, -1].argmax(-1))
+        logits = out.logits[:, -1]
+        self._emit(logits.argmax(-1))
+        return logits
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, images: list[torch.Tensor] | None = None, max_new_tokens: int = 16,
+                 doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`NEO.generate`'s greedy tokens (B, n) for a prompt of this decoder's batch."""
+        self._prefill(input_ids, images, max_new_tokens, doc_ids)
         every = 1 if self.device.type == "cpu" else self.eos_check_every
         emitted = 1
         while emitted < max_new_tokens:
@@ -442,6 +453,24 @@ class NEOStaticDecoder:
             if bool(ended.any()):
                 new = new[:, : int(ended.int().argmax()) + 1]
         return new
+
+    @torch.no_grad()
+    def teacher_forced(self, input_ids: torch.Tensor, tokens: torch.Tensor, images: list[torch.Tensor] | None = None,
+                       doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of each decode position when the decoded tokens are ``tokens`` (B, n) instead of this
+        decoder's own argmax (teacher forcing, e.g. on another decode path's tokens, to compare logits position by
+        position after greedy paths diverged). The same prefill and step (eager, compiled or captured) as
+        :meth:`generate`; ``eos_id`` is not applied.
+
+        Returns:
+            (n, B, vocab) float32 logits: [0] after the prompt, [i] after the prompt and ``tokens[:, :i]``.
+        """
+        n = tokens.shape[1]
+        rows = [self._prefill(input_ids, images, n, doc_ids).to(torch.float32, copy=True)]
+        for i in range(1, n):
+            self.token.copy_(tokens[:, i - 1: i])
+            rows.append(self.run_step().to(torch.float32, copy=True))  # a copy: the next replay overwrites it
+        return torch.stack(rows)
 
 
 def init_fresh_layer(layer: nn.Module, index: int, std: float = 0.02) -> None:

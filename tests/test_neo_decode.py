@@ -247,6 +247,9 @@ def test_cuda_graph_decode_equals_dynamic_cuda(compile_decode):
             assert torch.equal(got, want)
     dec = next(iter(m._static_decoders.items.values()))
     assert dec.graphed and dec._graph is not None
+    with torch.no_grad():  # teacher forcing replays the same graph; each step's logits are copied out of it
+        forced = dec.teacher_forced(ids, want, ims, doc_ids=doc)
+    assert torch.equal(forced.argmax(-1), want.T) and len(m._static_decoders.items) == 1
 
 
 @pytest.mark.script
@@ -265,8 +268,8 @@ def test_bench_decode_tiny_smoke(tmp_path):
                for r in rows), rows
     # bf16 weights: the agreement fields, then the float32 check's row
     bf16 = tmp_path / "bf16.jsonl"
-    subprocess.run([sys.executable, "benchmarks/bench_neo.py", "decode", "--tiny", "--device", "cpu", "--out", str(bf16),
-                    "--decode-modes", "dynamic,static", "--dtype", "bfloat16"], check=True, timeout=300)
+    subprocess.run([sys.executable, "benchmarks/bench_neo.py", "decode", "--tiny", "--device", "cpu", "--out",
+                    str(bf16), "--decode-modes", "dynamic,static", "--dtype", "bfloat16"], check=True, timeout=300)
     rows = [json.loads(line) for line in bf16.read_text().splitlines()]
     assert [r["bench"] for r in rows] == ["decode", "decode", "decode_fp32"], rows
     assert all("agreement_error" not in r and 0 <= r["tf_max_rel_logit_diff"] < 0.1 for r in rows[:2]), rows

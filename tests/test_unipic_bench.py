@@ -23,7 +23,7 @@ def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 def test_script_parses_and_names_its_cases():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     text = SCRIPT.read_text()
-    for case in ("gen", "train_eager", "train_compile", "compare", "digits", "digits_all", "digits_pick"):
+    for case in ("gen", "train_eager", "train_compile", "compare", "official", "digits", "digits_all", "digits_pick"):
         assert f"\n{case}) {case} ;;" in text, case
     assert "--compile regional" in text and "configs/unipic/results_digits_h200.yaml" in text
     r = _run("nope")
